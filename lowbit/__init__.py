@@ -1,0 +1,45 @@
+"""lowbit: quantize PyTorch model weights (and activations) to int4/int8/float8.
+
+Public API: ``quantize_``, the configs, ``FqnToConfig``, the packed tensor classes,
+``sqnr``, and the safetensors helpers in ``lowbit.serialization``.
+"""
+
+import torch as _torch
+
+_min_torch = (2, 11)
+if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2]) < _min_torch:
+    raise ImportError(
+        f"lowbit needs torch >= {'.'.join(map(str, _min_torch))}, found {_torch.__version__}; "
+        "upgrade torch (CPU: pip install torch==2.13.0)"
+    )
+
+from . import granularity, primitives  # noqa: E402
+from .api import FqnToConfig, QuantizeReport, quantize_  # noqa: E402
+from .config import BaseConfig  # noqa: E402
+from .configs import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig  # noqa: E402
+from .errors import UnsupportedError  # noqa: E402
+from .primitives import sqnr  # noqa: E402
+from .serialization import load_file, load_into, save_file  # noqa: E402
+from .tensors import Int8DynActTensor, Int8Tensor, LowbitTensor, UnsupportedOpError  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "quantize_",
+    "FqnToConfig",
+    "QuantizeReport",
+    "BaseConfig",
+    "Int8WeightOnlyConfig",
+    "Int8DynamicActivationInt8WeightConfig",
+    "LowbitTensor",
+    "Int8Tensor",
+    "Int8DynActTensor",
+    "UnsupportedError",
+    "UnsupportedOpError",
+    "sqnr",
+    "save_file",
+    "load_file",
+    "load_into",
+    "primitives",
+    "granularity",
+]

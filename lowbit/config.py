@@ -1,0 +1,117 @@
+"""Configs: frozen dataclasses that say what to do to a weight, and their handlers.
+
+Each config class registers one handler, ``handler(weight, config, fqn) -> LowbitTensor``.
+The handler raises ``UnsupportedError`` (with the reason) when the format cannot serve
+the layer; ``quantize_`` then skips the layer and logs the reason.
+Configs round-trip through ``to_dict``/``from_dict`` (JSON-safe) by class name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = ["BaseConfig", "register_handler", "config_from_dict", "handler_for"]
+
+_CONFIG_CLASSES: dict[str, type[BaseConfig]] = {}
+_HANDLERS: dict[type, Callable] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """Base of all configs. Subclasses are ``@dataclass(frozen=True)``.
+
+    ``version`` is the config schema version written by ``to_dict``; ``from_dict``
+    refuses a dict written by a newer schema than this lowbit knows.
+    """
+
+    version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _CONFIG_CLASSES[cls.__name__] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"type": type(self).__name__, "version": self.version}
+        for f in dataclasses.fields(self):
+            d[f.name] = _to_json(getattr(self, f.name))
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> BaseConfig:
+        return config_from_dict(d)
+
+    def short_name(self) -> str:
+        """Compact human-readable name, e.g. ``Int4WeightOnly(group_size=128)``."""
+        args = ", ".join(
+            f"{f.name}={_to_json(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        )
+        return f"{type(self).__name__.removesuffix('Config')}({args})"
+
+
+def _to_json(v):
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, torch.dtype):
+        return str(v).replace("torch.", "")
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def config_from_dict(d: dict[str, Any]) -> BaseConfig:
+    """Rebuild a config written by ``to_dict``."""
+    if not isinstance(d, dict) or "type" not in d:
+        raise ValueError(f"a config dict needs a 'type' key naming the config class, got {d!r}")
+    name = d["type"]
+    cls = _CONFIG_CLASSES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown config type {name!r}; known: {sorted(_CONFIG_CLASSES)}")
+    version = d.get("version", 1)
+    if version > cls.version:
+        raise ValueError(
+            f"{name} dict has version {version}, this lowbit reads up to {cls.version}; upgrade lowbit"
+        )
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        if k in ("type", "version"):
+            continue
+        if k not in fields:
+            raise ValueError(f"{name} has no field {k!r}; fields are {sorted(fields)}")
+        kwargs[k] = _from_json(fields[k], v)
+    return cls(**kwargs)
+
+
+def _from_json(field: dataclasses.Field, v):
+    if isinstance(v, str) and v in _DTYPE_NAMES:
+        return getattr(torch, v)
+    if isinstance(v, list):
+        return tuple(v)
+    return v
+
+
+_DTYPE_NAMES = {"float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8", "uint8"}
+
+
+def register_handler(config_cls: type[BaseConfig]) -> Callable:
+    """Register ``fn(weight, config, fqn) -> new weight`` for ``config_cls``."""
+
+    def decorator(fn):
+        _HANDLERS[config_cls] = fn
+        return fn
+
+    return decorator
+
+
+def handler_for(config: BaseConfig) -> Callable:
+    for klass in type(config).__mro__:
+        if klass in _HANDLERS:
+            return _HANDLERS[klass]
+    raise TypeError(f"no handler is registered for {type(config).__name__}")

@@ -1,0 +1,5 @@
+"""Concrete configs, one module per format family; each registers its handler."""
+
+from .int8 import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+
+__all__ = ["Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"]

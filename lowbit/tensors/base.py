@@ -1,0 +1,368 @@
+"""LowbitTensor: the base class of every packed weight format.
+
+A format declares its stored tensors (``data_fields``) and its plain metadata
+(``meta_fields``) once. From that the base class derives ``__tensor_flatten__`` /
+``__tensor_unflatten__`` (torch.compile), ``detach``, ``clone``, ``to``, ``copy_``,
+``__repr__``, pickling with ``torch.load(weights_only=True)`` and safetensors metadata.
+
+Each class has its own op table, filled with ``Cls.implements(op, ...)``; it starts as a
+copy of its parent's. An op the class does not implement raises
+``UnsupportedOpError`` naming the class and the op: there is no dense fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import return_and_correct_aliasing
+
+aten = torch.ops.aten
+
+__all__ = ["LowbitTensor", "UnsupportedOpError", "linear_args", "slice_args", "slice_blocked", "format_registry"]
+
+# format_name -> class; filled by __init_subclass__, read by serialization.
+format_registry: dict[str, type[LowbitTensor]] = {}
+
+# Metadata every format carries: the logical (unpacked) weight shape and the float dtype
+# the weight stands for (what dequantize() returns and what outputs are cast to).
+_BASE_META = ("shape", "dtype")
+
+
+class UnsupportedOpError(NotImplementedError):
+    """An op was called on a packed tensor whose class does not implement it."""
+
+
+def linear_args(args, kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(input, weight, bias) from the arguments of ``F.linear``/``aten.linear``."""
+    x = args[0] if len(args) > 0 else kwargs["input"]
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+    b = args[2] if len(args) > 2 else kwargs.get("bias")
+    return x, w, b
+
+
+class LowbitTensor(torch.Tensor):
+    """Base class of packed weight formats (see module docstring).
+
+    Subclasses set:
+        data_fields: names of the stored tensors, in order. A field may be None when
+            ``optional_data_fields`` names it.
+        meta_fields: names of plain metadata (ints, strs, bools, tuples), besides
+            ``shape`` and ``dtype`` that every format has.
+        format_name, format_version: stable identifiers written to checkpoints.
+    """
+
+    data_fields: ClassVar[tuple[str, ...]] = ()
+    optional_data_fields: ClassVar[tuple[str, ...]] = ()
+    meta_fields: ClassVar[tuple[str, ...]] = ()
+    format_name: ClassVar[str | None] = None
+    format_version: ClassVar[int] = 1
+    _op_table: ClassVar[dict[Any, Callable]] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Own op table; lookups walk the MRO, so a subclass sees ops its parents
+        # register later and can override any of them.
+        cls._op_table = {}
+        if cls.format_name is not None and "format_name" in cls.__dict__:
+            if cls.format_name in format_registry:
+                raise RuntimeError(
+                    f"format_name {cls.format_name!r} is used by both "
+                    f"{format_registry[cls.format_name].__qualname__} and {cls.__qualname__}"
+                )
+            format_registry[cls.format_name] = cls
+            # Safe for torch.load(weights_only=True) with no user allowlisting.
+            torch.serialization.add_safe_globals([cls])
+
+    @staticmethod
+    def __new__(cls, *args, **kwargs):
+        fields = cls._bind(args, kwargs)
+        first = next(fields[n] for n in cls.data_fields if fields[n] is not None)
+        return torch.Tensor._make_wrapper_subclass(
+            cls,
+            tuple(fields["shape"]),
+            dtype=fields["dtype"],
+            device=first.device,
+            requires_grad=False,
+        )
+
+    def __init__(self, *args, **kwargs):
+        fields = self._bind(args, kwargs)
+        for name in self.data_fields + self.meta_fields:
+            setattr(self, name, fields[name])
+
+    @classmethod
+    def _bind(cls, args, kwargs) -> dict[str, Any]:
+        names = cls.data_fields + cls.meta_fields + _BASE_META
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__} takes at most {len(names)} arguments ({names}), got {len(args)}")
+        fields = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise TypeError(f"{cls.__name__} got an unexpected field {k!r}; fields are {names}")
+            if k in fields:
+                raise TypeError(f"{cls.__name__} got field {k!r} twice")
+            fields[k] = v
+        missing = [n for n in names if n not in fields and n not in cls.optional_data_fields]
+        if missing:
+            raise TypeError(f"{cls.__name__} is missing fields {missing}")
+        for n in cls.optional_data_fields:
+            fields.setdefault(n, None)
+        for n in cls.data_fields:
+            v = fields[n]
+            if v is None and n not in cls.optional_data_fields:
+                raise TypeError(f"{cls.__name__}.{n} must be a tensor, got None")
+            if v is not None and not isinstance(v, torch.Tensor):
+                raise TypeError(f"{cls.__name__}.{n} must be a tensor, got {type(v).__name__}")
+        fields["shape"] = tuple(int(s) for s in fields["shape"])
+        return fields
+
+    def _fields(self) -> dict[str, Any]:
+        out = {n: getattr(self, n) for n in self.data_fields + self.meta_fields}
+        out["shape"] = tuple(self.shape)
+        out["dtype"] = self.dtype
+        return out
+
+    def _replace(self, fn: Callable[[torch.Tensor], torch.Tensor] | None = None, **changes) -> LowbitTensor:
+        """A new tensor of this class with ``fn`` applied to every data field and ``changes`` set."""
+        f = self._fields()
+        if fn is not None:
+            for n in self.data_fields:
+                if f[n] is not None:
+                    f[n] = fn(f[n])
+        f.update(changes)
+        return type(self)(**f)
+
+    # ------------------------------------------------------------------ torch.compile
+
+    def __tensor_flatten__(self):
+        inner = [n for n in self.data_fields if getattr(self, n) is not None]
+        meta = {n: getattr(self, n) for n in self.meta_fields}
+        meta["shape"] = tuple(self.shape)
+        meta["dtype"] = self.dtype
+        return inner, meta
+
+    @classmethod
+    def __tensor_unflatten__(cls, inner_tensors, meta, outer_size, outer_stride):
+        return cls(**inner_tensors, **meta)
+
+    # ------------------------------------------------------------------ API every format has
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The float weight this tensor stands for, exactly as the codes encode it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement dequantize()")
+
+    @classmethod
+    def supports(cls, weight: torch.Tensor, device: torch.device | str | None = None) -> str | None:
+        """None if ``weight`` can use this format on ``device``, else the reason why not."""
+        return None
+
+    def to_checkpoint(self) -> LowbitTensor:
+        """The tensor written to disk in place of this one (default: itself)."""
+        return self
+
+    def from_checkpoint(self, device: torch.device) -> LowbitTensor:
+        """The tensor a loaded checkpoint becomes on ``device`` (default: moved there)."""
+        return self if device == self.device else self.to(device)
+
+    def __repr__(self) -> str:
+        meta = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.meta_fields)
+        extra = f", {meta}" if meta else ""
+        return (
+            f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype}, "
+            f"device={self.device}{extra})"
+        )
+
+    def nbytes_packed(self) -> int:
+        """Bytes held by the stored tensors (what the format costs in memory)."""
+        return sum(
+            t.numel() * t.element_size() for n in self.data_fields if (t := getattr(self, n)) is not None
+        )
+
+    # ------------------------------------------------------------------ op tables
+
+    @classmethod
+    def implements(cls, *ops) -> Callable:
+        """Register ``fn(func, types, args, kwargs)`` for ``ops`` in this class's table.
+
+        ``ops`` may be torch functions (``F.linear``, seen by ``__torch_function__``) or
+        aten overloads (seen by ``__torch_dispatch__``).
+        """
+
+        def decorator(fn):
+            for op in ops:
+                cls._op_table[op] = fn
+            return fn
+
+        return decorator
+
+    @classmethod
+    def _lookup(cls, func) -> Callable | None:
+        for klass in cls.__mro__:
+            table = klass.__dict__.get("_op_table")
+            if table is not None and func in table:
+                return table[func]
+        return None
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        impl = cls._lookup(func)
+        if impl is not None:
+            return impl(func, types, args, kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        impl = cls._lookup(func)
+        if impl is None:
+            raise UnsupportedOpError(
+                f"{cls.__name__} does not implement {func}; lowbit never falls back to dense "
+                f"math silently. Call .dequantize() first if a float weight is what you need."
+            )
+        return impl(func, types, args, kwargs)
+
+
+# ---------------------------------------------------------------------- generic ops
+
+
+def _self_arg(args) -> LowbitTensor:
+    return args[0]
+
+
+@LowbitTensor.implements(aten.detach.default, aten.alias.default)
+def _detach(func, types, args, kwargs):
+    return return_and_correct_aliasing(func, args, kwargs, _self_arg(args)._replace(func))
+
+
+@LowbitTensor.implements(aten.clone.default)
+def _clone(func, types, args, kwargs):
+    return _self_arg(args)._replace(lambda t: t.clone())
+
+
+@LowbitTensor.implements(aten._to_copy.default)
+def _to_copy(func, types, args, kwargs):
+    self = _self_arg(args)
+    kwargs = dict(kwargs)
+    device = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
+    kwargs.pop("layout", None)
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("copy", None)
+    if kwargs.pop("memory_format", None) not in (None, torch.preserve_format):
+        raise UnsupportedOpError(f"{type(self).__name__} has a fixed memory layout; memory_format is not supported")
+    if kwargs:
+        raise UnsupportedOpError(f"{type(self).__name__}.to() does not take {sorted(kwargs)}")
+    out = self
+    if dtype is not None and dtype != self.dtype:
+        out = out._with_dtype(dtype)
+    if device is not None and torch.device(device) != self.device:
+        out = out._to_device(torch.device(device))
+    if out is self:
+        out = self._replace()
+    return out
+
+
+def _with_dtype(self, dtype: torch.dtype) -> LowbitTensor:
+    """Change the float dtype the weight stands for (``model.to(torch.bfloat16)``)."""
+    if not dtype.is_floating_point or dtype.itemsize == 1:
+        raise UnsupportedOpError(
+            f"{type(self).__name__} stands for a float weight; it can change to float32/"
+            f"float16/bfloat16, not {dtype}"
+        )
+    return self._replace(dtype=dtype)
+
+
+def _to_device(self, device: torch.device) -> LowbitTensor:
+    """Move every stored tensor. Formats whose layout is device-specific override this."""
+    return self._replace(lambda t: t.to(device))
+
+
+LowbitTensor._with_dtype = _with_dtype
+LowbitTensor._to_device = _to_device
+
+
+@LowbitTensor.implements(aten.copy_.default)
+def _copy_(func, types, args, kwargs):
+    dst, src = args[0], args[1]
+    if type(src) is not type(dst) or src._meta_key() != dst._meta_key():
+        raise UnsupportedOpError(
+            f"copy_ into {type(dst).__name__}{tuple(dst.shape)} needs a source of the same class "
+            f"and metadata, got {type(src).__name__}{tuple(src.shape)}; quantize the source "
+            f"with the same config first"
+        )
+    for n in dst.data_fields:
+        d, s = getattr(dst, n), getattr(src, n)
+        if (d is None) != (s is None):
+            raise UnsupportedOpError(f"copy_: field {n} is set on one tensor and None on the other")
+        if d is not None:
+            d.copy_(s)
+    return dst
+
+
+def _meta_key(self):
+    return (tuple(self.shape), self.dtype) + tuple(getattr(self, n) for n in self.meta_fields)
+
+
+LowbitTensor._meta_key = _meta_key
+
+
+@LowbitTensor.implements(aten._has_compatible_shallow_copy_type.default)
+def _compatible(func, types, args, kwargs):
+    return False
+
+
+@LowbitTensor.implements(F.linear)
+def _linear_not_implemented(func, types, args, kwargs):
+    # Formats register their own linear; reaching this base entry means one was forgotten.
+    w = linear_args(args, kwargs)[1]
+    raise UnsupportedOpError(f"{type(w).__name__} does not implement F.linear")
+
+
+def slice_args(args, kwargs) -> tuple:
+    """(self, dim, start, end, step) of ``aten.slice.Tensor`` with its defaults filled in."""
+    names = ("self", "dim", "start", "end", "step")
+    defaults = {"dim": 0, "start": None, "end": None, "step": 1}
+    vals = dict(zip(names, args))
+    vals.update(kwargs)
+    return tuple(vals.get(n, defaults.get(n)) for n in names)
+
+
+def slice_blocked(w: LowbitTensor, data: str, params: tuple[str, ...], dim, start, end, step) -> LowbitTensor:
+    """Slice a tensor whose ``data`` field is unpacked (one element per weight entry) and
+    whose ``params`` hold one entry per block along each dim.
+
+    A slice must start and end on block boundaries of ``dim`` unless the block spans the
+    whole dim (then the block's parameters apply to any part of it).
+    """
+    if step != 1:
+        raise UnsupportedOpError(f"{type(w).__name__} slicing needs step 1, got {step}")
+    dim = dim % 2
+    size = w.shape[dim]
+    start = 0 if start is None else (start + size if start < 0 else start)
+    end = size if end is None else min(end + size if end < 0 else end, size)
+    start = max(0, min(start, size))
+    end = max(start, end)
+    new = {data: getattr(w, data).narrow(dim, start, end - start).contiguous()}
+    for p in params:
+        t = getattr(w, p)
+        n_blocks = t.shape[dim]
+        if n_blocks == 1:
+            new[p] = t
+            continue
+        block = size // n_blocks
+        if start % block or (end % block and end != size):
+            raise UnsupportedOpError(
+                f"{type(w).__name__} can slice dim {dim} only at multiples of its block "
+                f"size {block}, got [{start}, {end}); pick boundaries that are multiples of {block}"
+            )
+        new[p] = t.narrow(dim, start // block, -(-(end - start) // block)).contiguous()
+    shape = list(w.shape)
+    shape[dim] = end - start
+    return w._replace(**new, shape=tuple(shape))

@@ -1,0 +1,30 @@
+"""Parametrizes conformance suites from their class attributes; device fixtures."""
+
+import pytest
+import torch
+
+
+def _dtype_id(d):
+    return str(d).replace("torch.", "")
+
+
+def pytest_generate_tests(metafunc):
+    cls = metafunc.cls
+    if cls is None:
+        return
+    if "shape" in metafunc.fixturenames and hasattr(cls, "shapes"):
+        metafunc.parametrize("shape", cls.shapes, ids=[f"{n}x{k}" for n, k in cls.shapes])
+    if "act_dtype" in metafunc.fixturenames and hasattr(cls, "act_dtypes"):
+        metafunc.parametrize("act_dtype", cls.act_dtypes, ids=[_dtype_id(d) for d in cls.act_dtypes])
+    if "device" in metafunc.fixturenames and hasattr(cls, "devices"):
+        metafunc.parametrize("device", cls.devices)
+
+
+def pytest_report_header(config):
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CUDA tests skip)"
+    return [f"torch {torch.__version__}; CUDA: {cuda}; CPU capability {torch.backends.cpu.get_cpu_capability()}"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
