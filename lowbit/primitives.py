@@ -247,7 +247,10 @@ def choose_qparams_affine(
         eps: smallest scale (default: machine epsilon of ``scale_dtype``).
         scale_dtype: dtype of the returned scale (default: ``input.dtype``).
         zero_point_dtype: dtype of the zero point (default int32 for INT, else scale_dtype).
-        preserve_zero: make 0.0 exactly representable (asymmetric only; symmetric always does).
+        preserve_zero: widen each block's range to include 0.0 (asymmetric only). With
+            ``ZeroPointKind.INT`` 0.0 is then exactly representable, as it always is for
+            symmetric mappings; a ``FLOAT`` zero point is a float offset, so 0.0 lies in
+            range but need not fall on a code.
         zero_point_kind: ``"int"``, ``"float"`` or ``"none"`` (see module docstring).
 
     Returns:
@@ -379,9 +382,12 @@ def dequantize_affine(
     The arithmetic runs in float32 and is cast to ``output_dtype`` at the end.
     """
     zero_point_kind = _enum(ZeroPointKind, zero_point_kind, "zero_point_kind")
-    if not isinstance(input, torch.Tensor) or input.dtype not in _INT_DTYPES:
-        got = _fmt_dtype(input.dtype) if isinstance(input, torch.Tensor) else type(input).__name__
-        raise ValueError(f"dequantize_affine needs integer codes (int8/uint8/int16/int32), got {got}")
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"dequantize_affine needs a tensor of integer codes, got {type(input).__name__}")
+    if input.dtype not in _INT_DTYPES:
+        raise ValueError(
+            f"dequantize_affine needs integer codes (int8/uint8/int16/int32), got {_fmt_dtype(input.dtype)}"
+        )
     _check_block_size(input.shape, block_size)
     qmin, qmax = _default_range(input.dtype, quant_min, quant_max)
     _check_range(qmin, qmax, None)
@@ -439,9 +445,10 @@ def quantize_float8(input: torch.Tensor, block_size: Sequence[int], scale: torch
 def dequantize_float8(input: torch.Tensor, block_size: Sequence[int], scale: torch.Tensor,
                       output_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Inverse of ``quantize_float8``: ``input.float() * scale`` per block."""
-    if not isinstance(input, torch.Tensor) or input.dtype not in _FLOAT8_DTYPES:
-        got = _fmt_dtype(input.dtype) if isinstance(input, torch.Tensor) else type(input).__name__
-        raise ValueError(f"dequantize_float8 needs a float8 tensor, got {got}")
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"dequantize_float8 needs a float8 tensor, got {type(input).__name__}")
+    if input.dtype not in _FLOAT8_DTYPES:
+        raise ValueError(f"dequantize_float8 needs a float8 tensor, got {_fmt_dtype(input.dtype)}")
     _check_block_size(input.shape, block_size)
     _check_qparams(input.shape, block_size, scale, None, ZeroPointKind.NONE)
     s = _expand_to_blocks(scale.to(torch.float32), input.shape, block_size)
@@ -488,8 +495,12 @@ def _default_range(dtype: torch.dtype, quant_min: int | None, quant_max: int | N
 
 def _check_qparams(shape, block_size, scale, zero_point, zero_point_kind: ZeroPointKind) -> None:
     n_blocks = math.prod(_reduced_shape(shape, block_size))
-    if not isinstance(scale, torch.Tensor) or scale.numel() != n_blocks:
-        got = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
+    if not isinstance(scale, torch.Tensor):
+        raise TypeError(f"scale must be a tensor with one entry per block, got {type(scale).__name__}")
+    if zero_point is not None and not isinstance(zero_point, torch.Tensor):
+        raise TypeError(f"zero_point must be a tensor or None, got {type(zero_point).__name__}")
+    if scale.numel() != n_blocks:
+        got = tuple(scale.shape)
         raise ValueError(
             f"scale must have one entry per block ({n_blocks} = {_reduced_shape(shape, block_size)}), "
             f"got {got}"
