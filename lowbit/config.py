@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -80,17 +82,37 @@ def config_from_dict(d: dict[str, Any]) -> BaseConfig:
         )
     kwargs = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError, AttributeError):  # annotations that do not resolve: decode by value
+        hints = {}
     for k, v in d.items():
         if k in ("type", "version"):
             continue
         if k not in fields:
             raise ValueError(f"{name} has no field {k!r}; fields are {sorted(fields)}")
-        kwargs[k] = _from_json(fields[k], v)
+        kwargs[k] = _from_json(hints.get(k), v, f"{name}.{k}")
     return cls(**kwargs)
 
 
-def _from_json(field: dataclasses.Field, v):
-    if isinstance(v, str) and v in _DTYPE_NAMES:
+def _from_json(hint, v, where: str):
+    """Undo ``_to_json`` using the field's annotation (enum members, dtypes, tuples)."""
+    if v is None:
+        return None
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for h in typing.get_args(hint) if union else (hint,):
+        if isinstance(h, type) and issubclass(h, enum.Enum):
+            try:
+                return h(v)
+            except ValueError:
+                choices = ", ".join(repr(m.value) for m in h)
+                raise ValueError(f"{where} must be one of {choices}, got {v!r}") from None
+        if h is torch.dtype and isinstance(v, str):
+            dtype = getattr(torch, v, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"{where} must name a torch dtype (e.g. 'bfloat16'), got {v!r}")
+            return dtype
+    if hint is None and isinstance(v, str) and v in _DTYPE_NAMES:
         return getattr(torch, v)
     if isinstance(v, list):
         return tuple(v)
