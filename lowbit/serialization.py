@@ -112,6 +112,12 @@ def load_file(path: str, device: str | torch.device = "cpu") -> dict[str, torch.
                 f"{path}: {name!r} is {spec['format']} v{spec['version']}, this lowbit reads up "
                 f"to v{cls.format_version}; upgrade lowbit"
             )
+        missing = [f"{name}{_SEP}{fld}" for fld in spec["fields"] if f"{name}{_SEP}{fld}" not in raw]
+        if missing:
+            raise ValueError(
+                f"{path}: {name!r} ({spec['format']}) needs tensor {missing[0]!r}, which the file "
+                f"lacks (missing: {missing}); the file is truncated or was edited, save it again"
+            )
         data = {fld: raw.pop(f"{name}{_SEP}{fld}") for fld in spec["fields"]}
         meta = {k: _decode_meta(v) for k, v in spec["meta"].items()}
         # Optional fields added in later versions default to None when absent.
