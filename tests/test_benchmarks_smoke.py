@@ -1,0 +1,28 @@
+"""benchmarks/linear.py --quick still runs (a smoke test; benchmarks are never unit tests)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "linear.py"
+
+
+@pytest.mark.slow  # a subprocess that imports torch: ~10 s on a busy 2-core machine
+@pytest.mark.parametrize("extra", [[], ["--sweep-int8-threshold"]], ids=["linear", "int8-sweep"])
+def test_linear_benchmark_quick_runs(tmp_path, extra):
+    out = tmp_path / "result.md"
+    proc = subprocess.run(
+        [sys.executable, str(_SCRIPT), "--quick", "--out", str(out), *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text == proc.stdout
+    assert "torch:" in text and "CPU:" in text  # the machine is named
+    if extra:
+        assert "CPU_INT8_GEMV_MAX_M" in text
+    else:
+        assert "lowbit int8-weight-only" in text and "lowbit int8-dynamic" in text
+        assert "% of read BW" in text
