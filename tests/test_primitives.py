@@ -7,6 +7,7 @@ The properties are checked against quantities computed here from the returned qp
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -17,7 +18,9 @@ import lowbit
 from lowbit import granularity as G
 from lowbit import primitives as P
 
-_SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# LOWBIT_HYPOTHESIS_EXAMPLES=5000 for a deeper search than CI's.
+_SETTINGS = settings(max_examples=int(os.environ.get("LOWBIT_HYPOTHESIS_EXAMPLES", "120")), deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
 _F32_EPS = 2.0**-24  # unit roundoff of float32, where the primitives compute
 
 
@@ -190,6 +193,23 @@ def test_int4_in_containers_uses_the_full_range(container, zpk):
     q = P.quantize_affine(x, block, scale, zp, container, qmin, qmax, zpk)
     assert q.dtype == container
     assert sorted(set(q[0].tolist())) == list(range(qmin, qmax + 1))
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("mapping,zpk,container", [("symmetric", "none", torch.int8), ("asymmetric", "int", torch.uint8)],
+                         ids=["sym", "asym"])
+def test_low_precision_scale_dtype_keeps_small_weights_accurate(scale_dtype, mapping, zpk, container):
+    """The default smallest scale must not floor the scales of LLM-sized weights (|w| ~ 0.05)
+    when scales are stored in bf16/fp16: the SQNR stays within 1 dB of float32 scales."""
+    w = (torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+    block = G.per_row(w.shape)
+
+    def round_trip(sd):
+        s, z = P.choose_qparams_affine(w, mapping, block, container, scale_dtype=sd, zero_point_kind=zpk)
+        q = P.quantize_affine(w, block, s, z, container, zero_point_kind=zpk)
+        return lowbit.sqnr(w.float(), P.dequantize_affine(q, block, s, z, zero_point_kind=zpk))
+
+    assert round_trip(scale_dtype) > round_trip(torch.float32) - 1.0
 
 
 def test_quantize_clamps_out_of_range_values():
