@@ -71,6 +71,10 @@ def machine_description(device: torch.device) -> dict[str, str]:
         "CPU capability (ATen)": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
     }
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        busy = " (BUSY: other work was running; timings are unreliable)" if load > 0.5 * logical else ""
+        info["load average (1 min) at start"] = f"{load:.2f}{busy}"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["GPU"] = f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs)"

@@ -191,8 +191,14 @@ def run_shape(n: int, k: int, ms: list[int], rows: list[Impl], device: torch.dev
             continue
         try:
             first, row.weight_bytes = impl.build(w)
+            first(xs[ms[0]])  # a kernel missing on this device/build fails here, not mid-table
         except lowbit.UnsupportedError as e:
             row.cells = {m: Cell(reason=str(e)) for m in ms}
+            continue
+        except (RuntimeError, NotImplementedError) as e:
+            # Recorded in the "Not run" list with its type and message; the table goes on.
+            log.warning("%s failed on %dx%d: %s: %s", impl.name, n, k, type(e).__name__, e)
+            row.cells = {m: Cell(reason=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") for m in ms}
             continue
         row.n_copies = C.copies_for(row.weight_bytes, cold_bytes)
         fns = [first] + [impl.build(w)[0] for _ in range(row.n_copies - 1)]
@@ -262,8 +268,7 @@ def render_reasons(results) -> str:
     return "Not run:\n\n" + "\n".join(lines)
 
 
-def machine_header(device, bw: C.Bandwidth | None, args) -> str:
-    info = C.machine_description(device)
+def machine_header(info: dict[str, str], bw: C.Bandwidth | None, args) -> str:
     lines = [f"- {k}: {v}" for k, v in info.items()]
     lines.append(f"- quantized engine: {torch.backends.quantized.engine}")
     if bw is not None:
@@ -274,6 +279,7 @@ def machine_header(device, bw: C.Bandwidth | None, args) -> str:
 
 
 def run_linear(args, device) -> str:
+    info = C.machine_description(device)  # before any work of ours raises the load average
     shapes = args.shapes
     ms = args.ms
     rows = impls(args.formats, not args.no_baselines)
@@ -281,7 +287,7 @@ def run_linear(args, device) -> str:
     results = {}
     for n, k in shapes:
         results[(n, k)] = run_shape(n, k, ms, rows, device, args.cold_mb * C.MiB, args.budget_s, args.min_calls)
-    parts = [f"# lowbit linear benchmark: {C.machine_slug(device)}", machine_header(device, bw, args)]
+    parts = [f"# lowbit linear benchmark: {C.machine_slug(device)}", machine_header(info, bw, args)]
     parts += [render_shape(n, k, ms, r) for (n, k), r in results.items()]
     if 1 in ms:
         parts.append("### M=1: weight bytes streamed per call / time\n\n" + render_bandwidth(results, bw))
@@ -303,7 +309,7 @@ def run_sweep(args, device) -> str:
     from lowbit.ops import cpu as lowbit_cpu
 
     ms = args.ms if args.ms_given else ([1, 4, 8] if args.quick else [1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64])
-    parts = [f"# int8 GEMV vs dequantize+GEMM sweep: {C.machine_slug(device)}", machine_header(device, None, args)]
+    parts = [f"# int8 GEMV vs dequantize+GEMM sweep: {C.machine_slug(device)}", machine_header(C.machine_description(device), None, args)]
     for n, k in args.shapes:
         g = torch.Generator().manual_seed(0)
         w = (torch.randn(n, k, generator=g) * 0.02).to(torch.bfloat16).to(device)
