@@ -67,6 +67,7 @@ class Impl:
     build: Callable[[torch.Tensor], tuple[Callable[[torch.Tensor], torch.Tensor], int]]
     why_not: Callable[[torch.device, int], str | None] = lambda device, m: None
     note: str = ""
+    check_sqnr: bool = True  # False where the output is not the layer's (bare integer GEMMs)
 
 
 def _dense(dtype: torch.dtype) -> Callable:
@@ -152,7 +153,8 @@ def impls(format_names: list[str], baselines: bool) -> list[Impl]:
                  note="deprecated qint8 API: fp32 act quantized per tensor inside, int8 x int8 (fbgemm)"),
             Impl("torch._int_mm (raw)", _int_mm,
                  _only("cuda", lambda d, m: None if m > 16 else "torch._int_mm needs M > 16"),
-                 note="bare int8 x int8 -> int32 GEMM, activation codes prepared outside the timing"),
+                 note="bare int8 x int8 -> int32 GEMM, activation codes prepared outside the timing",
+                 check_sqnr=False),
         ]
     return rows
 
@@ -185,13 +187,13 @@ def run_shape(n: int, k: int, ms: list[int], rows: list[Impl], device: torch.dev
     for impl in rows:
         row = Row(impl, cells={})
         out.append(row)
-        always_not = impl.why_not(device, max(ms))
-        if always_not and all(impl.why_not(device, m) for m in ms):
+        runnable = [m for m in ms if impl.why_not(device, m) is None]
+        if not runnable:
             row.cells = {m: Cell(reason=impl.why_not(device, m)) for m in ms}
             continue
         try:
             first, row.weight_bytes = impl.build(w)
-            first(xs[ms[0]])  # a kernel missing on this device/build fails here, not mid-table
+            first(xs[runnable[0]])  # a kernel missing on this device/build fails here, not mid-table
         except lowbit.UnsupportedError as e:
             row.cells = {m: Cell(reason=str(e)) for m in ms}
             continue
@@ -208,7 +210,7 @@ def run_shape(n: int, k: int, ms: list[int], rows: list[Impl], device: torch.dev
                 row.cells[m] = Cell(reason=reason)
                 continue
             x = xs[m]
-            if row.sqnr_db is None and m == ms[0]:
+            if row.sqnr_db is None and impl.check_sqnr:
                 row.sqnr_db = sqnr(ref, fns[0](x).float())
             t = C.time_rotating(lambda i: fns[i](x), row.n_copies, device,
                                 min_calls=min_calls, budget_s=budget_s)
@@ -249,7 +251,7 @@ def render_bandwidth(results: dict[tuple[int, int], list[Row]], bw: C.Bandwidth)
             if c is None or c.seconds is None:
                 continue
             gbs = r.weight_bytes / c.seconds / C.GB
-            sq = "inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"
+            sq = "-" if r.sqnr_db is None else "inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"
             body.append([f"{n}x{k}", r.impl.name, f"{r.weight_bytes / C.MiB:.1f}", C.fmt_us(c.seconds),
                          f"{gbs:.1f}", f"{100 * gbs / bw.read_gbs:.0f}%", sq])
     return C.md_table(header, body)
