@@ -396,7 +396,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny shapes and budgets: a smoke test, not a measurement")
     p.add_argument("--sweep-int8-threshold", action="store_true",
                    help="time aten._weight_int8pack_mm vs dequantize+GEMM for M in 1..64 (CPU_INT8_GEMV_MAX_M)")
-    p.add_argument("--out", help="also write the markdown to this file (e.g. benchmarks/results/<machine>.md)")
+    p.add_argument("--out", help="also write the markdown to this file; 'auto': benchmarks/results/<machine>.md")
     p.add_argument("-v", "--verbose", action="store_true", help="log every cell as it is measured")
     args = p.parse_args(argv)
 
@@ -438,6 +438,9 @@ def main(argv=None) -> int:
     sys.stdout.write(text)
     if args.out:
         out = Path(args.out)
+        if args.out == "auto":
+            suffix = "-int8-sweep" if args.sweep_int8_threshold else ""
+            out = _HERE / "results" / f"{C.machine_slug(device)}{suffix}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         sys.stderr.write(f"wrote {out}\n")
