@@ -82,12 +82,10 @@ def measure(fn: Callable[[], Any], request: TimingRequest) -> float:
 def _measure_cpu(fn, budget: float, best: float | None) -> float:
     with torch.no_grad():
         t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-        if best is not None and first > _HOPELESS_FACTOR * best * 1.5:
-            # Even a cold first run this slow cannot come within reach of the best.
-            return first
-        for _ in range(_WARMUP_RUNS - 1):
+        fn()  # cold run: allocations, weight caches, kernel selection
+        cold = time.perf_counter() - t0
+        # A run longer than the whole budget is its own warm-up: skip the others.
+        for _ in range(_WARMUP_RUNS - 1 if cold < budget else 0):
             fn()
         times: list[float] = []
         spent = 0.0
@@ -97,8 +95,10 @@ def _measure_cpu(fn, budget: float, best: float | None) -> float:
             dt = time.perf_counter() - t0
             times.append(dt)
             spent += dt
-            if best is not None and len(times) == 1 and dt > _HOPELESS_FACTOR * best:
-                return dt
+            # Two warm runs both far slower than the best seen: it cannot win; stop
+            # (one run alone could be a scheduler hiccup on a busy machine).
+            if best is not None and len(times) == 2 and min(times) > _HOPELESS_FACTOR * best:
+                break
     return statistics.median(times)
 
 

@@ -268,8 +268,11 @@ class AutoquantSession:
         # 2. time the survivors on each recorded shape (cache first).
         benches = 0
         ordered = [c for c in self.candidates if c.name in built]
-        # Weight-only / float candidates first: interpolate mode compares against them.
-        ordered.sort(key=lambda c: c.dynamic_activation)
+        # Timing order (the choice's tie-break is the candidate order, not this one):
+        # weight-only/float candidates first, then keep (often slow: a layer's own dtype
+        # may be emulated, e.g. bf16 on AVX2, so a known best lets the timer stop it
+        # early), then dynamic-activation ones, which interpolate mode compares to the rest.
+        ordered.sort(key=lambda c: (c.dynamic_activation, c.config is None and not c.dynamic_activation))
         for key, _count in shapes:
             m, adt = key
             x = make_activation((m, k), adt, w.device, seed=1)
