@@ -19,7 +19,7 @@ import sys as _sys
 import types as _types
 
 from .accuracy import DEFAULT_MIN_SQNR
-from .bench import BenchmarkCache, TimingRequest, device_name, measure
+from .bench import BenchmarkCache, Measure, TimingRequest, device_name, measure
 from .candidates import (
     KEEP,
     Candidate,
@@ -45,6 +45,7 @@ __all__ = [
     "BenchmarkCache",
     "TimingRequest",
     "measure",
+    "Measure",
     "device_name",
     "Candidate",
     "KEEP",

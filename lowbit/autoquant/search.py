@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERPOLATION = 0.85
 # Candidates within this fraction of a shape's best time get a second, longer measurement.
 _REFINE_WITHIN = 0.10
-# Sample activations larger than this (elements) are not kept; SQNR then uses random ones.
-_MAX_SAMPLE_NUMEL = 1 << 23
+# Rows of real activation kept per layer and shape for the SQNR check (memory stays
+# small on big models; a shape with more rows reuses them, tiled).
+_SAMPLE_ROWS = 64
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _SESSION_ATTR = "_lowbit_autoquant"
 # Errors that mean "this candidate cannot serve this layer": lowbit's own, nothing else.
@@ -149,8 +150,8 @@ class AutoquantSession:
                 return None
             key = (math.prod(x.shape[:-1]), x.dtype)
             layer.counts[key] = layer.counts.get(key, 0) + 1
-            if keep_samples and key not in layer.samples and x.numel() <= _MAX_SAMPLE_NUMEL:
-                layer.samples[key] = x.detach().reshape(-1, x.shape[-1]).clone()
+            if keep_samples and key not in layer.samples:
+                layer.samples[key] = x.detach().reshape(-1, x.shape[-1])[:_SAMPLE_ROWS].clone()
             return None
 
         return hook
@@ -240,8 +241,7 @@ class AutoquantSession:
         lr = R.LayerReport(layer.fqn, (n, k), _dt(w.dtype), {labels[key]: c for key, c in shapes})
 
         # 1. build each candidate on a copy of the layer and check its output SQNR.
-        xs = {key: layer.samples.get(key) for key, _ in shapes}
-        xs = {key: (x if x is not None else make_activation((key[0], k), key[1], w.device)) for key, x in xs.items()}
+        xs = {key: _activation(layer.samples.get(key), key, k, w.device) for key, _ in shapes}
         refs = {key: reference_output(x, w, bias) for key, x in xs.items()}
         built: dict[str, torch.Tensor] = {}
         for cand in self.candidates:
@@ -377,6 +377,15 @@ class _LinearShell(nn.Module):
 
 def _shell_filter(module, fqn):
     return fqn == ""
+
+
+def _activation(sample: torch.Tensor | None, key, k: int, device) -> torch.Tensor:
+    """[M, K] activation for the SQNR check: the recorded rows tiled to M, else random."""
+    m, dtype = key
+    if sample is None or sample.shape[0] == 0:
+        return make_activation((m, k), dtype, device)
+    reps = -(-m // sample.shape[0])
+    return sample.repeat(reps, 1)[:m]
 
 
 def _ineligible_reason(module: nn.Module) -> str | None:

@@ -66,3 +66,11 @@ def test_real_run_on_cuda():
 
 def test_device_name_cpu_includes_threads():
     assert aq.device_name("cpu").endswith(f"({torch.get_num_threads()} threads)")
+
+
+def test_measure_min_statistic_and_validation():
+    fn = _Sleeper(0.002)
+    t_min = aq.Measure(statistic="min", flush_cache=False)(fn, _req())
+    assert 0.002 <= t_min < 0.1
+    with pytest.raises(ValueError, match="statistic"):
+        aq.Measure(statistic="mean")
