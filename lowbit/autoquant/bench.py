@@ -136,12 +136,15 @@ def _measure_cpu(fn, budget: float, best: float | None, flush: bool, statistic: 
         t0 = time.perf_counter()
         fn()  # cold run: allocations, weight caches, kernel selection
         cold = time.perf_counter() - t0
-        # A run longer than the whole budget is its own warm-up: skip the others.
-        for _ in range(_WARMUP_RUNS - 1 if cold < budget else 0):
+        # A run longer than the whole budget is its own warm-up, and its runs are steady:
+        # skip further warm-ups and take fewer runs (full-size GEMMs take seconds on CPU).
+        slow = cold >= budget
+        min_runs = _MIN_RUNS - 1 if slow else _MIN_RUNS
+        for _ in range(0 if slow else _WARMUP_RUNS - 1):
             fn()
         times: list[float] = []
         spent = 0.0
-        while len(times) < _MAX_RUNS and (len(times) < _MIN_RUNS or spent < budget):
+        while len(times) < _MAX_RUNS and (len(times) < min_runs or spent < budget):
             if buf is not None:
                 buf.fill_(len(times) & 0xFF)
             t0 = time.perf_counter()
@@ -149,9 +152,9 @@ def _measure_cpu(fn, budget: float, best: float | None, flush: bool, statistic: 
             dt = time.perf_counter() - t0
             times.append(dt)
             spent += dt
-            # Two warm runs both far slower than the best seen: it cannot win; stop
-            # (one run alone could be a scheduler hiccup on a busy machine).
-            if best is not None and len(times) == 2 and min(times) > _HOPELESS_FACTOR * best:
+            # The cold run and a warm one both far slower than the best seen: it cannot
+            # win; stop (one run alone could be a scheduler hiccup on a busy machine).
+            if best is not None and len(times) == 1 and min(cold, dt) > _HOPELESS_FACTOR * best:
                 break
     return min(times) if statistic == "min" else statistics.median(times)
 

@@ -34,7 +34,13 @@ def test_measure_stops_early_when_hopeless():
     fn = _Sleeper(0.01)
     t = aq.measure(fn, _req(best=0.001))
     assert t >= 0.01
-    assert fn.calls == 4  # cold, one warm-up, two timed runs
+    assert fn.calls == 3  # cold, one warm-up, one timed run
+
+
+def test_slow_op_skips_warmups():
+    fn = _Sleeper(0.06)  # longer than the 0.05 s budget
+    aq.measure(fn, _req())
+    assert fn.calls == 3  # cold (its own warm-up), two timed runs
 
 
 def test_long_measurement_runs_longer():
