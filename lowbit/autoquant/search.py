@@ -299,7 +299,7 @@ class AutoquantSession:
                 entries[cand.name] = (ckey, entry)
                 best = entry["time"] if best is None else min(best, entry["time"])
             # Second, longer measurement where the race is close.
-            close = [name for name, (_, e) in entries.items() if e["time"] <= best * (1 + _REFINE_WITHIN)]
+            close = [n for n, (_, e) in entries.items() if best is not None and e["time"] <= best * (1 + _REFINE_WITHIN)]
             if len(close) > 1:
                 for name in close:
                     ckey, entry = entries[name]
@@ -325,9 +325,12 @@ class AutoquantSession:
             if res.status == R.OK and len(res.times) == len(shapes):
                 res.weighted_time = sum(c * res.times[labels[key]] for key, c in shapes)
         timed = [r for r in lr.candidates if r.weighted_time is not None]
+        keep = lr.result("keep")
+        if keep not in timed:
+            lr.choice, lr.reason = "keep", "the float weight could not be timed; kept as it is"
+            return lr, benches
         best_res = min(timed, key=lambda r: r.weighted_time)
         lr.choice = best_res.name
-        keep = lr.result("keep")
         if best_res.name == "keep":
             lr.reason = "no candidate beat the float weight" + (
                 f" ({len(timed) - 1} timed)" if len(timed) > 1 else " (none passed the checks)"
