@@ -4,7 +4,8 @@
 class FakeTimer:
     """Deterministic timer: seconds from ``table[(candidate, M)]`` (or with phase / long).
 
-    Lookup order: (name, M, phase, long), (name, M, phase), (name, M), (name,), default.
+    Lookup order: (name, (N, K)) for a weight shape, (name, M, phase, long), (name, M, phase),
+    (name, M), (name,), default.
     Never runs the function, so tests are fast; every request is recorded.
     """
 
@@ -16,7 +17,7 @@ class FakeTimer:
     def __call__(self, fn, req):
         self.requests.append(req)
         m = req.act_shape[0]
-        for key in ((req.candidate, m, req.phase, req.long), (req.candidate, m, req.phase), (req.candidate, m), (req.candidate,)):
+        for key in ((req.candidate, tuple(req.weight_shape)), (req.candidate, m, req.phase, req.long), (req.candidate, m, req.phase), (req.candidate, m), (req.candidate,)):
             if key in self.table:
                 return self.table[key]
         return self.default

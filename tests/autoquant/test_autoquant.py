@@ -393,9 +393,10 @@ def test_float32_model_float_candidates():
 def test_plan_save_load_apply_round_trip(tmp_path):
     m = _model()
     fresh = copy.deepcopy(m)
-    timer = FakeTimer({("int8_dynamic", 8): 0.1, ("cast_float32", 8): 0.1, ("int8_dynamic",): 9.0, ("cast_float32",): 9.0})
-    # layer a sees M=8 (int8_dynamic and cast_float32 tie at 0.1: registration order picks int8)
+    # a (128x64) -> int8_dynamic, b (64x128) -> cast_float32, c never runs -> keep
+    timer = FakeTimer({("int8_dynamic", (128, K)): 0.1, ("cast_float32", (K, 128)): 0.1})
     plan = lowbit.autoquant(m, (_x(8),), timer=timer)
+    assert plan.report.choices == {"a": "int8_dynamic", "b": "cast_float32"}
     path = tmp_path / "plan.json"
     plan.save(path)
     saved = json.loads(path.read_text())
