@@ -9,7 +9,7 @@ saved plan (no benchmarking), and writes a markdown table.
     python3 -m benchmarks.autoquant            # full size: q/k/v/o 4096x4096,
                                                # gate/up 11008x4096, down 4096x11008
 
-Timings on a shared machine are noisy: each figure is the median of repeated runs.
+Timings on a shared machine are noisy: each figure is the median of repeated passes,\ntaken round-robin over all the models so that load changes hit them alike.
 """
 
 from __future__ import annotations
@@ -78,19 +78,27 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_block(model, x, reps, warmup=2) -> float:
-    """Median seconds of one forward pass."""
+def time_round_robin(models: dict[str, nn.Module], xs: dict[int, torch.Tensor], reps: int, warmup: int = 2):
+    """Median seconds of one forward pass, per model and M.
+
+    The models take turns (one pass each per round), so a change in the machine's load
+    during the run hits all of them alike instead of whichever ran at that moment.
+    """
+    out: dict[str, dict[int, float]] = {}
     with torch.no_grad():
-        for _ in range(warmup):
-            model(x)
-        _sync(x.device)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model(x)
-            _sync(x.device)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for m, x in xs.items():
+            samples: dict[str, list[float]] = {name: [] for name in models}
+            for r in range(warmup + reps):
+                for name, model in models.items():
+                    _sync(x.device)
+                    t0 = time.perf_counter()
+                    model(x)
+                    _sync(x.device)
+                    if r >= warmup:
+                        samples[name].append(time.perf_counter() - t0)
+            for name, ts in samples.items():
+                out.setdefault(name, {})[m] = statistics.median(ts)
+    return out
 
 
 def main(argv=None) -> int:
@@ -101,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-sqnr", type=float, default=aq.DEFAULT_MIN_SQNR)
     p.add_argument("--mode", default="op", choices=[m.value for m in aq.Mode])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--reps", type=int, default=5, help="timed forward passes per figure")
+    p.add_argument("--reps", type=int, default=5, help="timed forward passes per figure (round-robin over the models)")
     p.add_argument("--out", default=None, help="write the markdown here (e.g. benchmarks/results/autoquant_cpu.md)")
     p.add_argument("--report", action="store_true", help="append autoquant's per-layer report")
     args = p.parse_args(argv)
@@ -114,19 +122,15 @@ def main(argv=None) -> int:
     base = DecoderBlock(hidden, inter, heads, torch.bfloat16).to(device)
     xs = {m: torch.randn(1, m, hidden, dtype=torch.bfloat16, device=device) for m in args.ms}
 
-    rows: dict[str, dict[int, float]] = {"bf16 (as is)": {m: time_block(base, xs[m], args.reps) for m in args.ms}}
-    log.info("bf16: %s", rows["bf16 (as is)"])
+    models: dict[str, nn.Module] = {"bf16 (as is)": base}
     # Every single config of the set, applied to the whole block.
-    singles = [c for c in aq.resolve_candidates(args.candidates) if c.config is not None]
-    for cand in singles:
+    for cand in (c for c in aq.resolve_candidates(args.candidates) if c.config is not None):
         model = copy.deepcopy(base)
         rep = lowbit.quantize_(model, cand.config)
         if not rep.quantized:
             log.info("%s: skipped (%s)", cand.name, next(iter(rep.skipped.values()), "no layer"))
             continue
-        rows[cand.name] = {m: time_block(model, xs[m], args.reps) for m in args.ms}
-        log.info("%s: %s", cand.name, rows[cand.name])
-        del model
+        models[cand.name] = model
 
     # autoquant, calibrated on all Ms at once (manual mode), then one plan per M from the cache.
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         plan = model.finalize_autoquant()
         finalize_s = time.perf_counter() - t0
-        rows["autoquant (all Ms)"] = {m: time_block(model, xs[m], args.reps) for m in args.ms}
+        models["autoquant (all Ms)"] = model
         plan_path = os.path.join(tmp, "plan.json")
         plan.save(plan_path)
         fresh = copy.deepcopy(base)
@@ -154,8 +158,14 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             per_m_plans[m] = aq.autoquant(mm, (xs[m],), candidates=args.candidates, min_sqnr=args.min_sqnr, mode=args.mode, cache=cache)
             per_m_finalize[m] = time.perf_counter() - t0
-            rows.setdefault(f"autoquant (M={m} only)", {})[m] = time_block(mm, xs[m], args.reps)
-            del mm
+            models[f"autoquant (M={m} only)"] = mm
+
+    log.info("timing %d models round-robin at M=%s", len(models), args.ms)
+    rows = time_round_robin(models, xs, args.reps)
+    for m in args.ms:  # a plan made for one M is reported at that M only
+        for other in args.ms:
+            if other != m:
+                rows[f"autoquant (M={m} only)"].pop(other, None)
 
     dev = aq.device_name(device)
     lines = [
@@ -163,7 +173,7 @@ def main(argv=None) -> int:
         "",
         f"device: {dev}; torch {torch.__version__}; lowbit {lowbit.__version__}; candidates: {args.candidates}; "
         f"min SQNR {args.min_sqnr:g} dB; mode {args.mode}; median of {args.reps} forward passes "
-        "(shared machine: timings are noisy)",
+        "taken round-robin over the models (shared machine: timings are noisy)",
         "",
         "| config | " + " | ".join(f"M={m} ms" for m in args.ms) + " |",
         "|---|" + "---|" * len(args.ms),
