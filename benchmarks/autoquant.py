@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="timed forward passes per figure (round-robin over the models)")
     p.add_argument("--out", default=None, help="write the markdown here (e.g. benchmarks/results/autoquant_cpu.md)")
     p.add_argument("--report", action="store_true", help="append autoquant's per-layer report")
+    p.add_argument("--finalize-only", action="store_true", help="only time finalize and re-applying the plan")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.scale < 1 or HIDDEN % args.scale or INTER % args.scale or HEADS % args.scale:
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
 
     models: dict[str, nn.Module] = {"bf16 (as is)": base}
     # Every single config of the set, applied to the whole block.
-    for cand in (c for c in aq.resolve_candidates(args.candidates) if c.config is not None):
+    singles = [] if args.finalize_only else [c for c in aq.resolve_candidates(args.candidates) if c.config is not None]
+    for cand in singles:
         model = copy.deepcopy(base)
         rep = lowbit.quantize_(model, cand.config)
         if not rep.quantized:
@@ -153,13 +155,22 @@ def main(argv=None) -> int:
         del fresh
         per_m_plans = {}
         per_m_finalize = {}
-        for m in args.ms:
+        for m in [] if args.finalize_only else args.ms:
             mm = copy.deepcopy(base)
             t0 = time.perf_counter()
             per_m_plans[m] = aq.autoquant(mm, (xs[m],), candidates=args.candidates, min_sqnr=args.min_sqnr, mode=args.mode, cache=cache)
             per_m_finalize[m] = time.perf_counter() - t0
             models[f"autoquant (M={m} only)"] = mm
 
+    if args.finalize_only:
+        text = (
+            f"finalize (scale 1/{args.scale}, M={args.ms}, {aq.device_name(device)}): {finalize_s:.1f} s, "
+            f"{plan.report.benchmarks_run} benchmarks; re-apply saved plan: {reapply_s:.2f} s\n"
+        )
+        if args.report:
+            text += "\n" + plan.report.to_markdown()
+        sys.stdout.write(text)
+        return 0
     log.info("timing %d models round-robin at M=%s", len(models), args.ms)
     rows = time_round_robin(models, xs, args.reps)
     for m in args.ms:  # a plan made for one M is reported at that M only
