@@ -7,8 +7,8 @@ Three steps (STYLE §6), using only public pieces (configs, ``quantize_``):
    shapes (rows M and dtype) it sees and keeps one sample activation per shape.
 2. *Calibrate*: the model runs normally, once on ``example_inputs`` or as often as the
    user likes (``manual=True``), then ``finalize`` is called.
-3. *Finalize*: per layer, each candidate is built on a copy of the layer with
-   ``quantize_``; its output SQNR against the float32 reference decides if it may be
+3. *Finalize*: per layer, each candidate's weight is built by its config's handler (as
+   ``quantize_`` does; the model is untouched); its output SQNR against the float32 reference decides if it may be
    used; the survivors are timed on every recorded shape; the lowest count-weighted
    time wins. The result is a ``Plan`` (an ``FqnToConfig``) and an ``AutoquantReport``.
 """
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import quantize_
+from ..config import handler_for
 from ..errors import UnsupportedError
 from ..tensors.base import LowbitTensor, UnsupportedOpError
 from . import report as R
@@ -341,12 +342,15 @@ class AutoquantSession:
         return lr, benches
 
     def _build(self, cand: Candidate, w: torch.Tensor, bias, fqn: str) -> torch.Tensor:
-        """Quantize a copy of the layer with the public ``quantize_`` (the model is untouched)."""
-        shell = _LinearShell(w, bias)
-        rep = quantize_(shell, cand.config, filter_fn=_shell_filter)
-        if "" in rep.skipped:
-            raise UnsupportedError(rep.skipped[""])
-        return shell.weight.detach()
+        """The candidate's new weight for this layer, built as ``quantize_`` builds it.
+
+        Calls the config's registered handler (what ``quantize_`` calls per layer) on the
+        detached weight, so the model is untouched, a format that cannot serve the layer
+        raises ``UnsupportedError`` naming the layer, and the logs get no per-candidate
+        ``quantize_`` summary line.
+        """
+        with torch.no_grad():
+            return handler_for(cand.config)(w, cand.config, fqn)
 
     def _time(self, cand: Candidate, q, bias, x, wshape, best, long: bool) -> dict:
         m, k = x.shape
@@ -367,19 +371,6 @@ class AutoquantSession:
             c = self.interpolation
             return {"time": c * t_mm + (1 - c) * t_op, "matmul_time": t_mm, "op_time": t_op, "long": long}
         return {"time": float(self.timer(op, req("op", best))), "long": long}
-
-
-class _LinearShell(nn.Module):
-    """A stand-in ``nn.Linear`` holding a layer's weight, so ``quantize_`` builds a copy."""
-
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-
-
-def _shell_filter(module, fqn):
-    return fqn == ""
 
 
 def _activation(sample: torch.Tensor | None, key, k: int, device) -> torch.Tensor:
