@@ -500,3 +500,43 @@ def test_real_run_on_cpu():
     with torch.no_grad():
         out = model(x).float()
     assert lowbit.sqnr(ref, out) > 25  # each layer passed the 30 dB bar; two stacked
+
+
+def test_plan_from_another_device_loads_with_a_warning(tmp_path, caplog):
+    plan = lowbit.autoquant(_model(), (_x(8),), timer=FakeTimer({("int8_weight_only",): 0.1}))
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    data = json.loads(path.read_text())
+    data["device"] = "cpu:Some Other CPU (64 threads)"
+    path.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="lowbit.autoquant"):
+        loaded = aq.Plan.load(path)
+    assert "Some Other CPU" in caplog.text
+    assert loaded.config_for("a") == lowbit.Int8WeightOnlyConfig()
+
+
+def test_apply_false_leaves_model_unchanged():
+    m = _model()
+    plan = lowbit.autoquant(m, (_x(8),), timer=FakeTimer({("int8_weight_only",): 0.1}), apply=False)
+    assert plan.config_for("a") == lowbit.Int8WeightOnlyConfig()
+    assert not isinstance(m.a.weight, lowbit.LowbitTensor)
+    assert not m.a._forward_pre_hooks and "finalize_autoquant" not in m.__dict__
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["recorded", "random"])
+def test_sqnr_on_recorded_or_random_activations(record):
+    m = _model()
+    # Activations with a large offset: SQNR of int8 dynamic differs from random normal ones.
+    x = _x(8) * 0.1 + 3.0
+    plan = lowbit.autoquant(m, (x,), timer=FakeTimer(), record_activations=record, min_sqnr=None)
+    w, b = _model().a.weight.detach(), _model().a.bias.detach()
+    xs = x if record else aq.accuracy.make_activation((8, K), torch.bfloat16, "cpu")
+    q = Int8DynActTensor.from_float(w)
+    expected = lowbit.sqnr(xs.float() @ w.float().t() + b.float(), F.linear(xs, q, b).float())
+    assert plan.report.layers["a"].result("int8_dynamic").sqnr == pytest.approx(expected, abs=1e-6)
+
+
+def test_progress_bar_option():
+    pytest.importorskip("tqdm")
+    plan = lowbit.autoquant(_model(), (_x(8),), timer=FakeTimer(), progress=True)
+    assert len(plan.report.layers) == 2
