@@ -24,6 +24,10 @@ from .tensors import Int8DynActTensor, Int8Tensor, LowbitTensor, UnsupportedOpEr
 
 __version__ = "0.1.0"
 
+from . import autoquant  # noqa: E402  (callable: lowbit.autoquant(model, example_inputs))
+from .configs import FloatCastConfig  # noqa: E402
+from .tensors import FloatCastTensor  # noqa: E402
+
 __all__ = [
     "quantize_",
     "FqnToConfig",
@@ -42,4 +46,7 @@ __all__ = [
     "load_into",
     "primitives",
     "granularity",
+    "autoquant",
+    "FloatCastConfig",
+    "FloatCastTensor",
 ]

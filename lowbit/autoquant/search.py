@@ -1,0 +1,551 @@
+"""autoquant: record each linear layer's activation shapes, then measure every candidate
+format on them and keep the fastest one above an accuracy bar.
+
+Three steps (STYLE §6), using only public pieces (configs, ``quantize_``):
+
+1. *Prepare*: a forward pre-hook on every eligible ``nn.Linear`` counts the activation
+   shapes (rows M and dtype) it sees and keeps one sample activation per shape.
+2. *Calibrate*: the model runs normally, once on ``example_inputs`` or as often as the
+   user likes (``manual=True``), then ``finalize`` is called.
+3. *Finalize*: per layer, each candidate's weight is built by its config's handler (as
+   ``quantize_`` does; the model is untouched); its output SQNR against the float32 reference decides if it may be
+   used; the survivors are timed on every recorded shape; the lowest count-weighted
+   time wins. The result is a ``Plan`` (an ``FqnToConfig``) and an ``AutoquantReport``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..api import quantize_
+from ..config import handler_for
+from ..errors import UnsupportedError
+from ..tensors.base import LowbitTensor, UnsupportedOpError
+from . import report as R
+from .accuracy import DEFAULT_MIN_SQNR, make_activation, output_sqnr, reference_output
+from .bench import BenchmarkCache, Timer, TimingRequest, device_name, measure
+from .candidates import Candidate, resolve_candidates
+from .plan import Plan
+
+__all__ = ["Mode", "autoquant", "finalize", "AutoquantSession", "DEFAULT_INTERPOLATION", "DEFAULT_MIN_SQNR"]
+
+log = logging.getLogger(__name__)
+
+# Weight of the matmul-only time in "interpolate" mode. In a compiled model the
+# activation quantization of a dynamic-activation format mostly fuses into the op that
+# produces the activation, so the matmul dominates what the layer costs.
+DEFAULT_INTERPOLATION = 0.85
+# Candidates within this fraction of a shape's best time get a second, longer measurement.
+_REFINE_WITHIN = 0.10
+# Rows of real activation kept per layer and shape for the SQNR check (memory stays
+# small on big models; a shape with more rows reuses them, tiled).
+_SAMPLE_ROWS = 64
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_SESSION_ATTR = "_lowbit_autoquant"
+# Errors that mean "this candidate cannot serve this layer": lowbit's own, nothing else.
+_CANDIDATE_ERRORS = (UnsupportedError, UnsupportedOpError)
+
+
+class Mode(str, enum.Enum):
+    """How a candidate's time is measured.
+
+    OP: the layer's whole ``F.linear`` at the recorded shape (activation quantization,
+        kernel choice for that M, output cast: everything a layer pays in a model).
+    INTERPOLATE: for dynamic-activation candidates, ``c * matmul_only + (1 - c) * op``
+        with ``c = interpolation`` (default 0.85); the full op is not timed when the
+        matmul alone is already slower than the best candidate at that shape.
+    """
+
+    OP = "op"
+    INTERPOLATE = "interpolate"
+
+
+class _Layer:
+    """Recorded state of one eligible layer."""
+
+    def __init__(self, fqn: str, module: nn.Module):
+        self.fqn = fqn
+        self.module = module
+        self.counts: dict[tuple[int, torch.dtype], int] = {}
+        self.samples: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self.handle = None
+
+
+class AutoquantSession:
+    """A model being autoquantized: the hooks, what they recorded, and the settings.
+
+    Created by ``autoquant``; ``finalize()`` measures, decides, applies and returns the
+    ``Plan``. Until then the model runs normally (in its own dtype, unquantized).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        candidates: list[Candidate],
+        min_sqnr: float | None,
+        mode: Mode,
+        filter_fn: Callable[[nn.Module, str], bool] | None,
+        cache: BenchmarkCache,
+        timer: Timer,
+        interpolation: float,
+        unrun: str,
+        record_activations: bool,
+        apply: bool,
+        progress: bool,
+    ):
+        self.model = model
+        self.candidates = candidates
+        self.min_sqnr = min_sqnr
+        self.mode = mode
+        self.cache = cache
+        self.timer = timer
+        self.interpolation = interpolation
+        self.unrun = unrun
+        self.record_activations = record_activations
+        self.apply = apply
+        self.progress = progress
+        self.layers: dict[str, _Layer] = {}
+        self._wrapper: nn.Module | None = None  # torch.compile wrapper running eagerly meanwhile
+        self._wrapper_forward = None
+        self.ineligible: dict[str, str] = {}
+        self.finalized = False
+        for fqn, module in model.named_modules():
+            if filter_fn is not None and not filter_fn(module, fqn):
+                continue
+            if filter_fn is None and not isinstance(module, nn.Linear):
+                continue
+            why = _ineligible_reason(module)
+            if why is not None:
+                self.ineligible[fqn] = why
+                log.info("lowbit.autoquant: %s is not eligible: %s", fqn, why)
+                continue
+            layer = _Layer(fqn, module)
+            layer.handle = module.register_forward_pre_hook(self._make_hook(layer), with_kwargs=True)
+            self.layers[fqn] = layer
+        if not self.layers:
+            self._remove_hooks()
+            raise ValueError(
+                f"autoquant found no eligible layer in {type(model).__name__} (it looks for nn.Linear "
+                f"with a 2-D float weight; not eligible: {self.ineligible or 'none'}); pass filter_fn to choose layers"
+            )
+        log.info("lowbit.autoquant: recording activation shapes of %d layers", len(self.layers))
+
+    def _make_hook(self, layer: _Layer):
+        keep_samples = self.record_activations
+
+        # Recording is plain Python bookkeeping; under torch.compile it runs eagerly
+        # (a graph break) so the shapes are real numbers, not symbols.
+        @torch._dynamo.disable
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("input")
+            if not isinstance(x, torch.Tensor) or x.ndim == 0:
+                return None
+            key = (math.prod(x.shape[:-1]), x.dtype)
+            layer.counts[key] = layer.counts.get(key, 0) + 1
+            if keep_samples and key not in layer.samples:
+                layer.samples[key] = x.detach().reshape(-1, x.shape[-1])[:_SAMPLE_ROWS].clone()
+            return None
+
+        return hook
+
+    def _run_wrapper_eagerly(self, wrapper: nn.Module) -> None:
+        """Until finalize, make a ``torch.compile`` wrapper call its original module eagerly.
+
+        Dynamo does not guard on hooks added after compiling, so an already compiled
+        graph would bypass them; running eagerly records real shapes and compiles
+        nothing that still holds float weights. The compiled forward comes back at finalize.
+        """
+        self._wrapper = wrapper
+        self._wrapper_forward = wrapper.__dict__.get("forward")
+        wrapper.forward = self.model.__call__
+
+    def _remove_hooks(self) -> None:
+        if self._wrapper is not None:
+            self._wrapper.forward = self._wrapper_forward
+            self._wrapper = None
+        for layer in self.layers.values():
+            if layer.handle is not None:
+                layer.handle.remove()
+                layer.handle = None
+
+    # ------------------------------------------------------------------ finalize
+
+    def finalize(self) -> Plan:
+        """Measure, decide and (unless ``apply=False``) quantize the model; return the plan."""
+        if self.finalized:
+            raise RuntimeError("this autoquant session is already finalized; call lowbit.autoquant again")
+        never_run = [fqn for fqn, layer in self.layers.items() if not layer.counts]
+        if never_run and self.unrun == "raise":
+            raise ValueError(
+                f"{len(never_run)} layers never ran during calibration: {never_run[:8]}"
+                f"{' ...' if len(never_run) > 8 else ''}; run inputs that reach them, or pass "
+                f"unrun='keep' to keep them in float"
+            )
+        t0 = time.perf_counter()
+        lowbit_version = _lowbit_version()
+        first = next(iter(self.layers.values())).module.weight
+        rep = R.AutoquantReport(
+            device=device_name(first.device),
+            torch_version=torch.__version__,
+            lowbit_version=lowbit_version,
+            mode=self.mode.value,
+            min_sqnr=self.min_sqnr,
+            never_run=never_run,
+            ineligible=dict(self.ineligible),
+        )
+        hits0, benches = self.cache.hits, 0
+        todo = [layer for layer in self.layers.values() if layer.counts]
+        for fqn in never_run:
+            log.info("lowbit.autoquant: %s never ran during calibration; keeping its float weight", fqn)
+        bar = _progress_bar(len(todo), self.progress)
+        for i, layer in enumerate(todo):
+            lr, n = self._decide(layer)
+            benches += n
+            rep.layers[layer.fqn] = lr
+            log.info("lowbit.autoquant: [%d/%d] %s -> %s (%s)", i + 1, len(todo), layer.fqn, lr.choice, lr.reason)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        rep.benchmarks_run = benches
+        rep.cache_hits = self.cache.hits - hits0
+        self.cache.save()
+        by_name = {c.name: c for c in self.candidates}
+        configs = {fqn: by_name[lr.choice].config for fqn, lr in rep.layers.items()}
+        configs.update({fqn: None for fqn in never_run})
+        plan = Plan(configs, rep, rep.device, rep.torch_version, lowbit_version)
+        self._remove_hooks()
+        if self.apply:
+            quantize_(self.model, plan)
+        rep.finalize_seconds = time.perf_counter() - t0
+        self.finalized = True
+        _detach_session(self.model)
+        log.info("lowbit.%s", rep)
+        return plan
+
+    def _decide(self, layer: _Layer) -> tuple[R.LayerReport, int]:
+        module = layer.module
+        w = module.weight.detach()
+        bias = None if module.bias is None else module.bias.detach()
+        n, k = w.shape
+        shapes = sorted(layer.counts.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+        labels = {key: R.shape_label(key[0], _dt(key[1])) for key, _ in shapes}
+        lr = R.LayerReport(layer.fqn, (n, k), _dt(w.dtype), {labels[key]: c for key, c in shapes})
+
+        # 1. build each candidate on a copy of the layer and check its output SQNR.
+        xs = {key: _activation(layer.samples.get(key), key, k, w.device) for key, _ in shapes}
+        refs = {key: reference_output(x, w, bias) for key, x in xs.items()}
+        built: dict[str, torch.Tensor] = {}
+        for cand in self.candidates:
+            res = R.CandidateResult(cand.name, None if cand.config is None else cand.config.to_dict())
+            lr.candidates.append(res)
+            if cand.config is None:
+                built[cand.name] = w
+                continue
+            try:
+                q = self._build(cand, w, bias, layer.fqn)
+                res.sqnr = min(output_sqnr(xs[key], refs[key], q, bias) for key in xs)
+            except _CANDIDATE_ERRORS as e:
+                _record_error(res, e, layer.fqn)
+                continue
+            except Exception as e:
+                e.add_note(f"lowbit.autoquant: while building candidate {cand.name} for layer {layer.fqn}")
+                raise
+            if self.min_sqnr is not None and not res.sqnr >= self.min_sqnr:
+                res.status = R.REJECTED
+                res.message = f"output SQNR {res.sqnr:.1f} dB < min_sqnr {self.min_sqnr:g} dB"
+                continue
+            built[cand.name] = q
+
+        # 2. time the survivors on each recorded shape (cache first).
+        benches = 0
+        ordered = [c for c in self.candidates if c.name in built]
+        # Timing order (the choice's tie-break is the candidate order, not this one):
+        # weight-only/float candidates first, then keep (often slow: a layer's own dtype
+        # may be emulated, e.g. bf16 on AVX2, so a known best lets the timer stop it
+        # early), then dynamic-activation ones, which interpolate mode compares to the rest.
+        ordered.sort(key=lambda c: (c.dynamic_activation, c.config is None and not c.dynamic_activation))
+        for key, _count in shapes:
+            m, adt = key
+            x = make_activation((m, k), adt, w.device, seed=1)
+            label = labels[key]
+            best: float | None = None
+            entries: dict[str, tuple[str, dict]] = {}
+            for cand in ordered:
+                res = lr.result(cand.name)
+                if res.status != R.OK:
+                    continue
+                ckey = self.cache.key(w.device, (n, k), w.dtype, bias is not None, (m, k), adt, cand.config_key(), self.mode.value)
+                entry = self.cache.get(ckey)
+                if entry is None:
+                    try:
+                        entry = self._time(cand, built[cand.name], bias, x, (n, k), best, long=False)
+                    except _CANDIDATE_ERRORS as e:
+                        _record_error(res, e, layer.fqn)
+                        continue
+                    except Exception as e:
+                        e.add_note(f"lowbit.autoquant: while timing {cand.name} on {layer.fqn} at {label}")
+                        raise
+                    benches += 1
+                    self.cache.put(ckey, entry)
+                entries[cand.name] = (ckey, entry)
+                best = entry["time"] if best is None else min(best, entry["time"])
+            # Second, longer measurement where the race is close.
+            close = [n for n, (_, e) in entries.items() if best is not None and e["time"] <= best * (1 + _REFINE_WITHIN)]
+            if len(close) > 1:
+                for name in close:
+                    ckey, entry = entries[name]
+                    if entry.get("long"):
+                        continue
+                    cand = next(c for c in ordered if c.name == name)
+                    entry = self._time(cand, built[name], bias, x, (n, k), None, long=True)
+                    benches += 1
+                    self.cache.put(ckey, entry)
+                    entries[name] = (ckey, entry)
+            for name, (_, entry) in entries.items():
+                res = lr.result(name)
+                res.times[label] = entry["time"]
+                if "matmul_time" in entry:
+                    op = entry.get("op_time")
+                    res.notes.append(
+                        f"{label}: matmul {entry['matmul_time'] * 1e3:.4g} ms"
+                        + (f", op {op * 1e3:.4g} ms" if op is not None else ", op not timed (matmul alone loses)")
+                    )
+
+        # 3. choose: lowest count-weighted time; keep wins ties (listed first).
+        for res in lr.candidates:
+            if res.status == R.OK and len(res.times) == len(shapes):
+                res.weighted_time = sum(c * res.times[labels[key]] for key, c in shapes)
+        timed = [r for r in lr.candidates if r.weighted_time is not None]
+        keep = lr.result("keep")
+        if keep not in timed:
+            lr.choice, lr.reason = "keep", "the float weight could not be timed; kept as it is"
+            return lr, benches
+        best_res = min(timed, key=lambda r: r.weighted_time)
+        lr.choice = best_res.name
+        if best_res.name == "keep":
+            lr.reason = "no candidate beat the float weight" + (
+                f" ({len(timed) - 1} timed)" if len(timed) > 1 else " (none passed the checks)"
+            )
+        else:
+            sq = "" if best_res.sqnr is None else f", SQNR {best_res.sqnr:.1f} dB"
+            lr.reason = f"fastest: {keep.weighted_time / best_res.weighted_time:.2f}x faster than keep{sq}"
+        return lr, benches
+
+    def _build(self, cand: Candidate, w: torch.Tensor, bias, fqn: str) -> torch.Tensor:
+        """The candidate's new weight for this layer, built as ``quantize_`` builds it.
+
+        Calls the config's registered handler (what ``quantize_`` calls per layer) on the
+        detached weight, so the model is untouched, a format that cannot serve the layer
+        raises ``UnsupportedError`` naming the layer, and the logs get no per-candidate
+        ``quantize_`` summary line.
+        """
+        with torch.no_grad():
+            return handler_for(cand.config)(w, cand.config, fqn)
+
+    def _time(self, cand: Candidate, q, bias, x, wshape, best, long: bool) -> dict:
+        m, k = x.shape
+
+        def req(phase, best_so_far):
+            return TimingRequest(cand.name, wshape, (m, k), x.dtype, x.device, phase, long, best_so_far)
+
+        def op():
+            return F.linear(x, q, bias)
+
+        if self.mode is Mode.INTERPOLATE and cand.dynamic_activation and cand.matmul_only is not None:
+            t_mm = float(self.timer(cand.matmul_only(q, x), req("matmul", best)))
+            if best is not None and t_mm >= best:
+                # The matmul alone already loses: its full (interpolated) time is at least
+                # this, so the full op is not timed.
+                return {"time": t_mm, "matmul_time": t_mm, "long": long}
+            t_op = float(self.timer(op, req("op", None)))
+            c = self.interpolation
+            return {"time": c * t_mm + (1 - c) * t_op, "matmul_time": t_mm, "op_time": t_op, "long": long}
+        return {"time": float(self.timer(op, req("op", best))), "long": long}
+
+
+def _activation(sample: torch.Tensor | None, key, k: int, device) -> torch.Tensor:
+    """[M, K] activation for the SQNR check: the recorded rows tiled to M, else random."""
+    m, dtype = key
+    if sample is None or sample.shape[0] == 0:
+        return make_activation((m, k), dtype, device)
+    reps = -(-m // sample.shape[0])
+    return sample.repeat(reps, 1)[:m]
+
+
+def _ineligible_reason(module: nn.Module) -> str | None:
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return "module has no weight tensor"
+    if isinstance(w, LowbitTensor):
+        return f"already quantized ({type(w).__name__})"
+    if w.ndim != 2:
+        return f"needs a 2-D weight, got {w.ndim}-D"
+    if w.dtype not in _FLOATS:
+        return f"needs a float32/float16/bfloat16 weight, got {w.dtype}"
+    return None
+
+
+def _record_error(res: R.CandidateResult, e: Exception, fqn: str) -> None:
+    res.status = R.UNSUPPORTED if isinstance(e, UnsupportedError) else R.ERROR
+    res.error_type = type(e).__name__
+    res.message = str(e)
+    log.info("lowbit.autoquant: %s on %s: %s: %s", res.name, fqn, res.error_type, res.message)
+
+
+def _dt(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _lowbit_version() -> str:
+    import lowbit
+
+    return getattr(lowbit, "__version__", "unknown")
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None  # progress is logged per layer either way
+    return tqdm(total=total, desc="autoquant", unit="layer")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module autoquant works on: the original of a ``torch.compile``-wrapped model."""
+    orig = getattr(model, "_orig_mod", None)
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) and isinstance(orig, nn.Module):
+        return orig
+    return model
+
+
+def _detach_session(model: nn.Module) -> None:
+    for name in (_SESSION_ATTR, "finalize_autoquant"):
+        model.__dict__.pop(name, None)
+
+
+def _run(model: nn.Module, inputs) -> None:
+    with torch.no_grad():
+        if isinstance(inputs, dict):
+            model(**inputs)
+        elif isinstance(inputs, (tuple, list)):
+            model(*inputs)
+        else:
+            model(inputs)
+
+
+def autoquant(
+    model: nn.Module,
+    example_inputs: Any = None,
+    candidates: Any = "default",
+    min_sqnr: float | None = DEFAULT_MIN_SQNR,
+    mode: Mode | str = Mode.OP,
+    manual: bool = False,
+    *,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    cache: BenchmarkCache | str | None = None,
+    timer: Timer | None = None,
+    interpolation: float = DEFAULT_INTERPOLATION,
+    unrun: str = "keep",
+    record_activations: bool = True,
+    apply: bool = True,
+    progress: bool = False,
+) -> Plan | AutoquantSession:
+    """Pick, per linear layer, the fastest candidate format on this device above an accuracy bar.
+
+    Args:
+        model: the model (changed in place when the plan is applied). A
+            ``torch.compile``-wrapped model works: autoquant records and quantizes its
+            ``_orig_mod``; the compiled wrapper recompiles on its next call.
+        example_inputs: inputs for one calibration forward pass: a tensor, a tuple/list
+            of positional arguments, or a dict of keyword arguments.
+        candidates: a set name ("default", "int8", "float", "all", plus any registered,
+            e.g. "int4"), candidate names, configs, or a list of these. The float weight
+            as it is ("keep") is always a candidate.
+        min_sqnr: accuracy bar in dB of per-layer output SQNR against the float layer;
+            candidates below it are rejected (their figure is reported). Default 30 dB
+            (see ``lowbit.autoquant.accuracy.DEFAULT_MIN_SQNR``); None disables it.
+        mode: "op" or "interpolate" (see ``Mode``).
+        manual: don't calibrate now; run the model yourself (any shapes, any number of
+            times), then call ``model.finalize_autoquant()`` or
+            ``lowbit.autoquant.finalize(model)``.
+        filter_fn: ``(module, fqn) -> bool`` choosing the layers; default every ``nn.Linear``.
+        cache: a ``BenchmarkCache`` or a path to its JSON file; default a fresh in-memory one.
+        timer: ``timer(fn, TimingRequest) -> seconds``; default ``bench.measure``.
+        interpolation: matmul-only weight in "interpolate" mode.
+        unrun: "keep" (default) keeps layers that never ran in float and lists them in
+            the report; "raise" makes ``finalize`` raise instead.
+        record_activations: keep one real activation per shape for the SQNR check
+            (else random normal activations are used).
+        apply: quantize the model with the plan at finalize (False: only return the plan).
+        progress: show a tqdm bar if tqdm is installed (progress is logged either way).
+
+    Returns:
+        The ``Plan`` (with ``plan.report``) when calibrated now; with ``manual=True``
+        the ``AutoquantSession`` whose ``finalize()`` returns the plan.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"autoquant takes an nn.Module, got {type(model).__name__}")
+    target = _unwrap(model)
+    if _SESSION_ATTR in target.__dict__:
+        raise ValueError(
+            "this model is already being autoquantized; call model.finalize_autoquant() "
+            "(or lowbit.autoquant.finalize(model)) first"
+        )
+    try:
+        mode = Mode(mode)
+    except ValueError:
+        raise ValueError(f"mode must be one of {[m.value for m in Mode]}, got {mode!r}") from None
+    if min_sqnr is not None and (isinstance(min_sqnr, bool) or not isinstance(min_sqnr, (int, float))):
+        raise TypeError(f"min_sqnr must be a number of dB or None, got {min_sqnr!r}")
+    if min_sqnr is None:
+        log.warning("lowbit.autoquant: min_sqnr=None: candidates are chosen on speed alone, with no accuracy bar")
+    if not 0.0 <= interpolation <= 1.0:
+        raise ValueError(f"interpolation must be in [0, 1], got {interpolation}")
+    if unrun not in ("keep", "raise"):
+        raise ValueError(f"unrun must be 'keep' or 'raise', got {unrun!r}")
+    if example_inputs is None and not manual:
+        raise ValueError(
+            "autoquant needs example_inputs for its calibration pass, or manual=True to run "
+            "the model yourself and then call model.finalize_autoquant()"
+        )
+    if cache is None or isinstance(cache, (str, bytes)) or hasattr(cache, "__fspath__"):
+        cache = BenchmarkCache(cache)
+    elif not isinstance(cache, BenchmarkCache):
+        raise TypeError(f"cache must be a BenchmarkCache, a path or None, got {type(cache).__name__}")
+    session = AutoquantSession(
+        target, resolve_candidates(candidates), None if min_sqnr is None else float(min_sqnr), mode,
+        filter_fn, cache, timer or measure, float(interpolation), unrun, record_activations, apply, progress,
+    )
+    target.__dict__[_SESSION_ATTR] = session
+    target.__dict__["finalize_autoquant"] = session.finalize
+    if target is not model:
+        session._run_wrapper_eagerly(model)
+    if manual:
+        return session
+    try:
+        _run(target, example_inputs)
+    except BaseException:
+        session._remove_hooks()
+        _detach_session(target)
+        raise
+    return session.finalize()
+
+
+def finalize(model: nn.Module) -> Plan:
+    """Finish a ``manual=True`` autoquant: measure, decide, apply; return the ``Plan``."""
+    session = _unwrap(model).__dict__.get(_SESSION_ATTR)
+    if session is None:
+        raise ValueError("this model has no autoquant in progress; call lowbit.autoquant(model, manual=True) first")
+    return session.finalize()
