@@ -148,7 +148,8 @@ def unpack_marlin_int4(packed: torch.Tensor) -> torch.Tensor:
     return w.permute(0, 2, 1, 3).reshape(k, n).t().contiguous()
 
 
-def _scale_index(n_groups: int, k: int, device) -> torch.Tensor:
+def _scale_index(n_groups: int, device) -> torch.Tensor:
+    """Grouped order for several groups per column, Marlin's single-group order for one."""
     return _index(_scale_perm() if n_groups > 1 else _scale_perm_single(), device)
 
 
@@ -162,14 +163,14 @@ def pack_marlin_scales(scale: torch.Tensor, k: int) -> torch.Tensor:
     n, g = scale.shape
     _check_layout_shape(n, k)
     s = scale.t().contiguous()
-    idx = _scale_index(g, k, scale.device)
+    idx = _scale_index(g, scale.device)
     return s.reshape(-1, idx.numel())[:, idx].reshape(g, n).contiguous()
 
 
 def unpack_marlin_scales(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of ``pack_marlin_scales``: ``[G, N]`` Marlin order -> ``[N, G]``."""
     g, n = packed.shape
-    idx = _scale_index(g, 0, packed.device)
+    idx = _scale_index(g, packed.device)
     return packed.reshape(-1, idx.numel())[:, _inverse(idx)].reshape(g, n).t().contiguous()
 
 

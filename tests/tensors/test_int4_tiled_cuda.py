@@ -23,7 +23,7 @@ class TestInt4TiledCuda(FormatConformance):
     tensor_cls = Int4TiledCudaTensor
     devices = ["cuda"]
     act_dtypes = [torch.bfloat16, torch.float16, torch.float32]
-    batch_sizes = [1, 7, 33, 64, 65, 200]  # both sides of CUDA_INT4_TILED_MAX_M
+    batch_sizes = [1, 7, 33, 256, 257]  # both sides of CUDA_INT4_TILED_MAX_M
     min_linear_sqnr = 45.0
 
 
@@ -171,7 +171,7 @@ def test_pack_equals_aten_convert_on_cuda(n, k, inner_k_tiles):
 
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256])
 @pytest.mark.parametrize("inner_k_tiles", [2, 8])
-@pytest.mark.parametrize("m", [1, 16, 64, 65, 512])
+@pytest.mark.parametrize("m", [1, 16, 256, 257, 512])  # both sides of CUDA_INT4_TILED_MAX_M
 def test_cuda_kernel_matches_reference(group_size, inner_k_tiles, m):
     w = _cuda_weight((512, 1024))
     t = Int4TiledCudaTensor.from_float(w, group_size=group_size, inner_k_tiles=inner_k_tiles).to("cuda")
@@ -179,3 +179,14 @@ def test_cuda_kernel_matches_reference(group_size, inner_k_tiles, m):
     y = torch.ops.lowbit.int4_tiled_cuda_mm(x, t.qdata, t.scale_and_zero, group_size)
     ref = reference.int4_tiled_cuda_mm(x.cpu(), t.qdata.cpu(), t.scale_and_zero.cpu(), group_size)
     assert lowbit.sqnr(ref.float(), y.float().cpu()) >= 45.0
+
+
+@pytest.mark.parametrize("group_size", [32, 256])
+def test_cuda_fast_dequantize_is_bit_exact(group_size):
+    from lowbit.ops import cuda as lowbit_cuda
+
+    w = _cuda_weight((256, 2048))
+    t = Int4TiledCudaTensor.from_float(w, group_size=group_size).to("cuda")
+    fast = lowbit_cuda._dequantize_int4_tiled_bf16(t.qdata, t.scale_and_zero, group_size)
+    assert torch.equal(fast, lowbit_cuda._dequantize_int4_tiled_torch(t.qdata, t.scale_and_zero, group_size))
+    assert torch.equal(fast.cpu(), t.dequantize(torch.float32).to(torch.bfloat16).cpu())
