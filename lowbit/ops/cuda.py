@@ -48,10 +48,11 @@ def int8_dynamic_linear(x, qdata, scale):
 # it the weight is dequantized to bf16 (one Triton pass) and multiplied by cuBLAS.
 # tinygemm is a GEMV-style kernel (a 16-row m-tile per block, no reuse of B across
 # m-tiles), so its time grows linearly with M. Measured with benchmarks/gpu_int4.py on
-# an H200 (benchmarks/results/): tinygemm beats dequantize + cuBLAS up to M = 256 on all
-# four LLM shapes with the PyTorch dequantize; re-measure on the target GPU (H100) and
-# update. Large-M int4 here stays slower than bf16 (the dequantize is extra work).
-CUDA_INT4_TILED_MAX_M = 256
+# an H200 (benchmarks/results/gpu_int4_h200.md, CUDA-graph timings): tinygemm beats
+# dequantize + cuBLAS up to M = 32 on all four LLM shapes (4096x4096 .. 28672x8192) and
+# loses from M = 64. Re-measure on the target GPU (H100) and update. Note that int4 only
+# beats the bf16 GEMM itself for M <= 2..4; at large M it costs the dequantize on top.
+CUDA_INT4_TILED_MAX_M = 32
 
 
 def _dequantize_int4_tiled_torch(qdata, scale_and_zero, group_size):

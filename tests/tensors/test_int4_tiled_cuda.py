@@ -3,7 +3,6 @@ bit-equality with aten._convert_weight_to_int4pack and the tinygemm kernel."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import lowbit
 from lowbit.errors import UnsupportedError
@@ -23,7 +22,7 @@ class TestInt4TiledCuda(FormatConformance):
     tensor_cls = Int4TiledCudaTensor
     devices = ["cuda"]
     act_dtypes = [torch.bfloat16, torch.float16, torch.float32]
-    batch_sizes = [1, 7, 33, 256, 257]  # both sides of CUDA_INT4_TILED_MAX_M
+    batch_sizes = [1, 7, 32, 33, 100]  # both sides of CUDA_INT4_TILED_MAX_M
     min_linear_sqnr = 45.0
 
 
@@ -171,7 +170,7 @@ def test_pack_equals_aten_convert_on_cuda(n, k, inner_k_tiles):
 
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256])
 @pytest.mark.parametrize("inner_k_tiles", [2, 8])
-@pytest.mark.parametrize("m", [1, 16, 256, 257, 512])  # both sides of CUDA_INT4_TILED_MAX_M
+@pytest.mark.parametrize("m", [1, 16, 32, 33, 512])  # both sides of CUDA_INT4_TILED_MAX_M
 def test_cuda_kernel_matches_reference(group_size, inner_k_tiles, m):
     w = _cuda_weight((512, 1024))
     t = Int4TiledCudaTensor.from_float(w, group_size=group_size, inner_k_tiles=inner_k_tiles).to("cuda")
