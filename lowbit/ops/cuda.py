@@ -40,3 +40,95 @@ def int8_dynamic_linear(x, qdata, scale):
         # Small M: the int8 GEMV on the integer codes (products exact in fp32).
         acc = aten._weight_int8pack_mm(xq.to(torch.float32), qdata, torch.ones(n, device=x.device))
     return (acc * xs * scale.reshape(1, -1)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------- int4 tensor-core tiled
+
+# Batch rows up to which PyTorch's tinygemm (`aten._weight_int4pack_mm`) is used; above
+# it the weight is dequantized to bf16 (one Triton pass) and multiplied by cuBLAS.
+# tinygemm is a GEMV-style kernel (a 16-row m-tile per block, no reuse of B across
+# m-tiles), so its time grows linearly with M. Measured with benchmarks/gpu_int4.py on
+# an H200 (benchmarks/results/gpu_int4_h200.md, CUDA-graph timings): tinygemm beats
+# dequantize + cuBLAS up to M = 32 on all four LLM shapes (4096x4096 .. 28672x8192) and
+# loses from M = 64. Re-measure on the target GPU (H100) and update. Note that int4 only
+# beats the bf16 GEMM itself for M <= 2..4; at large M it costs the dequantize on top.
+CUDA_INT4_TILED_MAX_M = 32
+
+
+def _dequantize_int4_tiled_torch(qdata, scale_and_zero, group_size):
+    """bf16 [N, K] weight from the tiled layout with PyTorch ops (several passes)."""
+    from ..packing.int4_tiled import unpack_int4_tiled
+
+    codes = unpack_int4_tiled(qdata)
+    sz = scale_and_zero.to(torch.float32).transpose(0, 1).repeat_interleave(group_size, dim=1)  # [N, K, 2]
+    return ((codes.to(torch.float32) - 8) * sz[..., 0] + sz[..., 1]).to(torch.bfloat16)
+
+
+_TRITON_DEQUANT = None  # the compiled Triton kernel, built on first use (never at import)
+
+
+def _triton_tiled_dequant_kernel():
+    """Triton kernel: one program per BLOCK int32 words of the tiled layout, 8 nibbles each.
+
+    Word (nt, ko, lane, p) holds, at nibble j = 4 d + 2 a + b, the element
+    n = 8 nt + lane // 4, k = ko * 16 ikt + 32 p + 16 a + 8 b + 2 (lane % 4) + d
+    (lowbit/packing/int4_tiled.py). All 8 lie in one 32-wide k span, so in one group.
+    """
+    global _TRITON_DEQUANT
+    if _TRITON_DEQUANT is None:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def kernel(q_ptr, sz_ptr, out_ptr, total, N, K, KO,
+                   P: tl.constexpr, K_OUTER: tl.constexpr, GS: tl.constexpr, BLOCK: tl.constexpr):
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            mask = offs < total
+            w = tl.load(q_ptr + offs, mask=mask, other=0)
+            p = offs % P
+            lane = (offs // P) % 32
+            ko = (offs // (P * 32)) % KO
+            n = (offs // (P * 32 * KO)) * 8 + lane // 4
+            k0 = ko * K_OUTER + p * 32
+            g = k0 // GS
+            s = tl.load(sz_ptr + (g * N + n) * 2, mask=mask, other=0.0).to(tl.float32)
+            z = tl.load(sz_ptr + (g * N + n) * 2 + 1, mask=mask, other=0.0).to(tl.float32)
+            kb = k0 + (lane % 4) * 2
+            for j in tl.static_range(8):
+                k = kb + ((j // 2) % 2) * 16 + (j % 2) * 8 + j // 4
+                nib = ((w >> (4 * j)) & 0xF).to(tl.float32)
+                tl.store(out_ptr + n * K + k, ((nib - 8.0) * s + z).to(tl.bfloat16), mask=mask)
+
+        _TRITON_DEQUANT = kernel
+    return _TRITON_DEQUANT
+
+
+_DEQUANT_BLOCK = 1024  # int32 words per Triton program
+
+
+def _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size):
+    """bf16 [N, K] weight from the tiled layout: ``(q - 8) * scale + zero`` in float32,
+    rounded to bf16. One Triton pass where Triton is installed, else PyTorch ops (same
+    values, several passes)."""
+    try:
+        kernel = _triton_tiled_dequant_kernel()
+    except ImportError:
+        return _dequantize_int4_tiled_torch(qdata, scale_and_zero, group_size)
+    n_tiles, ko, _, p = qdata.shape
+    n, k = n_tiles * 8, ko * p * 32
+    out = torch.empty((n, k), dtype=torch.bfloat16, device=qdata.device)
+    total = qdata.numel()
+    grid = ((total + _DEQUANT_BLOCK - 1) // _DEQUANT_BLOCK,)
+    kernel[grid](qdata, scale_and_zero, out, total, n, k, ko, P=p, K_OUTER=p * 32, GS=group_size, BLOCK=_DEQUANT_BLOCK)
+    return out
+
+
+@_register("int4_tiled_cuda_mm")
+def int4_tiled_cuda_mm(x, qdata, scale_and_zero, group_size):
+    # The kernel takes bf16 activations only; other float dtypes are cast in and out.
+    xb = x.to(torch.bfloat16).contiguous()
+    if x.shape[0] <= CUDA_INT4_TILED_MAX_M:
+        y = aten._weight_int4pack_mm(xb, qdata, group_size, scale_and_zero)
+    else:
+        y = torch.mm(xb, _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size).t())
+    return y.to(x.dtype)

@@ -39,3 +39,42 @@ def _int8_dynamic_linear_fake(x, qdata, scale):
     torch._check(x.dim() == 2 and qdata.dim() == 2, lambda: "x and qdata must be 2-D")
     torch._check(x.shape[1] == qdata.shape[1], lambda: f"K mismatch: x {x.shape}, qdata {qdata.shape}")
     return _linear_out(x, qdata.shape[0])
+
+
+# ---------------------------------------------------------------------- int4 GPU formats
+# All take x [M, K] float and return [M, N] in x.dtype; the weight layouts are in
+# lowbit/packing/int4_tiled.py, int4_marlin.py and int4_xpu.py.
+
+
+def _int4_out(x, n, k):
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D [M, K], got {x.dim()}-D")
+    torch._check(x.shape[1] == k, lambda: f"K mismatch: x has {x.shape[1]} columns, the weight has K={k}")
+    return x.new_empty((x.shape[0], n))
+
+
+# qdata int32 [N/8, K/(ikt*16), 32, ikt/2], scale_and_zero bf16 [K/gs, N, 2]
+@define("int4_tiled_cuda_mm(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size) -> Tensor")
+def _int4_tiled_cuda_mm_fake(x, qdata, scale_and_zero, group_size):
+    torch._check(qdata.dim() == 4, lambda: "qdata must be the 4-D tiled layout")
+    return _int4_out(x, qdata.shape[0] * 8, qdata.shape[1] * qdata.shape[3] * 2 * 16)
+
+
+# qdata int32 [K/16, 2N], scale [K/gs, N] (Marlin order), zero_point int32 [K/gs, N/8]
+@define("int4_marlin_mm(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, int group_size) -> Tensor")
+def _int4_marlin_mm_fake(x, qdata, scale, zero_point, group_size):
+    torch._check(qdata.dim() == 2, lambda: "qdata must be 2-D [K/16, 2N]")
+    return _int4_out(x, qdata.shape[1] // 2, qdata.shape[0] * 16)
+
+
+# qdata int32 [N, K/8], scale [K/gs, N], zero_point int8 [K/gs, N]
+@define("int4_xpu_mm(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, int group_size) -> Tensor")
+def _int4_xpu_mm_fake(x, qdata, scale, zero_point, group_size):
+    torch._check(qdata.dim() == 2, lambda: "qdata must be 2-D [N, K/8]")
+    return _int4_out(x, qdata.shape[0], qdata.shape[1] * 8)
+
+
+# qdata int32 [N, K/8], scale_and_zero [K/gs, N, 2]
+@define("int4_xpu_float_zp_mm(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size) -> Tensor")
+def _int4_xpu_float_zp_mm_fake(x, qdata, scale_and_zero, group_size):
+    torch._check(qdata.dim() == 2, lambda: "qdata must be 2-D [N, K/8]")
+    return _int4_out(x, qdata.shape[0], qdata.shape[1] * 8)

@@ -1,8 +1,22 @@
 """Packed weight formats: one tensor subclass per format."""
 
 from .base import LowbitTensor, UnsupportedOpError, format_registry
-from .int8 import Int8DynActTensor, Int8Tensor
 from .float_cast import FloatCastTensor
+from .int4_marlin import Int4MarlinTensor
+from .int4_tiled_cuda import Int4TiledCudaTensor
+from .int4_xpu import Int4XpuTensor
+from .int4_xpu_float_zp import Int4XpuFloatZpTensor
+from .int8 import Int8DynActTensor, Int8Tensor
 
-__all__ = ["LowbitTensor", "UnsupportedOpError", "format_registry", "Int8Tensor", "Int8DynActTensor"]
-__all__ += ["FloatCastTensor"]
+__all__ = [
+    "LowbitTensor",
+    "UnsupportedOpError",
+    "format_registry",
+    "Int8Tensor",
+    "Int8DynActTensor",
+    "FloatCastTensor",
+    "Int4TiledCudaTensor",
+    "Int4MarlinTensor",
+    "Int4XpuTensor",
+    "Int4XpuFloatZpTensor",
+]

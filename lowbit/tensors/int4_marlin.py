@@ -1,0 +1,150 @@
+"""Groupwise int4 weight in the Marlin layout (integer zero point); reference linear only."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..packing.int4_marlin import (
+    MARLIN_N_CHUNK,
+    pack_marlin_int4,
+    pack_marlin_scales,
+    pack_marlin_zero_points,
+    unpack_marlin_int4,
+    unpack_marlin_scales,
+    unpack_marlin_zero_points,
+)
+from .base import LowbitTensor, linear_args
+from .int4_tiled_cuda import (
+    _check_act,
+    _check_codes,
+    _check_weight,
+    _device_of,
+    _finish,
+    _move,
+    _quantize_to_codes,
+    _weight_shape_reason,
+)
+
+aten = torch.ops.aten
+logger = logging.getLogger(__name__)
+
+__all__ = ["Int4MarlinTensor"]
+
+_MARLIN_MIN_K = 128  # Marlin kernels' smallest K tile (vLLM GPTQ_MARLIN_MIN_THREAD_K)
+_PARAM_DTYPES = (torch.float16, torch.bfloat16)  # scale dtypes Marlin kernels take
+
+
+class Int4MarlinTensor(LowbitTensor):
+    """Groupwise asymmetric int4 weight (integer zero point) in the Marlin layout.
+
+    qdata       int32 [K / 16, N * 2]     Marlin tiles (lowbit/packing/int4_marlin.py)
+    scale       fp16/bf16 [K / group_size, N]   Marlin column order
+    zero_point  int32 [K / group_size, N / 8]   Marlin order, 8 nibbles per int32
+
+    Numerics: ``w = (q - zero) * scale`` with codes and zero points in 0..15
+    (``ZeroPointKind.INT``, the GPTQ/AWQ-Marlin convention).
+
+    REFERENCE ONLY: ``F.linear`` runs ``lowbit::int4_marlin_mm``, whose only
+    implementation today is the pure-PyTorch reference (unpack, dequantize, float32
+    matmul) on any device: correct, not fast. The fused Marlin CUDA kernel is a separate,
+    future piece of work; until it lands this class is for producing, storing and
+    checking Marlin-layout weights, not for speed. ``supports`` checks the constraints
+    of the Marlin kernels (CUDA, N % 64, K % 128, group_size in {32, 64, 128} or one
+    group spanning K) so that weights packed now stay valid for the kernel.
+
+    Devices: CUDA (its target) and CPU. Moving it elsewhere raises ``UnsupportedError``;
+    ``to_codes()`` returns the plain codes to repack for another device's format.
+    """
+
+    data_fields = ("qdata", "scale", "zero_point")
+    meta_fields = ("group_size",)
+    format_name = "int4_marlin"
+    format_version = 1
+
+    GROUP_SIZES = (32, 64, 128)  # grouped sizes of the Marlin kernels; group_size == K also works
+    _DEVICES = ("cuda", "cpu")
+
+    @classmethod
+    def _layout_reason(cls, n: int, k: int, group_size: int) -> str | None:
+        if group_size not in cls.GROUP_SIZES and group_size != k:
+            return f"needs group_size in {cls.GROUP_SIZES} or group_size == K ({k}), got {group_size}"
+        if n % MARLIN_N_CHUNK:
+            return f"needs out_features % {MARLIN_N_CHUNK} == 0, got {n}"
+        if k % _MARLIN_MIN_K or k % group_size:
+            return f"needs in_features % {max(_MARLIN_MIN_K, group_size)} == 0, got {k}"
+        return None
+
+    @classmethod
+    def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
+        reason = _weight_shape_reason(weight)
+        if reason:
+            return reason
+        reason = cls._layout_reason(*weight.shape, group_size)
+        if reason:
+            return reason
+        dev = _device_of(weight, device)
+        if dev.type != "cuda":
+            return f"is a CUDA layout (Marlin), got device {dev}"
+        return None
+
+    @classmethod
+    def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
+        """Pack unsigned int4 codes ``[N, K]`` with ``scale`` (float) and integer
+        ``zero_point`` (any integer dtype, values 0..15), both ``[N, K // group_size]``.
+
+        The scale keeps its dtype (float16/bfloat16 for the Marlin kernels); ``to_codes``
+        returns it bit-exactly and the zero point as int8.
+        """
+        n, k = _check_codes(cls.__name__, codes, scale, zero_point, group_size, shape, int_zero_point=True)
+        reason = cls._layout_reason(n, k, group_size)
+        if reason:
+            raise ValueError(f"{cls.__name__} {reason}; use another int4 packing for this layer")
+        logger.debug("Int4MarlinTensor %s: linear runs the pure-PyTorch reference (no fused kernel yet)", (n, k))
+        return cls(
+            pack_marlin_int4(codes),
+            pack_marlin_scales(scale, k),
+            pack_marlin_zero_points(zero_point),
+            group_size=group_size,
+            shape=tuple(shape),
+            dtype=dtype,
+        )
+
+    def to_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes uint8 [N, K], scale [N, K // gs], zero_point int8 [N, K // gs])."""
+        return (
+            unpack_marlin_int4(self.qdata),
+            unpack_marlin_scales(self.scale),
+            unpack_marlin_zero_points(self.zero_point).to(torch.int8),
+        )
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, group_size: int = 128) -> Int4MarlinTensor:
+        """Min-max asymmetric int4 quantization (integer zero point) of a float ``[N, K]`` weight."""
+        _check_weight(w, cls.__name__)
+        reason = cls._layout_reason(*w.shape, group_size)
+        if reason:
+            raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
+        param_dtype = w.dtype if w.dtype in _PARAM_DTYPES else torch.bfloat16
+        codes, scale, zero = _quantize_to_codes(w, group_size, True, param_dtype)
+        return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
+
+    def dequantize(self, dtype=None):
+        from ..ops.reference import dequantize_int4_int_zp
+
+        codes, scale, zero = self.to_codes()
+        return dequantize_int4_int_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
+
+    def _to_device(self, device):
+        return _move(self, device, self._DEVICES, "CUDA (Marlin)")
+
+
+@Int4MarlinTensor.implements(F.linear, aten.linear.default)
+def _linear(func, types, args, kwargs):
+    x, w, bias = linear_args(args, kwargs)
+    _check_act(x, w)
+    y = torch.ops.lowbit.int4_marlin_mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
+    return _finish(y, x, w, bias)

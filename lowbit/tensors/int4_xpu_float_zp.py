@@ -1,0 +1,112 @@
+"""Groupwise int4 weight for Intel GPUs (XPU), float zero point (tinygemm-style kernel)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..packing.int4_tiled import pack_tinygemm_scale_and_zero, unpack_tinygemm_scale_and_zero
+from ..packing.int4_xpu import pack_int4_xpu, unpack_int4_xpu
+from .base import LowbitTensor, linear_args
+from .int4_tiled_cuda import (
+    _check_act,
+    _check_codes,
+    _check_group_size,
+    _check_weight,
+    _device_of,
+    _finish,
+    _move,
+    _quantize_to_codes,
+    _weight_shape_reason,
+)
+from .int4_xpu import _layout_reason
+
+aten = torch.ops.aten
+
+__all__ = ["Int4XpuFloatZpTensor"]
+
+_PARAM_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class Int4XpuFloatZpTensor(LowbitTensor):
+    """Groupwise asymmetric int4 weight with a float zero point, for Intel GPUs.
+
+    qdata           int32 [N, K / 8]   same plain layout as ``Int4XpuTensor``
+    scale_and_zero  fp16/bf16 [K / group_size, N, 2]   (scale, zero) per group, tinygemm order
+
+    Numerics: ``w = (q - 8) * scale + zero`` (``ZeroPointKind.FLOAT``, tinygemm/HQQ).
+    Kernel: ``lowbit::int4_xpu_float_zp_mm`` -> XPU's ``aten._weight_int4pack_mm``
+    (dequantize + GEMM for M > 1, a fused GEMV for M == 1); float32 activations are
+    cast to the parameter dtype.
+
+    UNTESTED ON HARDWARE (no Intel GPU was available). The ``[K / gs, N, 2]`` order is
+    the one read by the current torch-xpu-ops ``Dequant_int4.cpp``; an older version of
+    that file read ``[N, K / gs, 2]``, so check this on real hardware first. Packing,
+    unpacking and the reference linear are tested on CPU; the tensor can live on XPU and
+    CPU (where ``F.linear`` runs the reference).
+    """
+
+    data_fields = ("qdata", "scale_and_zero")
+    meta_fields = ("group_size",)
+    format_name = "int4_xpu_float_zp"
+    format_version = 1
+
+    GROUP_SIZES = (16, 32, 64, 128, 256)  # XPU aten._weight_int4pack_mm's accepted sizes
+    _DEVICES = ("xpu", "cpu")
+
+    @classmethod
+    def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
+        reason = _weight_shape_reason(weight) or _layout_reason(*weight.shape, group_size)
+        if reason:
+            return reason
+        dev = _device_of(weight, device)
+        if dev.type != "xpu":
+            return f"runs on Intel GPUs (xpu) only, got device {dev}"
+        return None
+
+    @classmethod
+    def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
+        """Pack codes ``[N, K]`` with float ``scale``/``zero_point`` ``[N, K // group_size]``
+        (stored in the scale's dtype; to_codes returns them bit-exactly)."""
+        _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
+        n, k = _check_codes(cls.__name__, codes, scale, zero_point, group_size, shape, int_zero_point=False)
+        reason = _layout_reason(n, k, group_size)
+        if reason:
+            raise ValueError(f"{cls.__name__} {reason}")
+        sz = pack_tinygemm_scale_and_zero(scale, zero_point.to(scale.dtype))
+        return cls(pack_int4_xpu(codes), sz, group_size=group_size, shape=tuple(shape), dtype=dtype)
+
+    def to_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes uint8 [N, K], scale [N, K // gs], zero_point [N, K // gs])."""
+        s, z = unpack_tinygemm_scale_and_zero(self.scale_and_zero)
+        return unpack_int4_xpu(self.qdata), s, z
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, group_size: int = 128) -> Int4XpuFloatZpTensor:
+        """Min-max asymmetric int4 quantization (float zero point) of a float ``[N, K]`` weight."""
+        _check_weight(w, cls.__name__)
+        _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
+        reason = _layout_reason(*w.shape, group_size)
+        if reason:
+            raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
+        param_dtype = w.dtype if w.dtype in _PARAM_DTYPES else torch.bfloat16
+        codes, scale, zero = _quantize_to_codes(w, group_size, False, param_dtype)
+        return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
+
+    def dequantize(self, dtype=None):
+        from ..ops.reference import dequantize_int4_float_zp
+
+        codes, scale, zero = self.to_codes()
+        return dequantize_int4_float_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
+
+    def _to_device(self, device):
+        return _move(self, device, self._DEVICES, "Intel GPU (xpu)")
+
+
+@Int4XpuFloatZpTensor.implements(F.linear, aten.linear.default)
+def _linear(func, types, args, kwargs):
+    x, w, bias = linear_args(args, kwargs)
+    _check_act(x, w)
+    y = torch.ops.lowbit.int4_xpu_float_zp_mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
+    return _finish(y, x, w, bias)
