@@ -3,3 +3,6 @@
 from .int8 import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
 
 __all__ = ["Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"]
+from .da8w4 import Int8DynamicActivationInt4WeightConfig  # noqa: E402
+
+__all__ += ["Int8DynamicActivationInt4WeightConfig"]

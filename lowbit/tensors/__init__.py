@@ -4,3 +4,6 @@ from .base import LowbitTensor, UnsupportedOpError, format_registry
 from .int8 import Int8DynActTensor, Int8Tensor
 
 __all__ = ["LowbitTensor", "UnsupportedOpError", "format_registry", "Int8Tensor", "Int8DynActTensor"]
+from .int4_vnni_cpu import Int4VnniCpuTensor  # noqa: E402
+
+__all__ += ["Int4VnniCpuTensor"]
