@@ -189,6 +189,21 @@ class Int4VnniCpuTensor(LowbitTensor):
         return self._replace(lambda t: t.to(device))
 
 
+@Int4VnniCpuTensor.implements(torch.Tensor.to, torch.Tensor.cuda)
+def _to(func, types, args, kwargs):
+    # Checked before dispatch: torch initializes CUDA while parsing `.to("cuda")`, which
+    # would fail with a generic error on CPU-only builds instead of our named one.
+    self = args[0]
+    if func is torch.Tensor.cuda:
+        device = torch.device("cuda")
+    else:
+        device = torch._C._nn._parse_to(*args[1:], **kwargs)[0]
+    if device is not None and torch.device(device).type != "cpu":
+        self._to_device(torch.device(device))  # raises UnsupportedError
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)
+
+
 @Int4VnniCpuTensor.implements(F.linear, aten.linear.default)
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
