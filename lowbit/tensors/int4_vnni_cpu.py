@@ -32,7 +32,9 @@ _GROUP_MULTIPLE = 16  # the AVX2 loop consumes 16 k per step
 # float32 reference) for 4096 * 255 * 15.
 _MAX_GROUP = 4096
 _ACT_DTYPES = (torch.float32, torch.bfloat16)
-_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# float16 weights are refused: the kernel takes float32/bfloat16 activations only, so an
+# fp16 model could be quantized but never run.
+_WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def pack_vnni_int4(
@@ -83,6 +85,8 @@ def unpack_vnni_int4(
 def _shape_reason(n: int, k: int, group_size: int) -> str | None:
     if group_size <= 0 or group_size % _GROUP_MULTIPLE or group_size > _MAX_GROUP:
         return f"needs group_size a multiple of {_GROUP_MULTIPLE} in [16, {_MAX_GROUP}], got {group_size}"
+    if n == 0 or k == 0:
+        return f"needs a non-empty weight, got [{n}, {k}]"
     if k % group_size:
         return f"needs in_features K % group_size == 0, got K={k}, group_size={group_size}"
     if n % _BLOCK_N:
@@ -127,7 +131,10 @@ class Int4VnniCpuTensor(LowbitTensor):
         if weight.ndim != 2:
             return f"needs a 2-D weight, got {weight.ndim}-D"
         if weight.dtype not in _WEIGHT_DTYPES:
-            return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
+            return (
+                f"needs a float32 or bfloat16 weight (its kernel takes float32/bfloat16 activations), "
+                f"got {weight.dtype}; convert the model with model.to(torch.bfloat16) first"
+            )
         dev = torch.device(device) if device is not None else weight.device
         if dev.type != "cpu":
             return f"runs on CPU only (x86 integer kernels), got device {dev}"

@@ -253,6 +253,13 @@ def test_bad_shapes_raise_unsupported(shape, gs, match):
         Int4VnniCpuTensor.from_float(w, gs)
 
 
+def test_float16_weight_is_refused_with_reason():
+    w = make_weight((64, 256), torch.float16)
+    assert "bfloat16" in Int4VnniCpuTensor.supports(w, "cpu")
+    with pytest.raises(lowbit.UnsupportedError, match="float32 or bfloat16 weight"):
+        Int4VnniCpuTensor.from_float(w)
+
+
 def test_quantize_skips_layers_it_cannot_serve():
     model = nn.Sequential(nn.Linear(256, 64), nn.Linear(64, 40))  # 2nd: K=64 not % 128, N=40
     lowbit.quantize_(model, lowbit.Int8DynamicActivationInt4WeightConfig(group_size=128))
