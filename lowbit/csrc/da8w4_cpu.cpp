@@ -165,6 +165,82 @@ static void quantize_row(const T* x, int64_t K, int64_t gs, bool symmetric, uint
   *zp = static_cast<int32_t>(z) + shift;
 }
 
+#if LOWBIT_X86
+__attribute__((target("avx2,fma"))) static inline __m256 load8_f(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma"))) static inline __m256 load8_f(const c10::BFloat16* p) {
+  // bf16 -> fp32 is exact: the 16 bits become the top half of the float.
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// AVX2 twin of quantize_row: the same IEEE operations (division, round-half-even,
+// clamps) on 8 lanes, so its codes equal the scalar ones bit for bit.
+template <typename T>
+__attribute__((target("avx2,fma"))) static void quantize_row_avx2(const T* x, int64_t K, int64_t gs, bool symmetric,
+                                                                   uint8_t* q, float* scale, int32_t* zp,
+                                                                   int32_t* gsum) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 vmn = zero, vmx = zero;
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  for (int64_t k = 0; k < K; k += 8) {
+    const __m256 v = load8_f(x + k);
+    ok = _mm256_and_ps(ok, _mm256_cmp_ps(_mm256_sub_ps(v, v), zero, _CMP_EQ_OQ));  // v - v == 0 iff finite
+    vmn = _mm256_min_ps(vmn, v);
+    vmx = _mm256_max_ps(vmx, v);
+  }
+  if (_mm256_movemask_ps(ok) != 0xFF) {
+    quantize_row(x, K, gs, symmetric, q, scale, zp, gsum);  // writes the NaN-row result
+    return;
+  }
+  alignas(32) float tmn[8], tmx[8];
+  _mm256_store_ps(tmn, vmn);
+  _mm256_store_ps(tmx, vmx);
+  float mn = 0.f, mx = 0.f;
+  for (int i = 0; i < 8; ++i) {
+    mn = std::min(mn, tmn[i]);
+    mx = std::max(mx, tmx[i]);
+  }
+  float s, z, lo, hi;
+  if (symmetric) {
+    s = std::max(-mn, mx) / 127.0f;
+    if (s < FLT_EPSILON) s = FLT_EPSILON;
+    z = 0.f;
+    lo = -127.f;
+    hi = 127.f;
+  } else {
+    s = (mx - mn) / 255.0f;
+    if (s < FLT_EPSILON) s = FLT_EPSILON;
+    z = std::min(std::max(0.f - std::nearbyint(mn / s), 0.f), 255.f);
+    lo = 0.f;
+    hi = 255.f;
+  }
+  const int32_t shift = symmetric ? 128 : 0;
+  const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  const __m256i vshift = _mm256_set1_epi32(shift);
+  // Byte 0 of each int32 lane, per 128-bit lane.
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const int64_t G = K / gs;
+  for (int64_t g = 0; g < G; ++g) {
+    __m256i vsum = _mm256_setzero_si256();
+    for (int64_t k = g * gs; k < (g + 1) * gs; k += 8) {
+      const __m256 r = _mm256_round_ps(_mm256_div_ps(load8_f(x + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 c = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vz), vlo), vhi);
+      const __m256i code = _mm256_add_epi32(_mm256_cvtps_epi32(c), vshift);
+      vsum = _mm256_add_epi32(vsum, code);
+      const __m256i b = _mm256_shuffle_epi8(code, pick);
+      const __m128i bytes = _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), bytes);
+    }
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), vsum);
+    gsum[g] = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  }
+  *scale = s;
+  *zp = static_cast<int32_t>(z) + shift;
+}
+#endif
+
 struct ActQ {
   at::Tensor codes;  // uint8 [M, K]
   at::Tensor scale;  // float32 [M]
@@ -172,7 +248,7 @@ struct ActQ {
   at::Tensor gsum;   // int32 [M, G]
 };
 
-static ActQ quantize_act(const at::Tensor& x, int64_t gs, bool symmetric) {
+static ActQ quantize_act(const at::Tensor& x, int64_t gs, bool symmetric, int64_t isa) {
   const int64_t M = x.size(0), K = x.size(1);
   ActQ r;
   r.codes = at::empty({M, K}, x.options().dtype(at::kByte));
@@ -188,7 +264,20 @@ static ActQ quantize_act(const at::Tensor& x, int64_t gs, bool symmetric) {
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(K, 1));
   at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
     for (int64_t m = b; m < e; ++m) {
-      if (x.scalar_type() == at::kFloat) {
+      const bool f32 = x.scalar_type() == at::kFloat;
+#if LOWBIT_X86
+      // K is a multiple of the group size, itself a multiple of 16: whole 8-lane steps.
+      if (isa >= kAvx2) {
+        if (f32) {
+          quantize_row_avx2(x.data_ptr<float>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m, gsum + m * G);
+        } else {
+          quantize_row_avx2(x.data_ptr<c10::BFloat16>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m,
+                            gsum + m * G);
+        }
+        continue;
+      }
+#endif
+      if (f32) {
         quantize_row(x.data_ptr<float>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m, gsum + m * G);
       } else {
         quantize_row(x.data_ptr<c10::BFloat16>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m,
@@ -483,7 +572,7 @@ at::Tensor da8w4_linear(const at::Tensor& x, const at::Tensor& qdata, const at::
   const int64_t M = x.size(0), K = x.size(1), N = qdata.size(0) * kBlockN;
   at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M == 0) return out.to(x.scalar_type());
-  const ActQ aq = quantize_act(x, group_size, symmetric);
+  const ActQ aq = quantize_act(x, group_size, symmetric, isa);
   Args p = make_args(aq, qdata, scale, zero_point, qsum, M, K, group_size);
   p.out = out.data_ptr<float>();
   gemm<false>(isa, p);
@@ -499,7 +588,7 @@ at::Tensor da8w4_group_acc(const at::Tensor& x, const at::Tensor& qdata, const a
   const int64_t M = x.size(0), K = x.size(1), N = qdata.size(0) * kBlockN;
   at::Tensor acc = at::zeros({M, N, K / group_size}, x.options().dtype(at::kInt));
   if (M == 0) return acc;
-  const ActQ aq = quantize_act(x, group_size, symmetric);
+  const ActQ aq = quantize_act(x, group_size, symmetric, isa);
   Args p = make_args(aq, qdata, scale, zero_point, qsum, M, K, group_size);
   p.acc_out = acc.data_ptr<int32_t>();
   gemm<true>(isa, p);
@@ -507,13 +596,13 @@ at::Tensor da8w4_group_acc(const at::Tensor& x, const at::Tensor& qdata, const a
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> da8w4_quantize_act(const at::Tensor& x, int64_t group_size,
-                                                                              bool symmetric) {
+                                                                              bool symmetric, int64_t isa) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "lowbit da8w4: x must be contiguous 2-D");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
               "lowbit da8w4: x must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(group_size > 0 && x.size(1) % group_size == 0, "lowbit da8w4: K=", x.size(1),
-              " is not a multiple of group_size=", group_size);
-  ActQ r = quantize_act(x, group_size, symmetric);
+  TORCH_CHECK(group_size > 0 && group_size % 16 == 0 && x.size(1) % group_size == 0, "lowbit da8w4: K=",
+              x.size(1), " must be a multiple of group_size=", group_size, ", itself a multiple of 16");
+  ActQ r = quantize_act(x, group_size, symmetric, resolve_isa(isa));
   return {r.codes, r.scale, r.zp, r.gsum};
 }
 
@@ -528,7 +617,7 @@ TORCH_LIBRARY(lowbit_ext, m) {
   m.def(
       "da8w4_group_acc(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, Tensor qsum, int group_size, "
       "bool symmetric, int isa=-1) -> Tensor");
-  m.def("da8w4_quantize_act(Tensor x, int group_size, bool symmetric) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("da8w4_quantize_act(Tensor x, int group_size, bool symmetric, int isa=-1) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("da8w4_best_isa() -> int", &lowbit_da8w4::da8w4_best_isa);
 }
 

@@ -168,10 +168,11 @@ def test_linear_op_matches_reference(m, n, k, gs, mapping, dtype):
         torch.testing.assert_close(y.float(), ref.float(), rtol=rtol, atol=tol + 1e-6)
 
 
+@pytest.mark.parametrize("isa", [ISA_SCALAR, ISA_AVX2], ids=["scalar", "avx2"])
 @pytest.mark.parametrize("mapping", MAPPINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_activation_quantization_bit_exact(mapping, dtype):
-    _ext_or_skip()
+def test_activation_quantization_bit_exact(mapping, dtype, isa):
+    _isa_or_skip(isa)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(9, 256, generator=g) * 3
     x[1] = 0.0  # all-zero row: scale clamps to eps
@@ -180,8 +181,10 @@ def test_activation_quantization_bit_exact(mapping, dtype):
     x[4, 7] = float("nan")
     x[5, 0] = float("inf")
     x[6] = -x[6].abs()  # no positives
+    x[7, ::3] = -0.0
+    x[8, 5::7] = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5] * 8)[: len(range(5, 256, 7))] * float(x[8].abs().max()) / 127
     x = x.to(dtype)
-    got = torch.ops.lowbit_ext.da8w4_quantize_act(x, 64, mapping == "symmetric")
+    got = torch.ops.lowbit_ext.da8w4_quantize_act(x, 64, mapping == "symmetric", isa)
     ref = reference.da8w4_quantize_act(x, 64, mapping)
     for a, b in zip(got, ref):
         assert a.dtype == b.dtype and a.shape == b.shape
