@@ -19,3 +19,18 @@ def test_env_report_text_and_dict():
 
 def test_env_report_without_build_does_not_raise():
     assert isinstance(lowbit.env_report(build=False), str)
+
+
+def test_extension_builds_where_a_toolchain_exists():
+    # CI has g++ and ninja: a broken build must fail here, not just skip the kernel tests.
+    import os
+    import platform
+    import shutil
+
+    import pytest
+
+    if os.environ.get("LOWBIT_DISABLE_EXT", "") not in ("", "0"):
+        pytest.skip("LOWBIT_DISABLE_EXT is set")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not shutil.which("c++") or not shutil.which("ninja"):
+        pytest.skip("no x86-64 C++ toolchain (c++ and ninja) on this machine")
+    assert _ext.load_cpu_extension(), _ext.cpu_extension_status().build_log
