@@ -50,3 +50,9 @@ __all__ = [
     "FloatCastConfig",
     "FloatCastTensor",
 ]
+
+from .configs import Int8DynamicActivationInt4WeightConfig  # noqa: E402
+from .env import env_report  # noqa: E402
+from .tensors import Int4VnniCpuTensor  # noqa: E402
+
+__all__ += ["Int8DynamicActivationInt4WeightConfig", "Int4VnniCpuTensor", "env_report"]

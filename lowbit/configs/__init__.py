@@ -5,3 +5,6 @@ from .float_cast import FloatCastConfig
 
 __all__ = ["Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"]
 __all__ += ["FloatCastConfig"]
+from .da8w4 import Int8DynamicActivationInt4WeightConfig  # noqa: E402
+
+__all__ += ["Int8DynamicActivationInt4WeightConfig"]

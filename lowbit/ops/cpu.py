@@ -53,3 +53,21 @@ def int8_dynamic_linear(x, qdata, scale):
         # 2-core Zen3). An fp32 GEMM over the integer values is exact while |sum| < 2^24.
         acc = torch.mm(xq.to(torch.float32), qdata.to(torch.float32).t())
     return (acc * xs * scale.reshape(1, -1)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------- DA8W4
+
+from . import reference as _reference  # noqa: E402
+from ._ext import load_cpu_extension, warn_fallback_once  # noqa: E402
+
+
+@_register("da8w4_linear")
+def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
+    # The C++ kernel (lowbit/csrc/da8w4_cpu.cpp: AVX512-VNNI / AVX2 / scalar, picked by
+    # CPU detection) is built on first use; without it the reference runs, with a warning.
+    if load_cpu_extension():
+        return torch.ops.lowbit_ext.da8w4_linear(
+            x, qdata, scale, zero_point, qsum, group_size, act_mapping == "symmetric"
+        )
+    warn_fallback_once("da8w4_linear")
+    return _reference.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping)

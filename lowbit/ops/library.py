@@ -78,3 +78,21 @@ def _int4_xpu_mm_fake(x, qdata, scale, zero_point, group_size):
 def _int4_xpu_float_zp_mm_fake(x, qdata, scale_and_zero, group_size):
     torch._check(qdata.dim() == 2, lambda: "qdata must be 2-D [N, K/8]")
     return _int4_out(x, qdata.shape[0], qdata.shape[1] * 8)
+# DA8W4 (lowbit/tensors/int4_vnni_cpu.py): x [M, K] float32/bfloat16 is quantized per
+# token to 8 bits inside the op; qdata uint8 [N/16, K/8, 64] packed int4 codes; scale
+# float32, zero_point uint8, qsum int32, each [N/16, K/group_size, 16]. -> [M, N] in x.dtype
+@define(
+    "da8w4_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, Tensor qsum, "
+    "int group_size, str act_mapping) -> Tensor"
+)
+def _da8w4_linear_fake(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
+    torch._check(x.dim() == 2 and qdata.dim() == 3, lambda: f"x must be 2-D and qdata 3-D, got {x.dim()}, {qdata.dim()}")
+    torch._check(
+        x.dtype in (torch.float32, torch.bfloat16), lambda: f"x must be float32 or bfloat16, got {x.dtype}"
+    )
+    torch._check(x.shape[1] == qdata.shape[1] * 8, lambda: f"K mismatch: x {x.shape}, qdata {qdata.shape}")
+    torch._check(
+        act_mapping in ("asymmetric", "symmetric"),
+        lambda: f"act_mapping must be 'asymmetric' or 'symmetric', got {act_mapping!r}",
+    )
+    return x.new_empty((x.shape[0], qdata.shape[0] * 16))

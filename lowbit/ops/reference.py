@@ -98,3 +98,65 @@ def int4_xpu_float_zp_mm(x, qdata, scale_and_zero, group_size):
 
     s, z = unpack_tinygemm_scale_and_zero(scale_and_zero)
     return _linear_f32(x, dequantize_int4_float_zp(unpack_int4_xpu(qdata), s, z, group_size))
+# ---------------------------------------------------------------------- DA8W4
+
+__all__ += ["da8w4_quantize_act", "da8w4_group_acc", "da8w4_linear"]
+
+_DA8W4_SYM_SHIFT = 128  # symmetric int8 codes are stored as uint8 code + 128 (zero point 128)
+
+
+def da8w4_quantize_act(x2d: torch.Tensor, group_size: int, act_mapping: str):
+    """Per-token 8-bit activation quantization of the DA8W4 kernels.
+
+    Returns ``(codes uint8 [M, K], scale float32 [M], zero_point int32 [M], gsum int32
+    [M, K // group_size])`` with ``x ~ (codes - zero_point) * scale``. Asymmetric: codes in
+    [0, 255]; symmetric: int8 codes in [-127, 127] stored as ``code + 128`` with zero
+    point 128. A row holding NaN/Inf gets scale NaN (its output row is NaN), codes 0.
+    ``gsum`` is the sum of the stored codes per group (the kernel's compensation term).
+    """
+    xf = x2d.to(torch.float32)
+    finite = torch.isfinite(xf).all(dim=1, keepdim=True)
+    xf = torch.where(finite, xf, 0.0)
+    eps = torch.finfo(torch.float32).eps
+    if act_mapping == "symmetric":
+        scale = (xf.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=eps)
+        q = torch.round(xf / scale).clamp(-127, 127) + _DA8W4_SYM_SHIFT
+        zp = torch.full_like(scale, _DA8W4_SYM_SHIFT)
+    else:
+        mn = xf.amin(dim=1, keepdim=True).clamp(max=0)
+        mx = xf.amax(dim=1, keepdim=True).clamp(min=0)
+        scale = ((mx - mn) / 255.0).clamp(min=eps)
+        zp = (0 - torch.round(mn / scale)).clamp(0, 255)
+        q = (torch.round(xf / scale) + zp).clamp(0, 255)
+    q = torch.where(finite, q, 0.0).to(torch.uint8)
+    zp = torch.where(finite, zp, 0.0).to(torch.int32).reshape(-1)
+    scale = torch.where(finite, scale, float("nan")).reshape(-1)
+    m, k = q.shape
+    gsum = q.to(torch.int32).reshape(m, k // group_size, group_size).sum(-1, dtype=torch.int32)
+    return q, scale, zp, gsum
+
+
+def da8w4_group_acc(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
+    """int32 [M, N, G]: sum over each group of (a - za)(q - z), the kernel's integer accumulators."""
+    from ..tensors.int4_vnni_cpu import unpack_vnni_int4  # lazy: tensors import ops
+
+    a, _, za, _ = da8w4_quantize_act(x, group_size, act_mapping)
+    q, _, z = unpack_vnni_int4(qdata, scale, zero_point)
+    m, k = a.shape
+    n, g = q.shape[0], k // group_size
+    # |(a - za)(q - z)| <= 255 * 15 and a group sums <= 4096 of them: < 2^24, so float32
+    # matmuls over these integers are exact.
+    ac = (a.to(torch.float32) - za.to(torch.float32)[:, None]).reshape(m, g, group_size).permute(1, 0, 2)
+    wc = (q.to(torch.float32).reshape(n, g, group_size) - z.to(torch.float32)[:, :, None]).permute(1, 2, 0)
+    return torch.bmm(ac, wc).permute(1, 2, 0).to(torch.int32)
+
+
+@_impl("da8w4_linear")
+def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
+    acc = da8w4_group_acc(x, qdata, scale, zero_point, qsum, group_size, act_mapping)
+    _, sa, _, _ = da8w4_quantize_act(x, group_size, act_mapping)
+    from ..tensors.int4_vnni_cpu import unpack_vnni_int4
+
+    _, s, _ = unpack_vnni_int4(qdata, scale, zero_point)
+    y = (acc.to(torch.float32) * s[None]).sum(-1) * sa[:, None]
+    return y.to(x.dtype)

@@ -4,6 +4,7 @@ from .base import LowbitTensor, UnsupportedOpError, format_registry
 from .float_cast import FloatCastTensor
 from .int4_marlin import Int4MarlinTensor
 from .int4_tiled_cuda import Int4TiledCudaTensor
+from .int4_vnni_cpu import Int4VnniCpuTensor
 from .int4_xpu import Int4XpuTensor
 from .int4_xpu_float_zp import Int4XpuFloatZpTensor
 from .int8 import Int8DynActTensor, Int8Tensor
@@ -19,4 +20,5 @@ __all__ = [
     "Int4MarlinTensor",
     "Int4XpuTensor",
     "Int4XpuFloatZpTensor",
+    "Int4VnniCpuTensor",
 ]
