@@ -43,3 +43,8 @@ __all__ = [
     "primitives",
     "granularity",
 ]
+
+from .configs import Int4Packing, Int4WeightOnlyConfig  # noqa: E402
+from .tensors import Int4PlainTensor, Int4TinygemmCpuTensor  # noqa: E402
+
+__all__ += ["Int4WeightOnlyConfig", "Int4Packing", "Int4PlainTensor", "Int4TinygemmCpuTensor"]

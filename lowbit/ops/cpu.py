@@ -50,3 +50,62 @@ def int8_dynamic_linear(x, qdata, scale):
         # 2-core Zen3). An fp32 GEMM over the integer values is exact while |sum| < 2^24.
         acc = torch.mm(xq.to(torch.float32), qdata.to(torch.float32).t())
     return (acc * xs * scale.reshape(1, -1)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------- int4 tinygemm (CPU)
+
+# Batch rows up to which `aten._weight_int4pack_mm_for_cpu` (tinygemm) runs; above it the
+# weight is dequantized into a GEMM (fp32 without native bf16). See
+# lowbit/tensors/int4_tinygemm_cpu.py for the measurements behind the value.
+CPU_INT4_TINYGEMM_MAX_M = 64
+
+
+def _int4_tinygemm_cpu_dequantize_t(qdata, scale_and_zero, group_size, layout, dtype):
+    """W^T [K, Np] in ``dtype`` from tinygemm-packed codes, for the large-M GEMM path.
+
+    In the avx2/avx512 layouts a full block of B rows is a [K, B/2] byte matrix whose low
+    nibbles are rows 0..B/2-1 and high nibbles rows B/2..B-1 (packing/int4.py), so
+    cat(lo, hi) is already the block's W^T: no gather. Other layouts unpack first.
+    """
+    from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, unpack_tinygemm_cpu
+
+    n_pad, half_k = qdata.shape
+    k = 2 * half_k
+    n_groups = k // group_size
+    block, lo_rows, hi_rows = TINYGEMM_CPU_LAYOUTS[layout]
+    sz = scale_and_zero.to(dtype)
+    if n_pad % block == 0 and lo_rows + hi_rows == list(range(block)):
+        nb = n_pad // block
+        byte = qdata.view(nb, k, block // 2)
+        q = torch.cat((byte & 0x0F, byte >> 4), dim=-1).to(dtype).view(nb, n_groups, group_size, block)
+        # scale_and_zero [K/g, Np, 2] -> per block [nb, K/g, 1, B], broadcast over the group.
+        s = sz[..., 0].view(n_groups, nb, 1, block).transpose(0, 1)
+        z = sz[..., 1].view(n_groups, nb, 1, block).transpose(0, 1)
+        w = torch.addcmul(z, q.sub_(8), s)  # (q - 8) * s + z, [nb, K/g, g, B]
+        return w.reshape(nb, k, block).permute(1, 0, 2).reshape(k, n_pad)
+    codes = unpack_tinygemm_cpu(qdata, layout).to(dtype).view(n_pad, n_groups, group_size)
+    s = sz[..., 0].t().unsqueeze(-1)
+    z = sz[..., 1].t().unsqueeze(-1)
+    return torch.addcmul(z, codes.sub_(8), s).reshape(n_pad, k).t()
+
+
+@_register("int4_tinygemm_cpu_linear")
+def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
+    from ..packing.int4 import tinygemm_cpu_layout
+
+    native = tinygemm_cpu_layout()
+    torch._check(
+        layout == native,
+        lambda: f"int4 weight packed for the {layout!r} CPU layout, this process's ATen packs {native!r}; "
+        "repack it with .from_checkpoint(torch.device('cpu'))",
+    )
+    if x.shape[0] <= CPU_INT4_TINYGEMM_MAX_M:
+        # The kernel reads scale_and_zero in the activation dtype (bf16, fp16 or fp32).
+        y = aten._weight_int4pack_mm_for_cpu(x.contiguous(), qdata, group_size, scale_and_zero.to(x.dtype))
+    else:
+        dt = _gemm_dtype(x.dtype)
+        wt = _int4_tinygemm_cpu_dequantize_t(qdata, scale_and_zero, group_size, layout, dt)
+        y = torch.mm(x.to(dt), wt).to(x.dtype)
+    if y.shape[1] != out_features:
+        y = y[:, :out_features].contiguous()
+    return y
