@@ -207,5 +207,7 @@ def _int4_weight_only(weight: torch.Tensor, config: Int4WeightOnlyConfig, fqn: s
     reason = cls.supports(weight, weight.device)
     if reason is not None:
         raise UnsupportedError(f"{cls.__name__} cannot serve {where}: {reason}")
-    codes, scale, zero = quantize_int4(weight, group, kind, config.qparams)
+    # Quantize against the qparams as the format stores them (e.g. bf16), so the codes are
+    # the nearest ones for the stored values.
+    codes, scale, zero = quantize_int4(weight, group, kind, config.qparams, getattr(cls, "scale_dtype", None))
     return int4_from_codes(cls, codes, scale, zero, kind, group_size=group, shape=weight.shape, dtype=weight.dtype)

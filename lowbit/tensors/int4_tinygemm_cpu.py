@@ -6,9 +6,7 @@ Kernel dispatch (``lowbit::int4_tinygemm_cpu_linear``, ops/cpu.py): up to
 dequantized into a GEMM, in fp32 on CPUs without native bf16 (``_gemm_dtype``), because
 tinygemm's per-row unpacking stops paying once the product is compute-bound.
 
-Measured on the 2-core AVX2 Zen3 (shared with other jobs, so +-30%; 4096x4096, g=128,
-bf16 activations, median of a few runs): see the report in the int4-cpu branch history;
-the threshold is where dequantize + fp32 GEMM overtakes tinygemm.
+Measurements behind the threshold are next to ``CPU_INT4_TINYGEMM_MAX_M`` in ops/cpu.py.
 """
 
 from __future__ import annotations
@@ -36,9 +34,9 @@ class Int4TinygemmCpuTensor(LowbitTensor):
     qdata           uint8 [Np, K // 2]             ATen ``_convert_weight_to_int4pack_for_cpu``
                                                    layout (lowbit/packing/int4.py), read by
                                                    ``aten._weight_int4pack_mm_for_cpu``
-    scale_and_zero  float [K // group_size, Np, 2]  [..., 0] scale, [..., 1] float zero:
-                                                   ``x = (q - 8) * scale + zero``; dtype of the
-                                                   original weight (bf16/fp16/fp32)
+    scale_and_zero  bf16  [K // group_size, Np, 2]  [..., 0] scale, [..., 1] float zero:
+                                                   ``x = (q - 8) * scale + zero`` (bf16: the
+                                                   dtype ATen's vectorized kernel reads)
 
     ``Np`` is N rounded up to a multiple of 16 (ATen's packer needs it); padded rows have
     code 0 and scale = zero = 0 and are cut from the output.
@@ -48,8 +46,10 @@ class Int4TinygemmCpuTensor(LowbitTensor):
     a tensor packed for another one, and ``from_checkpoint(cpu)`` repacks it),
     ``transposed`` (True after ``.t()``; only ``mm(x, w.t())`` accepts that form).
 
-    Requires: CPU; K % group_size == 0; float32/float16/bfloat16 activations (scales are
-    cast to the activation dtype when they differ).
+    Requires: CPU; K % group_size == 0; float32/float16/bfloat16 activations. ATen's
+    kernel is vectorized for bf16 only, so up to ``CPU_INT4_TINYGEMM_MAX_M`` rows fp16/fp32
+    activations are rounded to bf16 for it (and the output cast back); above, the GEMM
+    path computes in fp32.
     """
 
     data_fields = ("qdata", "scale_and_zero")
@@ -57,6 +57,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
     format_name = "int4_tinygemm_cpu"
     format_version = 1
     zero_point_kind = ZeroPointKind.FLOAT
+    scale_dtype = torch.bfloat16  # what from_codes stores; quantize with it for nearest codes
 
     @classmethod
     def supports(cls, weight, device=None):
@@ -79,12 +80,16 @@ class Int4TinygemmCpuTensor(LowbitTensor):
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 128, qparams: str = "minmax") -> Int4TinygemmCpuTensor:
         """Quantize a float [N, K] CPU weight (asymmetric uint4 per group, float zero point)."""
-        codes, scale, zero = quantize_int4(w, group_size, ZeroPointKind.FLOAT, qparams)
+        codes, scale, zero = quantize_int4(w, group_size, ZeroPointKind.FLOAT, qparams, cls.scale_dtype)
         return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
 
     @classmethod
     def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype) -> Int4TinygemmCpuTensor:
-        """Pack uint8 codes [N, K] (0..15) with float scale/zero [N, K // group_size]."""
+        """Pack uint8 codes [N, K] (0..15) with float scale/zero [N, K // group_size].
+
+        Scale and zero are stored in bf16 (exact if they are bf16 already, as
+        ``from_float`` and ``quantize_int4(..., scale_dtype=torch.bfloat16)`` make them).
+        """
         _check_codes(codes, scale, zero_point, group_size, shape, cls.__name__)
         if not zero_point.dtype.is_floating_point:
             raise ValueError(
@@ -98,7 +103,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
             raise UnsupportedError(cls.supports(torch.empty(0, 32), "cpu"))
         n, k = codes.shape
         n_pad = -(-n // TINYGEMM_CPU_N_ALIGN) * TINYGEMM_CPU_N_ALIGN
-        sz = torch.stack((scale, zero_point.to(scale.dtype)), dim=-1).transpose(0, 1)  # [K/g, N, 2]
+        sz = torch.stack((scale, zero_point), dim=-1).to(cls.scale_dtype).transpose(0, 1)  # [K/g, N, 2]
         if n_pad != n:
             codes = F.pad(codes, (0, 0, 0, n_pad - n))
             sz = F.pad(sz, (0, 0, 0, n_pad - n))

@@ -77,7 +77,7 @@ def test_fuzz_kernel_matches_reference(seed):
 @pytest.mark.parametrize("shape,group", [((64, 256), 32), ((100, 512), 128), ((48, 256), 256)], ids=str)
 def test_dequantize_equals_quantized_values(shape, group):
     w = make_weight(shape, torch.float32, heavy_tail=True)
-    codes, scale, zero = quantize_int4(w, group, "float")
+    codes, scale, zero = quantize_int4(w, group, "float", scale_dtype=torch.bfloat16)  # the stored dtype
     t = Int4TinygemmCpuTensor.from_codes(codes, scale, zero, group_size=group, shape=shape, dtype=w.dtype)
     c2, s2, z2 = t.to_codes()
     assert torch.equal(c2, codes) and torch.equal(s2, scale) and torch.equal(z2, zero)
