@@ -123,3 +123,22 @@ def test_plain_packing_stores_without_kernel_and_loads_repacked():
         fresh = lowbit.load_into(nn.Linear(256, 64, bias=False).to(torch.bfloat16), path)
     assert isinstance(fresh.weight, Int4TinygemmCpuTensor)
     assert torch.equal(fresh.weight.dequantize(), m.weight.dequantize())
+
+
+def test_int_only_format_refuses_float_zero_points(monkeypatch):
+    # Stand-in for an int-zero-point GPU format (Marlin/XPU live on another branch).
+    from lowbit.configs import int4 as cfg_mod
+
+    class _FakeIntFormat:
+        @classmethod
+        def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
+            return (codes, scale, zero_point)
+
+    monkeypatch.setitem(cfg_mod._PACKING_CLASSES, Int4Packing.MARLIN, _FakeIntFormat)
+    assert int4_class_for("cuda", "int", "marlin") is _FakeIntFormat
+    with pytest.raises(UnsupportedError, match="cannot represent float"):
+        int4_class_for("cuda", "float", "marlin")
+    codes = torch.zeros(16, 32, dtype=torch.uint8)
+    with pytest.raises(UnsupportedError, match="applies int zero points"):
+        cfg_mod.int4_from_codes(_FakeIntFormat, codes, torch.ones(16, 1), torch.zeros(16, 1), "float",
+                                group_size=32, shape=(16, 32), dtype=torch.float32)

@@ -58,8 +58,8 @@ class Int4Packing(str, enum.Enum):
     PLAIN = "plain"  # Int4PlainTensor: portable storage, no kernel
 
 
-# packing -> tensor class. Each class declares ``zero_point_kind`` (FLOAT or INT), the
-# device it runs on (``supports``), ``from_codes`` and ``to_codes``.
+# packing -> tensor class. Each class has ``from_codes``/``to_codes`` (the int4 "codes"
+# interface, see int4_plain.py) and ``supports``.
 # TODO(lead): add TILED_CUDA, MARLIN, XPU, XPU_FLOAT_ZP from the int4-gpu branch.
 _PACKING_CLASSES: dict[Int4Packing, type[LowbitTensor]] = {
     Int4Packing.TINYGEMM_CPU: Int4TinygemmCpuTensor,
@@ -75,6 +75,15 @@ _PACKING_DEVICE: dict[Int4Packing, str] = {
     Int4Packing.XPU_FLOAT_ZP: "xpu",
 }
 
+# Zero-point kind each kernel format applies (PLAIN stores either and records which).
+_PACKING_KIND: dict[Int4Packing, ZeroPointKind] = {
+    Int4Packing.TINYGEMM_CPU: ZeroPointKind.FLOAT,
+    Int4Packing.TILED_CUDA: ZeroPointKind.FLOAT,
+    Int4Packing.MARLIN: ZeroPointKind.INT,
+    Int4Packing.XPU: ZeroPointKind.INT,
+    Int4Packing.XPU_FLOAT_ZP: ZeroPointKind.FLOAT,
+}
+
 # (device type, zero-point kind) -> what packing="auto" picks.
 # TODO(lead): ("cuda", FLOAT) -> TILED_CUDA, ("cuda", INT) -> MARLIN,
 #             ("xpu", INT) -> XPU, ("xpu", FLOAT) -> XPU_FLOAT_ZP.
@@ -86,7 +95,10 @@ _AUTO_PACKING: dict[tuple[str, ZeroPointKind], Int4Packing] = {
 
 def _kind_of(cls) -> ZeroPointKind | None:
     """The zero-point kind a class's kernel applies (None: stores either, e.g. PLAIN)."""
-    return getattr(cls, "zero_point_kind", None) if cls is not Int4PlainTensor else None
+    for packing, klass in _PACKING_CLASSES.items():
+        if klass is cls:
+            return _PACKING_KIND.get(packing)
+    raise ValueError(f"{cls.__name__} is not an int4 format known to lowbit.configs.int4")
 
 
 def int4_class_for(device_type: str, zero_point_kind, packing=Int4Packing.AUTO) -> type[LowbitTensor]:
