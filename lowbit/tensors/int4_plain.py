@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import primitives as P
 from ..packing.int4 import pack_int4_nibbles, unpack_int4_nibbles
-from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
+from .base import LowbitTensor, UnsupportedOpError, slice_args
 
 aten = torch.ops.aten
 
@@ -21,6 +21,7 @@ __all__ = [
     "quantize_int4",
     "int_to_float_zero_point",
     "slice_codes",
+    "check_int4_codes",
     "INT4_GROUP_SIZES",
     "INT4_QMIN",
     "INT4_QMAX",
@@ -157,7 +158,7 @@ class Int4PlainTensor(LowbitTensor):
         if zero_point_kind is None:
             zero_point_kind = "float" if zero_point.dtype.is_floating_point else "int"
         kind = P._enum(P.ZeroPointKind, zero_point_kind, "zero_point_kind")
-        _check_codes(codes, scale, zero_point, group_size, shape, cls.__name__)
+        check_int4_codes(codes, scale, zero_point, group_size, shape, cls.__name__)
         if zero_point.dtype.is_floating_point != (kind is P.ZeroPointKind.FLOAT):
             raise ValueError(
                 f"{cls.__name__}: zero_point_kind={kind.value!r} needs a "
@@ -193,8 +194,8 @@ class Int4PlainTensor(LowbitTensor):
                                group_size=self.group_size, shape=tuple(self.shape), dtype=self.dtype)
 
 
-def _check_codes(codes, scale, zero_point, group_size, shape, name) -> None:
-    """Validate the ``from_codes`` interface shared by all int4 formats."""
+def check_int4_codes(codes, scale, zero_point, group_size, shape, name) -> None:
+    """Validate ``from_codes`` arguments (the codes interface every int4 format shares)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2:
         raise ValueError(f"{name}.from_codes needs a 2-D shape (N, K), got {shape}")
@@ -213,6 +214,8 @@ def _check_codes(codes, scale, zero_point, group_size, shape, name) -> None:
             raise ValueError(f"{name}.from_codes needs {nm} of shape {want} (N, K // group_size), got {got}")
     if not scale.dtype.is_floating_point:
         raise ValueError(f"{name}.from_codes needs a float scale, got {scale.dtype}")
+    if codes.numel() and int(codes.max()) > INT4_QMAX:
+        raise ValueError(f"{name}.from_codes needs codes in 0..15, got a maximum of {int(codes.max())}")
 
 
 @Int4PlainTensor.implements(F.linear, aten.linear.default, aten.mm.default, aten.addmm.default)

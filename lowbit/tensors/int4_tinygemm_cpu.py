@@ -19,7 +19,7 @@ from ..errors import UnsupportedError
 from ..packing.int4 import TINYGEMM_CPU_N_ALIGN, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from ..primitives import ZeroPointKind
 from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
-from .int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, _check_codes, quantize_int4, slice_codes
+from .int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, check_int4_codes, quantize_int4, slice_codes
 
 aten = torch.ops.aten
 
@@ -90,7 +90,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
         Scale and zero are stored in bf16 (exact if they are bf16 already, as
         ``from_float`` and ``quantize_int4(..., scale_dtype=torch.bfloat16)`` make them).
         """
-        _check_codes(codes, scale, zero_point, group_size, shape, cls.__name__)
+        check_int4_codes(codes, scale, zero_point, group_size, shape, cls.__name__)
         if not zero_point.dtype.is_floating_point:
             raise ValueError(
                 f"{cls.__name__} takes a float zero point (x = (q - 8) * scale + zero), got {zero_point.dtype}; "

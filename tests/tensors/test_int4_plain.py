@@ -114,6 +114,8 @@ def test_from_codes_validates():
         Int4PlainTensor.from_codes(codes, s[:, :1], s, group_size=32, shape=(8, 64), dtype=torch.float32)
     with pytest.raises(ValueError, match="integer zero_point"):
         Int4PlainTensor.from_codes(codes, s, s, group_size=32, shape=(8, 64), dtype=torch.float32, zero_point_kind="int")
+    with pytest.raises(ValueError, match="codes in 0..15"):
+        Int4PlainTensor.from_codes(codes + 16, s, s, group_size=32, shape=(8, 64), dtype=torch.float32)
     with pytest.raises(ValueError, match="uint8 codes"):
         Int4PlainTensor.from_codes(codes.int(), s, s, group_size=32, shape=(8, 64), dtype=torch.float32)
 
