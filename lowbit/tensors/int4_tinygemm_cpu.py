@@ -140,7 +140,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
 
     def from_checkpoint(self, device):
         device = torch.device(device)
-        if device.type == "cpu" and self.cpu_layout == tinygemm_cpu_layout():
+        if device.type == "cpu" and self.device.type == "cpu" and self.cpu_layout == tinygemm_cpu_layout():
             return self
         return self.to_checkpoint().from_checkpoint(device)
 
@@ -172,6 +172,11 @@ def _linear(func, types, args, kwargs):
     if w.transposed:
         raise UnsupportedOpError("F.linear needs the untransposed Int4TinygemmCpuTensor; call .t() again")
     _check_act(x, w)
+    if w.device.type != "cpu":  # e.g. a pickled CPU blob loaded with map_location="cuda"
+        raise UnsupportedError(
+            f"Int4TinygemmCpuTensor holds a CPU-only packing but lives on {w.device}; repack it for that "
+            f"device with w.from_checkpoint(torch.device({str(w.device)!r}))"
+        )
     if w.cpu_layout != tinygemm_cpu_layout():
         raise UnsupportedError(
             f"this int4 weight was packed for the {w.cpu_layout!r} CPU layout but this process's ATen uses "

@@ -254,3 +254,11 @@ def test_opcheck(m, n):
     torch.library.opcheck(
         torch.ops.lowbit.int4_tinygemm_cpu_linear, (x, t.qdata, t.scale_and_zero, 32, n, t.cpu_layout)
     )
+
+
+def test_cpu_packing_on_another_device_refuses_to_run():
+    # What torch.load(map_location=...) of a CPU blob produces: the bytes moved, not repacked.
+    t = Int4TinygemmCpuTensor.from_float(make_weight((64, 128)), group_size=32)
+    moved = t._replace(lambda f: f.to("meta"))
+    with pytest.raises(UnsupportedError, match="CPU-only packing"):
+        F.linear(torch.randn(2, 128, dtype=torch.bfloat16, device="meta"), moved)
