@@ -262,3 +262,28 @@ def test_cpu_packing_on_another_device_refuses_to_run():
     moved = t._replace(lambda f: f.to("meta"))
     with pytest.raises(UnsupportedError, match="CPU-only packing"):
         F.linear(torch.randn(2, 128, dtype=torch.bfloat16, device="meta"), moved)
+
+
+# ---------------------------------------------------------------------- C++ M = 1 GEMV
+
+_needs_gemv = pytest.mark.skipif(
+    not cpu_ops._int4_gemv_available(),
+    reason="lowbit's C++ CPU extension with int4_tinygemm_gemv is not built here (ops/_ext.py)",
+)
+
+
+@_needs_gemv
+@pytest.mark.parametrize("layout", ["avx2", "avx512"])
+@pytest.mark.parametrize(
+    "n,k,group,act",
+    [(4096, 512, 128, torch.bfloat16), (100, 256, 32, torch.float16), (208, 576, 64, torch.float32)],
+    ids=str,
+)
+def test_gemv_matches_reference(layout, n, k, group, act):
+    t = Int4TinygemmCpuTensor.from_float(make_weight((n, k)), group_size=group)
+    qdata = pack_tinygemm_cpu(unpack_tinygemm_cpu(t.qdata, t.cpu_layout), layout)
+    x = torch.randn(1, k).to(act)
+    y = torch.ops.lowbit_ext.int4_tinygemm_gemv(x, qdata, t.scale_and_zero, group, cpu_ops._INT4_GEMV_BLOCK_N[layout])
+    ref = reference.int4_tinygemm_cpu_linear(x, qdata, t.scale_and_zero, group, qdata.shape[0], layout)
+    assert y.dtype == act and y.shape == ref.shape
+    assert lowbit.sqnr(ref.float(), y.float()) >= 60.0
