@@ -71,3 +71,103 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
         )
     warn_fallback_once("da8w4_linear")
     return _reference.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping)
+# ---------------------------------------------------------------------- int4 tinygemm (CPU)
+
+import functools  # noqa: E402
+
+# Batch rows up to which `aten._weight_int4pack_mm_for_cpu` (tinygemm) runs; above it
+# the weight is dequantized (in its packed block order) into an fp32 batched GEMM on
+# CPUs without native bf16. Measured on the 2-core AVX2 Zen3 while shared with other
+# jobs (4096x4096, g=128, bf16 activations; numbers noisy, +-50%): tinygemm costs about
+# the same per 4-row block at any M (~1.5 ms / 4 rows at 2 threads, compute-bound), the
+# dequantize + GEMM path costs ~60 ms of dequantization plus the fp32 GEMM. 1 thread:
+# M=64 tinygemm 101-124 ms vs 195-244; M=128 249-254 vs 295-300; M=256 510 vs 444.
+# The crossover is between 128 and 256; both paths beat emulated-bf16 F.linear 3-5x there.
+CPU_INT4_TINYGEMM_MAX_M = 128
+
+
+def _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, dtype):
+    """x @ W^T [M, Np] in ``dtype`` via a dequantized weight: the large-M path.
+
+    In the avx2/avx512 layouts a full block of B rows is a [K, B/2] byte matrix whose low
+    nibbles are rows 0..B/2-1 and high nibbles rows B/2..B-1 (packing/int4.py), so
+    cat(lo, hi) is already that block's W^T [K, B]: the weight is dequantized in its packed
+    block order (contiguous, same-dtype ops only) and multiplied with one batched GEMM,
+    [nb, M, B], instead of being transposed into [K, N] first (2x slower on a Zen3).
+    Other layouts unpack to [Np, K] first.
+    """
+    from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, unpack_tinygemm_cpu
+
+    n_pad, half_k = qdata.shape
+    k = 2 * half_k
+    n_groups = k // group_size
+    block, lo_rows, hi_rows = TINYGEMM_CPU_LAYOUTS[layout]
+    sz = scale_and_zero.to(dtype)
+    scale = sz[..., 0]
+    # (q - 8) * s + z == q * s + (z - 8 s): one multiply-add per weight.
+    shift = sz[..., 1] - 8 * scale
+    x = x.to(dtype)
+    if n_pad % block == 0 and lo_rows + hi_rows == list(range(block)):
+        nb = n_pad // block
+        byte = qdata.view(nb, k, block // 2)
+        q = torch.cat((byte & 0x0F, byte >> 4), dim=-1).to(dtype).view(nb, n_groups, group_size, block)
+        # [K/g, Np] -> [nb, K/g, 1, B]: per block, per group, per row; broadcast over the group.
+        s = scale.view(n_groups, nb, block).transpose(0, 1).contiguous().view(nb, n_groups, 1, block)
+        z = shift.view(n_groups, nb, block).transpose(0, 1).contiguous().view(nb, n_groups, 1, block)
+        wt = q.mul_(s).add_(z).view(nb, k, block)
+        return torch.matmul(x, wt).permute(1, 0, 2).reshape(x.shape[0], n_pad)
+    q = unpack_tinygemm_cpu(qdata, layout).to(dtype).view(n_pad, n_groups, group_size)
+    w = q.mul_(scale.t().unsqueeze(-1)).add_(shift.t().unsqueeze(-1)).view(n_pad, k)
+    return torch.mm(x, w.t())
+
+
+# Layouts lowbit/csrc/int4_tinygemm_gemv.cpp reads, with their row-block size.
+_INT4_GEMV_BLOCK_N = {"avx2": 32, "avx512": 64}
+
+
+@functools.cache
+def _int4_gemv_available() -> bool:
+    """True once lowbit's C++ CPU extension is built with the M = 1 int4 GEMV in it.
+
+    The GEMV (lowbit/csrc/int4_tinygemm_gemv.cpp) computes the same function as
+    tinygemm, ~3x faster at M = 1 (ATen's kernel pays for 4 rows at M = 1). It ships with
+    the extension that ops/_ext.py builds; without that extension, tinygemm runs.
+    Measured at M = 1, 4096x4096 g128, 1 thread on the shared Zen3: GEMV 0.84-0.87 ms
+    (~10 GB/s of packed weights), ATen tinygemm 2.3-2.4 ms, bf16 F.linear 3.3 ms. The
+    second core was busy with other jobs, so 2-thread numbers did not scale (expected
+    ~2x on an idle machine: the loop runs ~3.2 uops/cycle on one core).
+    """
+    try:
+        from ._ext import load_cpu_extension  # the C++ extension's lazy builder
+    except ImportError:
+        return False
+    return bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_gemv")
+
+
+@_register("int4_tinygemm_cpu_linear")
+def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
+    from ..packing.int4 import tinygemm_cpu_layout
+
+    native = tinygemm_cpu_layout()
+    torch._check(
+        layout == native,
+        lambda: f"int4 weight packed for the {layout!r} CPU layout, this process's ATen packs {native!r}; "
+        "repack it with .from_checkpoint(torch.device('cpu'))",
+    )
+    if x.shape[0] == 1 and layout in _INT4_GEMV_BLOCK_N and _int4_gemv_available():
+        y = torch.ops.lowbit_ext.int4_tinygemm_gemv(
+            x, qdata, scale_and_zero.to(torch.bfloat16), group_size, _INT4_GEMV_BLOCK_N[layout]
+        )
+    elif x.shape[0] <= CPU_INT4_TINYGEMM_MAX_M:
+        # ATen vectorizes this kernel for bf16 only: its fp16/fp32 instantiations are scalar
+        # loops, 40-200x slower (measured: M=1 fp32 65 ms vs bf16 1.5 ms). So fp16/fp32
+        # activations are rounded to bf16 for the kernel, explicitly, and the output is cast
+        # back (output SQNR vs an fp32 reference stays > 45 dB, see the tests).
+        xb = x.to(torch.bfloat16).contiguous()
+        y = aten._weight_int4pack_mm_for_cpu(xb, qdata, group_size, scale_and_zero.to(torch.bfloat16))
+        y = y.to(x.dtype)
+    else:
+        y = _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, _gemm_dtype(x.dtype)).to(x.dtype)
+    if y.shape[1] != out_features:
+        y = y[:, :out_features].contiguous()
+    return y

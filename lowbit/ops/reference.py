@@ -160,3 +160,23 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     _, s, _ = unpack_vnni_int4(qdata, scale, zero_point)
     y = (acc.to(torch.float32) * s[None]).sum(-1) * sa[:, None]
     return y.to(x.dtype)
+__all__ += ["int4_float_zp_dequantize", "int4_tinygemm_cpu_linear"]
+
+
+def int4_float_zp_dequantize(codes, scale, zero, group_size):
+    """float32 [N, K] from uint8 codes [N, K] and [N, K // group_size] scale/zero: (q - 8) * s + z."""
+    n, k = codes.shape
+    q = codes.to(torch.float32).reshape(n, k // group_size, group_size)
+    s = scale.to(torch.float32).reshape(n, -1, 1)
+    z = zero.to(torch.float32).reshape(n, -1, 1)
+    return ((q - 8) * s + z).reshape(n, k)
+
+
+@_impl("int4_tinygemm_cpu_linear")
+def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
+    from ..packing.int4 import unpack_tinygemm_cpu
+
+    codes = unpack_tinygemm_cpu(qdata, layout)[:out_features]
+    sz = scale_and_zero[:, :out_features]
+    w = int4_float_zp_dequantize(codes, sz[..., 0].t(), sz[..., 1].t(), group_size)
+    return (x.to(torch.float32) @ w.t()).to(x.dtype)

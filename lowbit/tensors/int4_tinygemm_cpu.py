@@ -1,0 +1,225 @@
+"""Groupwise int4 weights (float zero point) for ATen's CPU tinygemm kernel.
+
+Kernel dispatch (``lowbit::int4_tinygemm_cpu_linear``, ops/cpu.py), same numerics on
+every path: one activation row runs lowbit's AVX2 GEMV (lowbit/csrc/
+int4_tinygemm_gemv.cpp) when lowbit's C++ extension is built; otherwise, and up to
+``CPU_INT4_TINYGEMM_MAX_M`` rows, ``aten._weight_int4pack_mm_for_cpu`` (tinygemm);
+above that the weight is dequantized into a GEMM, in fp32 on CPUs without native bf16
+(``_gemm_dtype``), because tinygemm's unpacking per 4-row block stops paying once the
+product is compute-bound.
+
+Measurements behind the threshold are next to ``CPU_INT4_TINYGEMM_MAX_M`` in ops/cpu.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..errors import UnsupportedError
+from ..packing.int4 import TINYGEMM_CPU_N_ALIGN, tinygemm_cpu_layout, unpack_tinygemm_cpu
+from ..primitives import ZeroPointKind
+from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
+from .int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, check_int4_codes, quantize_int4, slice_codes
+
+aten = torch.ops.aten
+
+__all__ = ["Int4TinygemmCpuTensor"]
+
+_FLOAT_ACTS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class Int4TinygemmCpuTensor(LowbitTensor):
+    """Groupwise asymmetric uint4 weight, float zero point, packed for CPU tinygemm.
+
+    qdata           uint8 [Np, K // 2]             ATen ``_convert_weight_to_int4pack_for_cpu``
+                                                   layout (lowbit/packing/int4.py), read by
+                                                   ``aten._weight_int4pack_mm_for_cpu``
+    scale_and_zero  bf16  [K // group_size, Np, 2]  [..., 0] scale, [..., 1] float zero:
+                                                   ``x = (q - 8) * scale + zero`` (bf16: the
+                                                   dtype ATen's vectorized kernel reads)
+
+    ``Np`` is N rounded up to a multiple of 16 (ATen's packer needs it); padded rows have
+    code 0 and scale = zero = 0 and are cut from the output.
+
+    Meta: ``group_size`` (32/64/128/256), ``cpu_layout`` (the byte order ATen used:
+    "avx512", "avx2" or "pairs32", which depends on the CPU capability; the kernel refuses
+    a tensor packed for another one, and ``from_checkpoint(cpu)`` repacks it),
+    ``transposed`` (True after ``.t()``; only ``mm(x, w.t())`` accepts that form).
+
+    Requires: CPU; K % group_size == 0; float32/float16/bfloat16 activations. ATen's
+    kernel is vectorized for bf16 only, so up to ``CPU_INT4_TINYGEMM_MAX_M`` rows fp16/fp32
+    activations are rounded to bf16 for it (and the output cast back); above, the GEMM
+    path computes in fp32.
+    """
+
+    data_fields = ("qdata", "scale_and_zero")
+    meta_fields = ("group_size", "cpu_layout", "transposed")
+    format_name = "int4_tinygemm_cpu"
+    format_version = 1
+    zero_point_kind = ZeroPointKind.FLOAT
+    scale_dtype = torch.bfloat16  # what from_codes stores; quantize with it for nearest codes
+
+    @classmethod
+    def supports(cls, weight, device=None):
+        device = torch.device(device) if device is not None else weight.device
+        if device.type != "cpu":
+            return f"runs on CPU only, got device {device}"
+        if weight.ndim != 2:
+            return f"needs a 2-D weight, got {weight.ndim}-D"
+        if weight.dtype not in _FLOAT_ACTS:
+            return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
+        if weight.shape[1] % min(INT4_GROUP_SIZES):
+            return f"needs in_features K % {min(INT4_GROUP_SIZES)} == 0, got K={weight.shape[1]}"
+        if tinygemm_cpu_layout() is None:
+            return (
+                f"this torch {torch.__version__} packs int4 CPU weights in a layout lowbit does not "
+                "know, so they could not be unpacked exactly; use Int4Packing.PLAIN for storage"
+            )
+        return None
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, group_size: int = 128, qparams: str = "minmax") -> Int4TinygemmCpuTensor:
+        """Quantize a float [N, K] CPU weight (asymmetric uint4 per group, float zero point)."""
+        codes, scale, zero = quantize_int4(w, group_size, ZeroPointKind.FLOAT, qparams, cls.scale_dtype)
+        return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
+
+    @classmethod
+    def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype) -> Int4TinygemmCpuTensor:
+        """Pack uint8 codes [N, K] (0..15) with float scale/zero [N, K // group_size].
+
+        Scale and zero are stored in bf16 (exact if they are bf16 already, as
+        ``from_float`` and ``quantize_int4(..., scale_dtype=torch.bfloat16)`` make them).
+        """
+        check_int4_codes(codes, scale, zero_point, group_size, shape, cls.__name__)
+        if not zero_point.dtype.is_floating_point:
+            raise ValueError(
+                f"{cls.__name__} takes a float zero point (x = (q - 8) * scale + zero), got {zero_point.dtype}; "
+                "convert int zero points with lowbit.tensors.int4_plain.int_to_float_zero_point"
+            )
+        if codes.device.type != "cpu":
+            raise UnsupportedError(f"{cls.__name__} packs CPU tensors, got codes on {codes.device}")
+        layout = tinygemm_cpu_layout()
+        if layout is None:
+            raise UnsupportedError(cls.supports(torch.empty(0, 32), "cpu"))
+        n, k = codes.shape
+        n_pad = -(-n // TINYGEMM_CPU_N_ALIGN) * TINYGEMM_CPU_N_ALIGN
+        sz = torch.stack((scale, zero_point), dim=-1).to(cls.scale_dtype).transpose(0, 1)  # [K/g, N, 2]
+        if n_pad != n:
+            codes = F.pad(codes, (0, 0, 0, n_pad - n))
+            sz = F.pad(sz, (0, 0, 0, n_pad - n))
+        qdata = aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        return cls(qdata, sz.contiguous(), group_size=group_size, cpu_layout=layout, transposed=False,
+                   shape=(n, k), dtype=dtype)
+
+    def _logical(self) -> tuple[int, int]:
+        n, k = self.shape
+        return (k, n) if self.transposed else (n, k)
+
+    def to_codes(self):
+        """(codes uint8 [N, K], scale [N, K // g], zero [N, K // g]): exact inverse of from_codes."""
+        if self.transposed:
+            raise UnsupportedOpError(f"{type(self).__name__}.to_codes needs the untransposed tensor; call .t() first")
+        n = self.shape[0]
+        codes = unpack_tinygemm_cpu(self.qdata, self.cpu_layout)[:n]
+        sz = self.scale_and_zero[:, :n]
+        return codes, sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()
+
+    def dequantize(self, dtype=None):
+        from ..ops.reference import int4_float_zp_dequantize
+
+        w = self.t() if self.transposed else self
+        codes, scale, zero = w.to_codes()
+        d = int4_float_zp_dequantize(codes, scale, zero, self.group_size).to(dtype or self.dtype)
+        return d.t() if self.transposed else d
+
+    def to_checkpoint(self) -> Int4PlainTensor:
+        """The portable form (``Int4PlainTensor``, float zero point): loads on any device."""
+        codes, scale, zero = self.to_codes()
+        return Int4PlainTensor.from_codes(codes, scale, zero, group_size=self.group_size, shape=self.shape,
+                                          dtype=self.dtype, zero_point_kind="float")
+
+    def from_checkpoint(self, device):
+        device = torch.device(device)
+        if device.type == "cpu" and self.device.type == "cpu" and self.cpu_layout == tinygemm_cpu_layout():
+            return self
+        return self.to_checkpoint().from_checkpoint(device)
+
+
+def _to_device(self, device: torch.device) -> LowbitTensor:
+    # The packed layout is CPU-specific: go through the portable codes and let the
+    # device's int4 format repack them (or raise UnsupportedError naming why it cannot).
+    return self.to_checkpoint().from_checkpoint(device)
+
+
+Int4TinygemmCpuTensor._to_device = _to_device
+
+
+def _check_act(x: torch.Tensor, w: Int4TinygemmCpuTensor) -> None:
+    if x.dtype not in _FLOAT_ACTS:
+        raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {x.dtype}")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"linear input has {x.shape[-1]} features but the weight expects {w.shape[1]} "
+            f"(weight shape {tuple(w.shape)})"
+        )
+    if x.device != w.device:
+        raise ValueError(f"input is on {x.device} but the weight is on {w.device}; move one of them")
+
+
+@Int4TinygemmCpuTensor.implements(F.linear, aten.linear.default)
+def _linear(func, types, args, kwargs):
+    x, w, bias = linear_args(args, kwargs)
+    if w.transposed:
+        raise UnsupportedOpError("F.linear needs the untransposed Int4TinygemmCpuTensor; call .t() again")
+    _check_act(x, w)
+    if w.device.type != "cpu":  # e.g. a pickled CPU blob loaded with map_location="cuda"
+        raise UnsupportedError(
+            f"Int4TinygemmCpuTensor holds a CPU-only packing but lives on {w.device}; repack it for that "
+            f"device with w.from_checkpoint(torch.device({str(w.device)!r}))"
+        )
+    if w.cpu_layout != tinygemm_cpu_layout():
+        raise UnsupportedError(
+            f"this int4 weight was packed for the {w.cpu_layout!r} CPU layout but this process's ATen uses "
+            f"{tinygemm_cpu_layout()!r} (another CPU or ATEN_CPU_CAPABILITY); repack it exactly with "
+            "w.from_checkpoint(torch.device('cpu')), or save/load through lowbit.save_file/load_file"
+        )
+    n, k = w.shape
+    y = torch.ops.lowbit.int4_tinygemm_cpu_linear(
+        x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout
+    )
+    y = y.reshape(*x.shape[:-1], n)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y
+
+
+@Int4TinygemmCpuTensor.implements(aten.t.default)
+def _t(func, types, args, kwargs):
+    w = args[0]
+    return w._replace(transposed=not w.transposed, shape=(w.shape[1], w.shape[0]))
+
+
+@Int4TinygemmCpuTensor.implements(aten.slice.Tensor)
+def _slice(func, types, args, kwargs):
+    # Unpack, slice the codes, repack: exact, and independent of the packed block order.
+    w, dim, start, end, step = slice_args(args, kwargs)
+    base = w.t() if w.transposed else w
+    if w.transposed:
+        dim = 1 - dim % 2
+    codes, scale, zero = slice_codes(*base.to_codes(), w.group_size, dim, start, end, step, w)
+    out = type(w).from_codes(codes, scale, zero, group_size=w.group_size, shape=codes.shape, dtype=w.dtype)
+    return out.t() if w.transposed else out
+
+
+@Int4TinygemmCpuTensor.implements(aten.mm.default, aten.addmm.default)
+def _mm(func, types, args, kwargs):
+    # F.linear decomposed: mm(x, w.t()) / addmm(bias, x, w.t()).
+    if func is aten.addmm.default:
+        bias, x, wt = args[0], args[1], args[2]
+    else:
+        bias, x, wt = None, args[0], args[1]
+    if not isinstance(wt, Int4TinygemmCpuTensor) or isinstance(x, LowbitTensor) or not wt.transposed:
+        raise UnsupportedOpError(f"{type(wt).__name__} supports mm(x, w.t()) only (the form F.linear decomposes into)")
+    return _linear(F.linear, (), (x, wt.t(), bias), {})

