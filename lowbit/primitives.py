@@ -162,6 +162,15 @@ def _symmetric_half_range(quant_min: int, quant_max: int, zero_point_kind: ZeroP
 # ----------------------------------------------------------------------------- choose
 
 
+def _round_scale_up(scale: torch.Tensor, exact: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
+    """``scale`` in ``scale_dtype``, moved up one ulp where rounding made it smaller than
+    ``exact``: a stored symmetric scale below amax / half would map amax past the
+    symmetric range onto the odd code (seen with fp16 subnormal scales)."""
+    s = scale.to(scale_dtype)
+    up = torch.nextafter(s, torch.full_like(s, float("inf")))
+    return torch.where(s.to(torch.float32) < exact, up, s).to(torch.float32)
+
+
 def _choose_qparams_affine(
     x: torch.Tensor,
     mapping_type: MappingType,
@@ -185,7 +194,7 @@ def _choose_qparams_affine(
     if mapping_type is MappingType.SYMMETRIC:
         center, half = _symmetric_half_range(quant_min, quant_max, zero_point_kind)
         amax = xb.abs().amax(dim=dims)
-        scale = (amax / half).clamp(min=eps)
+        scale = _round_scale_up((amax / half).clamp(min=eps), amax / half, scale_dtype)
         if zero_point_kind is ZeroPointKind.NONE:
             zp = None
         elif zero_point_kind is ZeroPointKind.INT:
