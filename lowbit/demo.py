@@ -418,7 +418,7 @@ def run_demo(
     ppl_tokens: int | None = None,
     ppl_window: int | None = None,
     threads: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.bfloat16,
     model: nn.Module | None = None,
     tokenizer=None,
 ) -> DemoResult:
@@ -430,8 +430,12 @@ def run_demo(
         new_tokens: tokens to greedy-decode for tokens/s.
         ppl_tokens: tokens of evaluation text for perplexity.
         ppl_window: perplexity window length.
-        threads: ``torch.set_num_threads`` for the whole run (default: torch's choice).
-        dtype: model dtype of the quantized rows (float rows pin their own).
+        threads: ``torch.set_num_threads`` during the run, restored after (default: torch's
+            choice). On a machine shared with other jobs, 1 thread can be far faster than
+            all cores (OpenMP threads wait on each other).
+        dtype: model dtype of the quantized rows (float rows pin their own). bf16 by default:
+            the CPU int8 GEMV (``aten._weight_int8pack_mm``) is vectorized for bf16
+            activations and ~10x slower with fp32 ones on an AVX2 Zen3.
         model, tokenizer: an already loaded fp32 model (from ``load_model``) to copy from;
             it is not modified.
 
@@ -444,13 +448,21 @@ def run_demo(
     for flag, value, least in (("--tokens", new_tokens, 1), ("--ppl-tokens", ppl_tokens, 2), ("ppl window", ppl_window, 2)):
         if not isinstance(value, int) or value < least:
             raise DemoError(f"{flag} must be an integer >= {least}, got {value!r}")
-    if threads is not None:
-        if not isinstance(threads, int) or threads < 1:
-            raise DemoError(f"--threads must be an integer >= 1, got {threads!r}")
-        torch.set_num_threads(threads)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise DemoError(f"--threads must be an integer >= 1, got {threads!r}")
     if dtype not in _DTYPES.values():
         raise DemoError(f"dtype must be torch.bfloat16 or torch.float32, got {dtype}")
     chosen = select_configs(configs)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer) -> DemoResult:
     if model is None or tokenizer is None:
         model, tokenizer = load_model(torch.float32)
     tokens = eval_tokens(tokenizer, ppl_tokens)

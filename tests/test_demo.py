@@ -200,7 +200,12 @@ def smollm2():
 def test_quick_demo(smollm2):
     model, tokenizer = smollm2
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    result = demo.run_demo(quick=True, model=model, tokenizer=tokenizer)
+    threads = torch.get_num_threads()
+    # One thread: CI runners and dev machines are often shared, where OpenMP threads that
+    # wait on each other make a run many times slower.
+    result = demo.run_demo(quick=True, threads=1, model=model, tokenizer=tokenizer)
+    assert torch.get_num_threads() == threads  # restored
+    assert result.threads == 1
     names = [c.name for c in demo.demo_configs()]
     assert [r.name for r in result.rows] == names
     table = demo.format_table(result)
