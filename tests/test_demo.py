@@ -219,6 +219,8 @@ def test_quick_demo(smollm2):
     assert result.row("float-bf16").perplexity == pytest.approx(fp32.perplexity, rel=0.05)
     assert result.row("int8-weight-only").perplexity == pytest.approx(fp32.perplexity, rel=0.05)
     assert result.row("int8-dynamic").perplexity == pytest.approx(fp32.perplexity, rel=0.15)
+    # Greedy text of int8 weight-only starts like the float model's (same run, same prompt).
+    assert result.row("int8-weight-only").sample.split()[:3] == fp32.sample.split()[:3]
     # Quantized rows shrink the linear weights; the tied lm_head (float) is all that stays large.
     assert result.row("int8-weight-only").linear_mb < 0.5 * fp32.linear_mb
     assert result.row("int8-weight-only").layers_quantized == 210  # 30 blocks x 7 projections
