@@ -41,8 +41,9 @@ class Int8Tensor(LowbitTensor):
     qdata  int8    [N, K]  codes in [-127, 127]         lowbit::int8_weight_only_linear
     scale  float32 [N, 1]  one scale per output channel
 
-    Kernels (ops/cpu.py, ops/cuda.py): ``aten._weight_int8pack_mm`` up to 16 rows, a
-    GEMM on the dequantized weight above (fp32 on CPUs without native bf16).
+    Kernels (ops/cpu.py, ops/cuda.py): ``aten._weight_int8pack_mm`` up to 16 rows (on
+    CPU fed bf16 activations, the only dtype it vectorizes), a GEMM on the dequantized
+    weight above (fp32 on CPUs without native bf16).
 
     After ``t()`` the two fields are transposed ([K, N] and [1, N]); ``mm``/``addmm``
     accept that form, which is what ``F.linear`` decomposes into.

@@ -113,7 +113,8 @@ def test_cpu_kernel_matches_reference_exactly_enough(m):
     for op in ("int8_weight_only_linear", "int8_dynamic_linear"):
         y = getattr(torch.ops.lowbit, op)(x, t.qdata, t.scale)
         ref = getattr(reference, op)(x, t.qdata, t.scale)
-        # Weight-only: fp32 arithmetic both sides. Dynamic at M <= 16: the GEMV rounds its
-        # integer accumulators to bf16 (2^-9 relative), so ~55 dB; above, exact fp32 sums.
-        bar = 50 if (op == "int8_dynamic_linear" and m <= 16) else 100
+        # Above 16 rows both ops are fp32 arithmetic (> 100 dB). At M <= 16 the CPU GEMV
+        # takes bf16: weight-only rounds fp32 activations to bf16 and dynamic rounds its
+        # integer accumulators to bf16 (2^-9 relative each, so ~45-55 dB).
+        bar = 40 if m <= 16 else 100
         assert lowbit.sqnr(ref, y) > bar, (op, lowbit.sqnr(ref, y))
