@@ -44,6 +44,8 @@ aten = torch.ops.aten
 FORMATS: dict[str, lowbit.BaseConfig] = {
     "int8-weight-only": lowbit.Int8WeightOnlyConfig(),
     "int8-dynamic": lowbit.Int8DynamicActivationInt8WeightConfig(),
+    "int4-weight-only-g128": lowbit.Int4WeightOnlyConfig(group_size=128),
+    "int8-dyn-int4-g128 (DA8W4)": lowbit.Int8DynamicActivationInt4WeightConfig(group_size=128),
 }
 
 CPU_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (N, K): Llama-2-7B attn, MLP up, MLP down

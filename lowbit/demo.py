@@ -129,6 +129,11 @@ def demo_configs() -> list[DemoConfig]:
     wanted = [
         ("int8-weight-only", "Int8WeightOnlyConfig", {}),
         ("int8-dynamic", "Int8DynamicActivationInt8WeightConfig", {}),
+        # group_size is an upper bound for int4: SmolLM2's K=576 layers get 64 (logged).
+        ("int4-g128", "Int4WeightOnlyConfig", {"group_size": 128}),
+        ("int4-g32", "Int4WeightOnlyConfig", {"group_size": 32}),
+        # DA8W4 needs the group to divide K: 64 divides all of SmolLM2's (576, 1536).
+        ("da8w4-g64", "Int8DynamicActivationInt4WeightConfig", {"group_size": 64}),
     ]
     for name, cls_name, kwargs in wanted:
         cls = getattr(lowbit, cls_name, None)

@@ -62,8 +62,8 @@ def test_auto_on_cpu_is_tinygemm(kind):
 
 @pytest.mark.parametrize(
     "device,packing,match",
-    [("cuda", "tinygemm_cpu", "runs on 'cpu'"), ("meta", "auto", "no int4 format"), ("cpu", "marlin", "not available")],
-    ids=["wrong_device", "no_auto", "missing_class"],
+    [("cuda", "tinygemm_cpu", "runs on 'cpu'"), ("meta", "auto", "no int4 format"), ("cpu", "marlin", "runs on 'cuda'")],
+    ids=["wrong_device", "no_auto", "cuda_only_packing"],
 )
 def test_unservable_combination_raises_unsupported(device, packing, match):
     with pytest.raises(UnsupportedError, match=match):

@@ -39,7 +39,11 @@ from ..errors import UnsupportedError
 from ..primitives import ZeroPointKind, _enum
 from ..tensors.base import LowbitTensor
 from ..tensors.int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, int_to_float_zero_point, quantize_int4
+from ..tensors.int4_marlin import Int4MarlinTensor
+from ..tensors.int4_tiled_cuda import Int4TiledCudaTensor
 from ..tensors.int4_tinygemm_cpu import Int4TinygemmCpuTensor
+from ..tensors.int4_xpu import Int4XpuTensor
+from ..tensors.int4_xpu_float_zp import Int4XpuFloatZpTensor
 
 __all__ = ["Int4WeightOnlyConfig", "Int4Packing", "int4_class_for", "int4_from_codes", "int4_group_size_for"]
 
@@ -60,9 +64,12 @@ class Int4Packing(str, enum.Enum):
 
 # packing -> tensor class. Each class has ``from_codes``/``to_codes`` (the int4 "codes"
 # interface, see int4_plain.py) and ``supports``.
-# TODO(lead): add TILED_CUDA, MARLIN, XPU, XPU_FLOAT_ZP from the int4-gpu branch.
 _PACKING_CLASSES: dict[Int4Packing, type[LowbitTensor]] = {
     Int4Packing.TINYGEMM_CPU: Int4TinygemmCpuTensor,
+    Int4Packing.TILED_CUDA: Int4TiledCudaTensor,
+    Int4Packing.MARLIN: Int4MarlinTensor,
+    Int4Packing.XPU: Int4XpuTensor,
+    Int4Packing.XPU_FLOAT_ZP: Int4XpuFloatZpTensor,
     Int4Packing.PLAIN: Int4PlainTensor,
 }
 
@@ -84,13 +91,20 @@ _PACKING_KIND: dict[Int4Packing, ZeroPointKind] = {
     Int4Packing.XPU_FLOAT_ZP: ZeroPointKind.FLOAT,
 }
 
-# (device type, zero-point kind) -> what packing="auto" picks.
-# TODO(lead): ("cuda", FLOAT) -> TILED_CUDA, ("cuda", INT) -> MARLIN,
-#             ("xpu", INT) -> XPU, ("xpu", FLOAT) -> XPU_FLOAT_ZP.
+# (device type, zero-point kind) -> what packing="auto" picks. Only formats with a real
+# kernel: Marlin's linear is a pure-PyTorch reference until its kernel lands, so "auto"
+# serves int zero points on CUDA with the tiled tinygemm kernel (zero point converted
+# exactly as on CPU, see module doc); ask for packing="marlin" to get the Marlin layout.
 _AUTO_PACKING: dict[tuple[str, ZeroPointKind], Int4Packing] = {
     ("cpu", ZeroPointKind.FLOAT): Int4Packing.TINYGEMM_CPU,
     ("cpu", ZeroPointKind.INT): Int4Packing.TINYGEMM_CPU,  # int zero point converted, see module doc
+    ("cuda", ZeroPointKind.FLOAT): Int4Packing.TILED_CUDA,
+    ("cuda", ZeroPointKind.INT): Int4Packing.TILED_CUDA,  # int zero point converted, see module doc
+    ("xpu", ZeroPointKind.INT): Int4Packing.XPU,
+    ("xpu", ZeroPointKind.FLOAT): Int4Packing.XPU_FLOAT_ZP,
 }
+
+
 
 
 def _kind_of(cls) -> ZeroPointKind | None:
@@ -216,7 +230,7 @@ def _int4_weight_only(weight: torch.Tensor, config: Int4WeightOnlyConfig, fqn: s
     if weight.ndim != 2:
         raise UnsupportedError(f"int4 cannot serve {where}: needs a 2-D weight, got {tuple(weight.shape)}")
     group = int4_group_size_for(weight.shape[1], config.group_size, fqn)
-    reason = cls.supports(weight, weight.device)
+    reason = cls.supports(weight, weight.device, group_size=group)
     if reason is not None:
         raise UnsupportedError(f"{cls.__name__} cannot serve {where}: {reason}")
     # Quantize against the qparams as the format stores them (e.g. bf16), so the codes are

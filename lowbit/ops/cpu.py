@@ -10,10 +10,10 @@ from .reference import quantize_per_token_int8
 aten = torch.ops.aten
 
 # Batch rows up to which the int8 GEMV kernel (`aten._weight_int8pack_mm`) beats
-# dequantize + GEMM on CPU. Chosen from benchmarks/linear.py on a 2-core AVX2 Zen3
-# (benchmarks/results/): the GEMV streams int8 weights (2x fewer bytes than bf16) and
-# stops paying once the product turns compute-bound.
-CPU_INT8_GEMV_MAX_M = 16
+# dequantize + fp32 GEMM on CPU. benchmarks/results/amd-epyc-2t.md (2-core AVX2 Zen3):
+# 4096x4096 GEMV 24.6 ms vs 44 ms at M=64, 97 ms vs 82 ms at M=256; 11008x4096 71 vs
+# 155 ms at M=64, 373 vs 235 ms at M=256. The crossover lies between 64 and 256.
+CPU_INT8_GEMV_MAX_M = 128
 
 
 def _register(name):

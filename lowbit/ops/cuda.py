@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .reference import quantize_per_token_int8
@@ -53,6 +55,25 @@ def int8_dynamic_linear(x, qdata, scale):
 # loses from M = 64. Re-measure on the target GPU (H100) and update. Note that int4 only
 # beats the bf16 GEMM itself for M <= 2..4; at large M it costs the dequantize on top.
 CUDA_INT4_TILED_MAX_M = 32
+# Above this many rows int4 on CUDA is slower than the bf16 GEMM it replaces (H200:
+# tinygemm 0.83-0.93x at M=8, dequantize+cuBLAS 0.3-0.75x at M>=512). No faster int4
+# kernel exists in lowbit yet (Marlin's is future work), so the user is told once.
+CUDA_INT4_SLOWER_THAN_BF16_M = 4
+_warned_slow_int4 = False
+
+
+def _warn_slow_int4(m: int) -> None:
+    global _warned_slow_int4
+    if not _warned_slow_int4:
+        _warned_slow_int4 = True
+        warnings.warn(
+            f"lowbit: int4 weight-only on CUDA ran a {m}-row batch; above "
+            f"{CUDA_INT4_SLOWER_THAN_BF16_M} rows it is slower than bf16 F.linear on H100/H200 "
+            "(it saves memory, not time, for prefill/large batches). Use lowbit.autoquant to keep "
+            "such layers in bf16, or keep the float weights if speed at large batch matters.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _dequantize_int4_tiled_torch(qdata, scale_and_zero, group_size):
@@ -127,6 +148,8 @@ def _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size):
 def int4_tiled_cuda_mm(x, qdata, scale_and_zero, group_size):
     # The kernel takes bf16 activations only; other float dtypes are cast in and out.
     xb = x.to(torch.bfloat16).contiguous()
+    if x.shape[0] > CUDA_INT4_SLOWER_THAN_BF16_M:
+        _warn_slow_int4(x.shape[0])
     if x.shape[0] <= CUDA_INT4_TILED_MAX_M:
         y = aten._weight_int4pack_mm(xb, qdata, group_size, scale_and_zero)
     else:

@@ -18,13 +18,13 @@ from ..packing.int4_marlin import (
     unpack_marlin_zero_points,
 )
 from .base import LowbitTensor, linear_args
+from .int4_plain import PortableInt4Mixin
 from .int4_tiled_cuda import (
     _check_act,
     _check_codes,
     _check_weight,
     _device_of,
     _finish,
-    _move,
     _quantize_to_codes,
     _weight_shape_reason,
 )
@@ -38,7 +38,7 @@ _MARLIN_MIN_K = 128  # Marlin kernels' smallest K tile (vLLM GPTQ_MARLIN_MIN_THR
 _PARAM_DTYPES = (torch.float16, torch.bfloat16)  # scale dtypes Marlin kernels take
 
 
-class Int4MarlinTensor(LowbitTensor):
+class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
     """Groupwise asymmetric int4 weight (integer zero point) in the Marlin layout.
 
     qdata       int32 [K / 16, N * 2]     Marlin tiles (lowbit/packing/int4_marlin.py)
@@ -60,13 +60,13 @@ class Int4MarlinTensor(LowbitTensor):
     ``to_codes()`` returns the plain codes to repack for another device's format.
     """
 
+    zero_point_kind = "int"
     data_fields = ("qdata", "scale", "zero_point")
     meta_fields = ("group_size",)
     format_name = "int4_marlin"
     format_version = 1
 
     GROUP_SIZES = (32, 64, 128)  # grouped sizes of the Marlin kernels; group_size == K also works
-    _DEVICES = ("cuda", "cpu")
 
     @classmethod
     def _layout_reason(cls, n: int, k: int, group_size: int) -> str | None:
@@ -138,8 +138,6 @@ class Int4MarlinTensor(LowbitTensor):
         codes, scale, zero = self.to_codes()
         return dequantize_int4_int_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
 
-    def _to_device(self, device):
-        return _move(self, device, self._DEVICES, "CUDA (Marlin)")
 
 
 @Int4MarlinTensor.implements(F.linear, aten.linear.default)

@@ -136,7 +136,7 @@ class Int4PlainTensor(LowbitTensor):
     format_version = 1
 
     @classmethod
-    def supports(cls, weight, device=None):
+    def supports(cls, weight, device=None, *, group_size: int = 128):
         if weight.ndim != 2:
             return f"needs a 2-D weight, got {weight.ndim}-D"
         if weight.dtype not in _FLOAT_DTYPES:
@@ -258,3 +258,23 @@ def slice_codes(codes, scale, zero, group_size, dim, start, end, step, w):
         g0, g1 = start // group_size, end // group_size
         scale, zero = scale[:, g0:g1].contiguous(), zero[:, g0:g1].contiguous()
     return codes, scale, zero
+
+
+class PortableInt4Mixin:
+    """Checkpoint and device moves for the device-specific int4 layouts.
+
+    A class using it declares ``zero_point_kind`` ("float" or "int", what its kernel
+    applies) and has ``to_codes``. It saves as ``Int4PlainTensor`` (loads on any device)
+    and moves by repacking for the target device's int4 format, so ``model.to(device)``
+    never carries a layout to a device whose kernel cannot read it.
+    """
+
+    zero_point_kind: str
+
+    def to_checkpoint(self) -> Int4PlainTensor:
+        codes, scale, zero = self.to_codes()
+        return Int4PlainTensor.from_codes(codes, scale, zero, group_size=self.group_size, shape=tuple(self.shape),
+                                          dtype=self.dtype, zero_point_kind=self.zero_point_kind)
+
+    def _to_device(self, device: torch.device) -> LowbitTensor:
+        return self.to_checkpoint().from_checkpoint(device)

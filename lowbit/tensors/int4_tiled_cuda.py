@@ -22,6 +22,7 @@ from ..packing.int4_tiled import (
     unpack_tinygemm_scale_and_zero,
 )
 from .base import LowbitTensor, linear_args
+from .int4_plain import PortableInt4Mixin
 
 aten = torch.ops.aten
 
@@ -137,21 +138,16 @@ def _finish(y2d, x, w, bias):
     return y
 
 
-def _move(t: LowbitTensor, device: torch.device, allowed: tuple[str, ...], kernel_device: str) -> LowbitTensor:
-    """Move a device-specific layout; only to the devices where it can live."""
-    if device.type not in allowed:
-        raise UnsupportedError(
-            f"{type(t).__name__} is a {kernel_device} layout and cannot move to {device}; "
-            f"it can live on {' or '.join(allowed)} only. To use the weight on {device}, take "
-            f"to_codes() and build the format for that device with its from_codes()"
-        )
-    return t._replace(lambda d: d.to(device))
-
-
 # ---------------------------------------------------------------------- the format
 
 
-class Int4TiledCudaTensor(LowbitTensor):
+def pick_inner_k_tiles(k: int) -> int:
+    """The widest per-lane load (inner_k_tiles 8, 4, 2) whose K tile divides ``k``, so
+    layers like SmolLM2's (K = 576) pack too; 8 when none does (supports() says why)."""
+    return next((t for t in sorted(INNER_K_TILES, reverse=True) if k % (t * K_TILE) == 0), 8)
+
+
+class Int4TiledCudaTensor(PortableInt4Mixin, LowbitTensor):
     """Groupwise asymmetric int4 weight (float zero point) for CUDA tinygemm.
 
     qdata          int32 [N / 8, K / (inner_k_tiles * 16), 32, inner_k_tiles / 2]
@@ -173,20 +169,21 @@ class Int4TiledCudaTensor(LowbitTensor):
     correct but slow, and ``supports`` reports CPU as unsupported.
     """
 
+    zero_point_kind = "float"
     data_fields = ("qdata", "scale_and_zero")
     meta_fields = ("group_size", "inner_k_tiles")
     format_name = "int4_tiled_cuda"
     format_version = 1
 
     GROUP_SIZES = (32, 64, 128, 256)  # what aten._weight_int4pack_mm (CUDA) accepts
-    _DEVICES = ("cuda", "cpu")
 
     @classmethod
-    def supports(cls, weight, device=None, *, group_size: int = 128, inner_k_tiles: int = 8) -> str | None:
+    def supports(cls, weight, device=None, *, group_size: int = 128, inner_k_tiles: int | None = None) -> str | None:
         reason = _weight_shape_reason(weight)
         if reason:
             return reason
         n, k = weight.shape
+        inner_k_tiles = inner_k_tiles or pick_inner_k_tiles(k)
         if group_size not in cls.GROUP_SIZES:
             return f"needs group_size in {cls.GROUP_SIZES}, got {group_size}"
         if inner_k_tiles not in INNER_K_TILES:
@@ -206,8 +203,10 @@ class Int4TiledCudaTensor(LowbitTensor):
             return f"needs compute capability >= 8.0, got {torch.cuda.get_device_capability(dev)} on {dev}"
         return None
 
+    scale_dtype = torch.bfloat16  # what from_codes stores; quantize with it for nearest codes
+
     @classmethod
-    def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype, inner_k_tiles: int = 8):
+    def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype, inner_k_tiles: int | None = None):
         """Pack unsigned int4 codes ``[N, K]`` with float ``scale``/``zero_point`` ``[N, K // group_size]``.
 
         scale and zero point are stored as bfloat16 (the kernel's dtype); pass bfloat16 to
@@ -215,6 +214,7 @@ class Int4TiledCudaTensor(LowbitTensor):
         """
         _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
         _check_codes(cls.__name__, codes, scale, zero_point, group_size, shape, int_zero_point=False)
+        inner_k_tiles = inner_k_tiles or pick_inner_k_tiles(shape[1])
         qdata = pack_int4_tiled(codes, inner_k_tiles)
         sz = pack_tinygemm_scale_and_zero(scale.to(torch.bfloat16), zero_point.to(torch.bfloat16))
         return cls(qdata, sz, group_size=group_size, inner_k_tiles=inner_k_tiles, shape=tuple(shape), dtype=dtype)
@@ -246,8 +246,6 @@ class Int4TiledCudaTensor(LowbitTensor):
         codes, scale, zero = self.to_codes()
         return dequantize_int4_float_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
 
-    def _to_device(self, device):
-        return _move(self, device, self._DEVICES, "CUDA")
 
 
 @Int4TiledCudaTensor.implements(F.linear, aten.linear.default)

@@ -62,7 +62,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
     scale_dtype = torch.bfloat16  # what from_codes stores; quantize with it for nearest codes
 
     @classmethod
-    def supports(cls, weight, device=None):
+    def supports(cls, weight, device=None, *, group_size: int = 128):
         device = torch.device(device) if device is not None else weight.device
         if device.type != "cpu":
             return f"runs on CPU only, got device {device}"

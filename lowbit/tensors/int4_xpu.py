@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..packing.int4_xpu import pack_int4_xpu, pack_xpu_scale_zero, unpack_int4_xpu, unpack_xpu_scale_zero
 from .base import LowbitTensor, linear_args
+from .int4_plain import PortableInt4Mixin
 from .int4_tiled_cuda import (
     _check_act,
     _check_codes,
@@ -15,7 +16,6 @@ from .int4_tiled_cuda import (
     _check_weight,
     _device_of,
     _finish,
-    _move,
     _quantize_to_codes,
     _weight_shape_reason,
 )
@@ -37,7 +37,7 @@ def _layout_reason(n: int, k: int, group_size: int) -> str | None:
     return None
 
 
-class Int4XpuTensor(LowbitTensor):
+class Int4XpuTensor(PortableInt4Mixin, LowbitTensor):
     """Groupwise asymmetric int4 weight with an integer zero point, for Intel GPUs.
 
     qdata       int32 [N, K / 8]         codes k = 8m..8m+7 at bits 4(k - 8m) of [n, m]
@@ -55,13 +55,13 @@ class Int4XpuTensor(LowbitTensor):
     and on CPU (where ``F.linear`` runs the pure-PyTorch reference).
     """
 
+    zero_point_kind = "int"
     data_fields = ("qdata", "scale", "zero_point")
     meta_fields = ("group_size",)
     format_name = "int4_xpu"
     format_version = 1
 
     GROUP_SIZES = _GROUP_SIZES
-    _DEVICES = ("xpu", "cpu")
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
@@ -109,8 +109,6 @@ class Int4XpuTensor(LowbitTensor):
         codes, scale, zero = self.to_codes()
         return dequantize_int4_int_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
 
-    def _to_device(self, device):
-        return _move(self, device, self._DEVICES, "Intel GPU (xpu)")
 
 
 @Int4XpuTensor.implements(F.linear, aten.linear.default)

@@ -9,6 +9,7 @@ from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..packing.int4_tiled import pack_tinygemm_scale_and_zero, unpack_tinygemm_scale_and_zero
 from ..packing.int4_xpu import pack_int4_xpu, unpack_int4_xpu
 from .base import LowbitTensor, linear_args
+from .int4_plain import PortableInt4Mixin
 from .int4_tiled_cuda import (
     _check_act,
     _check_codes,
@@ -16,7 +17,6 @@ from .int4_tiled_cuda import (
     _check_weight,
     _device_of,
     _finish,
-    _move,
     _quantize_to_codes,
     _weight_shape_reason,
 )
@@ -29,7 +29,7 @@ __all__ = ["Int4XpuFloatZpTensor"]
 _PARAM_DTYPES = (torch.float16, torch.bfloat16)
 
 
-class Int4XpuFloatZpTensor(LowbitTensor):
+class Int4XpuFloatZpTensor(PortableInt4Mixin, LowbitTensor):
     """Groupwise asymmetric int4 weight with a float zero point, for Intel GPUs.
 
     qdata           int32 [N, K / 8]   same plain layout as ``Int4XpuTensor``
@@ -47,13 +47,13 @@ class Int4XpuFloatZpTensor(LowbitTensor):
     CPU (where ``F.linear`` runs the reference).
     """
 
+    zero_point_kind = "float"
     data_fields = ("qdata", "scale_and_zero")
     meta_fields = ("group_size",)
     format_name = "int4_xpu_float_zp"
     format_version = 1
 
     GROUP_SIZES = (16, 32, 64, 128, 256)  # XPU aten._weight_int4pack_mm's accepted sizes
-    _DEVICES = ("xpu", "cpu")
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
@@ -100,8 +100,6 @@ class Int4XpuFloatZpTensor(LowbitTensor):
         codes, scale, zero = self.to_codes()
         return dequantize_int4_float_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
 
-    def _to_device(self, device):
-        return _move(self, device, self._DEVICES, "Intel GPU (xpu)")
 
 
 @Int4XpuFloatZpTensor.implements(F.linear, aten.linear.default)

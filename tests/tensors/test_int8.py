@@ -6,6 +6,7 @@ import lowbit
 from lowbit import primitives as P
 from lowbit.granularity import per_row
 from lowbit.ops import reference
+from lowbit.ops.cpu import CPU_INT8_GEMV_MAX_M
 from lowbit.tensors import Int8DynActTensor, Int8Tensor
 from lowbit.tensors.base import UnsupportedOpError
 from lowbit.testing import FormatConformance, make_weight
@@ -14,14 +15,14 @@ from lowbit.testing import FormatConformance, make_weight
 class TestInt8WeightOnly(FormatConformance):
     tensor_cls = Int8Tensor
     act_dtypes = [torch.bfloat16, torch.float16, torch.float32]
-    batch_sizes = [1, 7, 16, 17, 64]  # both sides of the GEMV/GEMM switch
+    batch_sizes = [1, 7, 16, 17, 128, 129]  # both sides of the CUDA (16) and CPU (128) GEMV/GEMM switches
     min_linear_sqnr = 40.0
 
 
 class TestInt8DynamicActivation(FormatConformance):
     tensor_cls = Int8DynActTensor
     act_dtypes = [torch.bfloat16, torch.float16, torch.float32]
-    batch_sizes = [1, 7, 16, 17, 64]
+    batch_sizes = [1, 7, 16, 17, 128, 129]
     min_linear_sqnr = 40.0
 
     def reference_linear(self, x, t, bias=None):
@@ -105,7 +106,7 @@ def test_opcheck(op):
         torch.library.opcheck(getattr(torch.ops.lowbit, op), (x, t.qdata, t.scale))
 
 
-@pytest.mark.parametrize("m", [1, 16, 17, 100])
+@pytest.mark.parametrize("m", [1, 16, 128, 129, 200])
 def test_cpu_kernel_matches_reference_exactly_enough(m):
     # Device kernel vs pure-PyTorch reference: same function on any input.
     t = Int8Tensor.from_float(make_weight((96, 256), torch.float32))
@@ -113,8 +114,8 @@ def test_cpu_kernel_matches_reference_exactly_enough(m):
     for op in ("int8_weight_only_linear", "int8_dynamic_linear"):
         y = getattr(torch.ops.lowbit, op)(x, t.qdata, t.scale)
         ref = getattr(reference, op)(x, t.qdata, t.scale)
-        # Above 16 rows both ops are fp32 arithmetic (> 100 dB). At M <= 16 the CPU GEMV
+        # Above CPU_INT8_GEMV_MAX_M rows both ops are fp32 arithmetic (> 100 dB). Up to it the CPU GEMV
         # takes bf16: weight-only rounds fp32 activations to bf16 and dynamic rounds its
         # integer accumulators to bf16 (2^-9 relative each, so ~45-55 dB).
-        bar = 40 if m <= 16 else 100
+        bar = 40 if m <= CPU_INT8_GEMV_MAX_M else 100
         assert lowbit.sqnr(ref, y) > bar, (op, lowbit.sqnr(ref, y))
