@@ -17,7 +17,7 @@ lscpu | grep -o -E 'avx512_vnni|amx_int8' | sort -u | tr '\n' ' '; echo
 case "${1:-tests}" in
   tests)
     python3 -c "import lowbit; print(lowbit.env_report())"
-    python3 -m pytest -q -p no:cacheprovider -x tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+    python3 -m pytest -q -p no:cacheprovider --maxfail=25 tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
     ;;
   bench)
     python3 -m benchmarks.gpu_int4 --check 2>&1 | tee "$OUT/gpu_int4_check.txt" | tail -8

@@ -61,6 +61,7 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
     """
 
     zero_point_kind = "int"
+    kernel_device = "cuda"
     data_fields = ("qdata", "scale", "zero_point")
     meta_fields = ("group_size",)
     format_name = "int4_marlin"

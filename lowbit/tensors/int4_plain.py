@@ -270,6 +270,7 @@ class PortableInt4Mixin:
     """
 
     zero_point_kind: str
+    kernel_device: str  # device type whose kernel reads this layout ("cuda", "xpu")
 
     def to_checkpoint(self) -> Int4PlainTensor:
         codes, scale, zero = self.to_codes()
@@ -277,4 +278,9 @@ class PortableInt4Mixin:
                                           dtype=self.dtype, zero_point_kind=self.zero_point_kind)
 
     def _to_device(self, device: torch.device) -> LowbitTensor:
+        # The packed bytes are device-independent: onto its kernel's device the layout the
+        # user chose stays as it is; anywhere else (e.g. Marlin off CUDA) the codes are
+        # repacked for that device's own int4 format, so no layout runs without its kernel.
+        if device.type == self.kernel_device:
+            return self._replace(lambda t: t.to(device))
         return self.to_checkpoint().from_checkpoint(device)

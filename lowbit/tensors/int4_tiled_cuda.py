@@ -170,6 +170,7 @@ class Int4TiledCudaTensor(PortableInt4Mixin, LowbitTensor):
     """
 
     zero_point_kind = "float"
+    kernel_device = "cuda"
     data_fields = ("qdata", "scale_and_zero")
     meta_fields = ("group_size", "inner_k_tiles")
     format_name = "int4_tiled_cuda"

@@ -56,6 +56,7 @@ class Int4XpuTensor(PortableInt4Mixin, LowbitTensor):
     """
 
     zero_point_kind = "int"
+    kernel_device = "xpu"
     data_fields = ("qdata", "scale", "zero_point")
     meta_fields = ("group_size",)
     format_name = "int4_xpu"

@@ -48,6 +48,7 @@ class Int4XpuFloatZpTensor(PortableInt4Mixin, LowbitTensor):
     """
 
     zero_point_kind = "float"
+    kernel_device = "xpu"
     data_fields = ("qdata", "scale_and_zero")
     meta_fields = ("group_size",)
     format_name = "int4_xpu_float_zp"

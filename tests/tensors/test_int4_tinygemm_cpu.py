@@ -287,3 +287,18 @@ def test_gemv_matches_reference(layout, n, k, group, act):
     ref = reference.int4_tinygemm_cpu_linear(x, qdata, t.scale_and_zero, group, qdata.shape[0], layout)
     assert y.dtype == act and y.shape == ref.shape
     assert lowbit.sqnr(ref.float(), y.float()) >= 60.0
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_large_m_bf16_gemm_path_keeps_precision(monkeypatch, group):
+    # CPUs with native bf16 (AVX512-BF16/AMX) run the large-M path as a bf16 GEMM; force
+    # that path here (an AVX2 CI box would take fp32) and hold it to the same bar.
+    import lowbit.ops.cpu as cpu_ops
+
+    monkeypatch.setattr(cpu_ops, "cpu_has_native_bf16", lambda: True)
+    w = make_weight((84, 512), torch.bfloat16, seed=3)
+    t = Int4TinygemmCpuTensor.from_float(w, group_size=group)
+    x = torch.randn(cpu_ops.CPU_INT4_TINYGEMM_MAX_M + 121, 512).to(torch.bfloat16)
+    y = F.linear(x, t)
+    ref = reference.int4_tinygemm_cpu_linear(x, t.qdata, t.scale_and_zero, t.group_size, 84, t.cpu_layout)
+    assert lowbit.sqnr(ref.float(), y.float()) >= 45.0
