@@ -10,10 +10,29 @@ from .reference import quantize_per_token_int8
 
 aten = torch.ops.aten
 
-# torch._int_mm on CUDA needs M > 16 (and K, N multiples of 8).
+# torch._int_mm on CUDA needs M > 16 (and K, N multiples of 8); smaller batches are
+# padded with zero rows up to this (the padded rows are dropped from the output).
 CUDA_INT_MM_MIN_M = 17
-# Batch rows up to which the int8 GEMV beats a dequantize + cuBLAS GEMM.
-CUDA_INT8_GEMV_MAX_M = 16
+
+# Measured on an H100 (benchmarks/results/linear_cuda_h100.md, eager, cold weights):
+# ATen's CUDA int8 GEMV (`_weight_int8pack_mm`) runs at ~3% of memory bandwidth (165 us
+# at 4096x4096, M=1, vs 33 us for bf16), slower than dequantize + cuBLAS at every M, so
+# lowbit does not use it on CUDA. Int8 on CUDA then still trails bf16 in eager mode
+# (0.2-0.75x); the user is told once. A fused int8 GEMV is future work.
+_warned_slow_int8 = False
+
+
+def _warn_slow_int8() -> None:
+    global _warned_slow_int8
+    if not _warned_slow_int8:
+        _warned_slow_int8 = True
+        warnings.warn(
+            "lowbit: int8 linears on CUDA save memory but run slower than bf16 F.linear (H100, "
+            "eager: 0.2-0.75x; lowbit has no fused CUDA int8 GEMV yet). Use lowbit.autoquant to "
+            "keep layers in bf16 where int8 loses, or keep float weights if speed matters.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _register(name):
@@ -26,21 +45,22 @@ def _register(name):
 
 @_register("int8_weight_only_linear")
 def int8_weight_only_linear(x, qdata, scale):
-    if x.shape[0] <= CUDA_INT8_GEMV_MAX_M:
-        return aten._weight_int8pack_mm(x.contiguous(), qdata, scale.reshape(-1).to(x.dtype))
+    _warn_slow_int8()
     return torch.mm(x, qdata.to(x.dtype).t()) * scale.reshape(1, -1).to(x.dtype)
 
 
 @_register("int8_dynamic_linear")
 def int8_dynamic_linear(x, qdata, scale):
+    _warn_slow_int8()
     xq, xs = quantize_per_token_int8(x)
     m, k = xq.shape
     n = qdata.shape[0]
-    if m >= CUDA_INT_MM_MIN_M and k % 8 == 0 and n % 8 == 0:
-        acc = torch._int_mm(xq, qdata.t()).to(torch.float32)
+    if k % 8 or n % 8:
+        # torch._int_mm's shape rule; an fp32 GEMM over the integer values is exact here.
+        acc = torch.mm(xq.to(torch.float32), qdata.to(torch.float32).t())
     else:
-        # Small M: the int8 GEMV on the integer codes (products exact in fp32).
-        acc = aten._weight_int8pack_mm(xq.to(torch.float32), qdata, torch.ones(n, device=x.device))
+        xp = xq if m >= CUDA_INT_MM_MIN_M else torch.nn.functional.pad(xq, (0, 0, 0, CUDA_INT_MM_MIN_M - m))
+        acc = torch._int_mm(xp, qdata.t())[:m].to(torch.float32)
     return (acc * xs * scale.reshape(1, -1)).to(x.dtype)
 
 
