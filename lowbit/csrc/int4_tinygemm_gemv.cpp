@@ -113,33 +113,106 @@ __attribute__((target("avx2,fma"))) static void block_avx2(const float* x, const
   }
 }
 
+// MR (2..4) activation rows against one full block: the weight conversion (widen, mask,
+// 2 converts per 8 bytes) is shared by the MR rows, each row adds 2 FMAs. Loops over the
+// block's 8-byte columns outside the group's k so the accumulators (2 MR, plus KU-fold
+// unroll for FMA latency at small MR) stay in registers. x: MR rows of stride K; xsum:
+// MR rows of stride K/gs; y: MR rows of stride Np.
+template <int B, int MR, int KU>
+__attribute__((target("avx2,fma"))) static void block_avx2_mr(const float* x, const float* xsum, const uint8_t* q,
+                                                             const c10::BFloat16* sz, float* y, int64_t K,
+                                                             int64_t gs, int64_t Np, int64_t r0) {
+  constexpr int H = B / 2, V = H / 8;
+  const __m256i mask = _mm256_set1_epi32(0x0F);
+  const __m256i hi16 = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256 sixteenth = _mm256_set1_ps(1.f / 16.f), eight = _mm256_set1_ps(8.f);
+  const int64_t ng = K / gs;
+  for (int64_t g0 = 0; g0 < K; g0 += gs) {
+    const c10::BFloat16* g = sz + (g0 / gs) * Np * 2 + r0 * 2;
+    for (int v = 0; v < V; ++v) {
+      __m256 by[KU][MR], lo[KU][MR];
+      for (int u = 0; u < KU; ++u)
+        for (int m = 0; m < MR; ++m) by[u][m] = lo[u][m] = _mm256_setzero_ps();
+      const uint8_t* ba = q + g0 * H + 8 * v;
+      for (int64_t k = g0; k < g0 + gs; k += KU, ba += KU * H) {
+        for (int u = 0; u < KU; ++u) {
+          const __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ba + u * H)));
+          const __m256 fb = _mm256_cvtepi32_ps(w), fl = _mm256_cvtepi32_ps(_mm256_and_si256(w, mask));
+          for (int m = 0; m < MR; ++m) {
+            const __m256 xv = _mm256_broadcast_ss(x + m * K + k + u);
+            by[u][m] = _mm256_fmadd_ps(fb, xv, by[u][m]);
+            lo[u][m] = _mm256_fmadd_ps(fl, xv, lo[u][m]);
+          }
+        }
+      }
+      const __m256i pl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 2 * (8 * v)));
+      const __m256i ph = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 2 * (H + 8 * v)));
+      const __m256 sl = _mm256_castsi256_ps(_mm256_slli_epi32(pl, 16));
+      const __m256 sh = _mm256_castsi256_ps(_mm256_slli_epi32(ph, 16));
+      const __m256 cl = _mm256_fnmadd_ps(eight, sl, _mm256_castsi256_ps(_mm256_and_si256(pl, hi16)));
+      const __m256 ch = _mm256_fnmadd_ps(eight, sh, _mm256_castsi256_ps(_mm256_and_si256(ph, hi16)));
+      for (int m = 0; m < MR; ++m) {
+        __m256 l = lo[0][m], b = by[0][m];
+        for (int u = 1; u < KU; ++u) l = _mm256_add_ps(l, lo[u][m]), b = _mm256_add_ps(b, by[u][m]);
+        const __m256 h = _mm256_mul_ps(_mm256_sub_ps(b, l), sixteenth);
+        const __m256 xs = _mm256_set1_ps(xsum[m * ng + g0 / gs]);
+        float* yl = y + m * Np + r0 + 8 * v;
+        float* yh = y + m * Np + r0 + H + 8 * v;
+        _mm256_storeu_ps(yl, _mm256_add_ps(_mm256_loadu_ps(yl), _mm256_fmadd_ps(sl, l, _mm256_mul_ps(cl, xs))));
+        _mm256_storeu_ps(yh, _mm256_add_ps(_mm256_loadu_ps(yh), _mm256_fmadd_ps(sh, h, _mm256_mul_ps(ch, xs))));
+      }
+    }
+  }
+}
+
+// Rows [0, M) of x against one full block, in tiles of up to 4 rows.
+template <int B>
+static void block_avx2_rows(const float* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz, float* y,
+                            int64_t M, int64_t K, int64_t gs, int64_t Np, int64_t r0) {
+  const int64_t ng = K / gs;
+  int64_t m = 0;
+  if (M == 1) {
+    block_avx2<B>(x, xsum, q, sz, y, K, gs, Np, r0);
+    return;
+  }
+  for (; m + 4 <= M; m += 4) block_avx2_mr<B, 4, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  const int64_t r = M - m;
+  if (r == 3) block_avx2_mr<B, 3, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 2) block_avx2_mr<B, 2, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 1) block_avx2_mr<B, 1, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+}
+
 static bool have_avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
 #endif
 
-// x [1, K] float/bf16/fp16; qdata uint8 [Np, K/2]; scale_and_zero bf16 [K/gs, Np, 2];
-// block_n: 32 ("avx2" layout) or 64 ("avx512"). Returns [1, Np] in x's dtype.
+// x [M, K] float/bf16/fp16; qdata uint8 [Np, K/2]; scale_and_zero bf16 [K/gs, Np, 2];
+// block_n: 32 ("avx2" layout) or 64 ("avx512"). Returns [M, Np] in x's dtype. Meant for
+// small M (ops/cpu.py CPU_INT4_GEMV_MAX_M): the weight is streamed once, each 4-row tile
+// of x re-converts the (cache-resident) block.
 at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale_and_zero,
                               int64_t group_size, int64_t block_n) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == 1, "int4_tinygemm_gemv: x must be [1, K], got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "int4_tinygemm_gemv: x must be [M, K] with M >= 1, got ", x.sizes());
   TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 2 && qdata.is_contiguous(),
               "int4_tinygemm_gemv: qdata must be contiguous uint8 [Np, K/2]");
   TORCH_CHECK(scale_and_zero.scalar_type() == at::kBFloat16 && scale_and_zero.is_contiguous(),
               "int4_tinygemm_gemv: scale_and_zero must be contiguous bf16 [K/g, Np, 2]");
   TORCH_CHECK(block_n == 32 || block_n == 64, "int4_tinygemm_gemv: block_n must be 32 or 64, got ", block_n);
-  const int64_t K = x.size(1), Np = qdata.size(0), gs = group_size;
-  TORCH_CHECK(qdata.size(1) * 2 == K && gs % 2 == 0 && K % gs == 0, "int4_tinygemm_gemv: bad K/group_size");
+  const int64_t M = x.size(0), K = x.size(1), Np = qdata.size(0), gs = group_size;
+  TORCH_CHECK(gs > 0 && qdata.size(1) * 2 == K && gs % 2 == 0 && K % gs == 0, "int4_tinygemm_gemv: bad K/group_size");
   TORCH_CHECK(scale_and_zero.size(0) == K / gs && scale_and_zero.size(1) == Np && scale_and_zero.size(2) == 2,
               "int4_tinygemm_gemv: scale_and_zero shape mismatch");
   TORCH_CHECK(Np % 16 == 0, "int4_tinygemm_gemv: Np must be a multiple of 16");
 
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const float* xp = xf.data_ptr<float>();
-  std::vector<float> xsum(K / gs, 0.f);
-  for (int64_t k = 0; k < K; ++k) xsum[k / gs] += xp[k];
-  at::Tensor y = at::zeros({1, Np}, x.options().dtype(at::kFloat));
+  const int64_t ng = K / gs;
+  std::vector<float> xsum(M * ng, 0.f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) xsum[m * ng + k / gs] += xp[m * K + k];
+  at::Tensor y = at::zeros({M, Np}, x.options().dtype(at::kFloat));
   float* yp = y.data_ptr<float>();
   const uint8_t* qp = qdata.data_ptr<uint8_t>();
   const c10::BFloat16* szp = scale_and_zero.data_ptr<c10::BFloat16>();
@@ -150,18 +223,20 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
       const uint8_t* qb = qp + b * block_n * (K / 2);
 #ifdef LOWBIT_X86
       if (have_avx2_fma()) {
-        if (block_n == 32) block_avx2<32>(xp, xsum.data(), qb, szp, yp, K, gs, Np, b * 32);
-        else block_avx2<64>(xp, xsum.data(), qb, szp, yp, K, gs, Np, b * 64);
+        if (block_n == 32) block_avx2_rows<32>(xp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 32);
+        else block_avx2_rows<64>(xp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
         continue;
       }
 #endif
-      block_scalar(xp, xsum.data(), qb, szp, yp, K, gs, Np, b * block_n, block_n, /*pairs=*/false);
+      for (int64_t m = 0; m < M; ++m)
+        block_scalar(xp + m * K, xsum.data() + m * ng, qb, szp, yp + m * Np, K, gs, Np, b * block_n, block_n,
+                     /*pairs=*/false);
     }
   });
   const int64_t tail = Np - n_full * block_n;
-  if (tail) {
-    block_scalar(xp, xsum.data(), qp + n_full * block_n * (K / 2), szp, yp, K, gs, Np, n_full * block_n, tail,
-                 /*pairs=*/true);
+  for (int64_t m = 0; tail && m < M; ++m) {
+    block_scalar(xp + m * K, xsum.data() + m * ng, qp + n_full * block_n * (K / 2), szp, yp + m * Np, K, gs, Np,
+                 n_full * block_n, tail, /*pairs=*/true);
   }
   return y.to(x.scalar_type());
 }
