@@ -139,6 +139,13 @@ def _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, dtype)
 # Layouts lowbit/csrc/int4_tinygemm_gemv.cpp reads, with their row-block size.
 _INT4_GEMV_BLOCK_N = {"avx2": 32, "avx512": 64}
 
+# Batch rows up to which the C++ GEMV (shared weight conversion, 4-row tiles) runs instead
+# of ATen's tinygemm. Measured on the 2-core Zen3 (otherwise idle), 4096x4096 g128 bf16,
+# 2 threads, cold weights (40 copies rotated), median of 5, op alone: M=1 0.38 ms vs ATen
+# 1.18; M=2 0.59 vs 1.21; M=4 0.88 vs 1.57; M=8 1.74 vs 3.14; M=16 3.4 vs 6.5; M=32 6.6
+# vs 12.4; M=64 13.1 vs 25.0 (1 thread: M=1 0.70 ms, M=4 1.65 ms). Not measured above 64.
+CPU_INT4_GEMV_MAX_M = 64
+
 
 @functools.cache
 def _int4_gemv_available() -> bool:
@@ -148,9 +155,10 @@ def _int4_gemv_available() -> bool:
     tinygemm, ~3x faster at M = 1 (ATen's kernel pays for 4 rows at M = 1). It ships with
     the extension that ops/_ext.py builds; without that extension, tinygemm runs.
     Measured at M = 1, 4096x4096 g128, 1 thread on the shared Zen3: GEMV 0.84-0.87 ms
-    (~10 GB/s of packed weights), ATen tinygemm 2.3-2.4 ms, bf16 F.linear 3.3 ms. The
-    second core was busy with other jobs, so 2-thread numbers did not scale (expected
-    ~2x on an idle machine: the loop runs ~3.2 uops/cycle on one core).
+    (~10 GB/s of packed weights), ATen tinygemm 2.3-2.4 ms, bf16 F.linear 3.3 ms. 2 threads
+    did not help then because the extension was built without -fopenmp (at::parallel_for
+    ran serially; fixed in ops/_ext.py). Now (byte/low-nibble accumulation, see the .cpp),
+    cold, idle machine: 0.70 ms at 1 thread, 0.38 ms at 2 threads (22 GB/s).
     """
     try:
         from ._ext import load_cpu_extension  # the C++ extension's lazy builder
@@ -169,7 +177,7 @@ def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features,
         lambda: f"int4 weight packed for the {layout!r} CPU layout, this process's ATen packs {native!r}; "
         "repack it with .from_checkpoint(torch.device('cpu'))",
     )
-    if x.shape[0] == 1 and layout in _INT4_GEMV_BLOCK_N and _int4_gemv_available():
+    if x.shape[0] <= CPU_INT4_GEMV_MAX_M and layout in _INT4_GEMV_BLOCK_N and _int4_gemv_available():
         y = torch.ops.lowbit_ext.int4_tinygemm_gemv(
             x, qdata, scale_and_zero.to(torch.bfloat16), group_size, _INT4_GEMV_BLOCK_N[layout]
         )

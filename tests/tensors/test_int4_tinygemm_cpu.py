@@ -302,3 +302,41 @@ def test_large_m_bf16_gemm_path_keeps_precision(monkeypatch, group):
     y = F.linear(x, t)
     ref = reference.int4_tinygemm_cpu_linear(x, t.qdata, t.scale_and_zero, t.group_size, 84, t.cpu_layout)
     assert lowbit.sqnr(ref.float(), y.float()) >= 45.0
+@_needs_gemv
+@pytest.mark.parametrize("layout", ["avx2", "avx512"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize(
+    "n,k,group",
+    [(96, 256, 32), (100, 512, 256), (208, 576, 64), (48, 576, 32), (80, 384, 128)],
+    ids=str,
+)
+def test_gemv_multi_row_matches_reference(layout, m, n, k, group):
+    # Row tiles of 4 (+ 1..3 remainder) and N tails (blocks of 32/64 rows + a pair-packed tail).
+    t = Int4TinygemmCpuTensor.from_float(make_weight((n, k)), group_size=group)
+    qdata = pack_tinygemm_cpu(unpack_tinygemm_cpu(t.qdata, t.cpu_layout), layout)
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    y = torch.ops.lowbit_ext.int4_tinygemm_gemv(x, qdata, t.scale_and_zero, group, cpu_ops._INT4_GEMV_BLOCK_N[layout])
+    ref = reference.int4_tinygemm_cpu_linear(x.float(), qdata, t.scale_and_zero, group, qdata.shape[0], layout)
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    assert lowbit.sqnr(ref.float(), y.float()) >= 45.0  # bf16 output rounding: ~50 dB
+
+
+@_needs_gemv
+@pytest.mark.parametrize("m", [1, 3, cpu_ops.CPU_INT4_GEMV_MAX_M])
+def test_linear_small_batch_uses_gemv(m, monkeypatch):
+    t = Int4TinygemmCpuTensor.from_float(make_weight((72, 256)), group_size=64)
+    x = torch.randn(m, 256, dtype=torch.bfloat16)
+    calls = []
+    real = torch.ops.lowbit_ext.int4_tinygemm_gemv
+
+    class _Spy:
+        def int4_tinygemm_gemv(self, *a):
+            calls.append(a[0].shape[0])
+            return real(*a)
+
+    monkeypatch.setattr(torch.ops, "lowbit_ext", _Spy())
+    y = F.linear(x, t)
+    monkeypatch.undo()
+    ref = reference.int4_tinygemm_cpu_linear(x.float(), t.qdata, t.scale_and_zero, 64, t.qdata.shape[0], t.cpu_layout)
+    assert calls == [m]
+    assert y.shape == (m, 72) and lowbit.sqnr(ref[:, :72].float(), y.float()) >= 45.0
