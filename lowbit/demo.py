@@ -114,6 +114,17 @@ class DemoConfig:
     dtype: torch.dtype | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class AutoquantDemo:
+    """The demo's autoquant row: calibrate on a prefill and single-token steps, then let
+    autoquant pick per layer among ``candidates`` above ``min_sqnr`` (dB, per layer)."""
+
+    candidates: str = "all"
+    min_sqnr: float = 30.0
+    decode_steps: int = 8  # single-token calls: decode dominates generation, weight it so
+    prefill_tokens: int = 64
+
+
 def demo_configs() -> list[DemoConfig]:
     """The configs the demo compares, float baselines first.
 
@@ -141,6 +152,7 @@ def demo_configs() -> list[DemoConfig]:
             log.info("demo: %s left out: lowbit has no %s", name, cls_name)
             continue
         rows.append(DemoConfig(name, cls(**kwargs)))
+    rows.append(DemoConfig("autoquant", AutoquantDemo()))
     return rows
 
 
@@ -399,6 +411,7 @@ class DemoResult:
     ppl_window: int
     new_tokens: int
     dtype: str
+    autoquant_report: str | None = None
 
     def row(self, name: str) -> DemoRow | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -490,7 +503,12 @@ def _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer) ->
         fresh = copy.deepcopy(model).to(row_dtype)
         t0 = time.perf_counter()
         n_quant = n_skip = 0
-        if dc.config is not None:
+        if isinstance(dc.config, AutoquantDemo):
+            plan = _autoquant(fresh, tokens, dc.config)
+            n_quant = sum(1 for c in plan.exact.values() if c is not None)
+            n_skip = len(plan.exact) - n_quant
+            result.autoquant_report = plan.report.to_markdown()
+        elif dc.config is not None:
             report = quantize_(fresh, dc.config, filter_fn=_tied_lm_head_filter(fresh))
             n_quant, n_skip = len(report.quantized), len(report.skipped)
         quantize_s = time.perf_counter() - t0
@@ -516,6 +534,20 @@ def _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer) ->
         )
         del fresh
     return result
+
+
+def _autoquant(model, tokens: torch.Tensor, cfg: AutoquantDemo):
+    """Calibrate autoquant on one prefill and ``decode_steps`` single-token calls."""
+    from . import autoquant
+
+    session = autoquant(model, candidates=cfg.candidates, min_sqnr=cfg.min_sqnr, manual=True,
+                        filter_fn=_tied_lm_head_filter(model))
+    ids = tokens.reshape(1, -1)
+    with torch.no_grad():
+        model(ids[:, : cfg.prefill_tokens])
+        for i in range(cfg.decode_steps):
+            model(ids[:, i : i + 1])
+    return session.finalize()
 
 
 def format_table(result: DemoResult) -> str:
@@ -553,5 +585,7 @@ def format_table(result: DemoResult) -> str:
     first_q = next((r for r in result.rows if r.layers_quantized), None)
     if first_q is not None:
         notes.append(f"{first_q.name} says: {first_q.sample.strip()!r}")
+    if result.autoquant_report:
+        notes += ["", "### autoquant plan", "", result.autoquant_report]
     return "\n".join(lines + notes)
 
