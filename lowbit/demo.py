@@ -124,6 +124,9 @@ class AutoquantDemo:
     decode_steps: int = 8  # single-token calls: decode dominates generation, weight it so
     prefill_tokens: int = 64
 
+    def short_name(self) -> str:
+        return f"autoquant(candidates={self.candidates!r}, min_sqnr={self.min_sqnr})"
+
 
 def demo_configs() -> list[DemoConfig]:
     """The configs the demo compares, float baselines first.

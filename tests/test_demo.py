@@ -112,7 +112,7 @@ def test_demo_configs_float_first_and_named_once():
     names = [c.name for c in configs]
     assert names[:2] == ["float-bf16", "float-fp32"]
     assert len(set(names)) == len(names)
-    assert all(c.config is None or isinstance(c.config, lowbit.BaseConfig) for c in configs)
+    assert all(c.config is None or isinstance(c.config, (lowbit.BaseConfig, demo.AutoquantDemo)) for c in configs)
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,8 @@ def test_quick_demo(smollm2):
     names = [c.name for c in demo.demo_configs()]
     assert [r.name for r in result.rows] == names
     table = demo.format_table(result)
-    table_rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| config")]
+    main_table = table.split("\n\n", 1)[0]  # the autoquant report's tables follow
+    table_rows = [line for line in main_table.splitlines() if line.startswith("| ") and not line.startswith("| config")]
     assert [line.split("|")[1].strip() for line in table_rows] == names
     for r in result.rows:
         assert math.isfinite(r.perplexity) and r.perplexity > 1, r
@@ -219,6 +220,9 @@ def test_quick_demo(smollm2):
     assert result.row("float-bf16").perplexity == pytest.approx(fp32.perplexity, rel=0.05)
     assert result.row("int8-weight-only").perplexity == pytest.approx(fp32.perplexity, rel=0.05)
     assert result.row("int8-dynamic").perplexity == pytest.approx(fp32.perplexity, rel=0.15)
+    # autoquant keeps only candidates above its 30 dB per-layer bar, so it stays near float.
+    assert result.row("autoquant").perplexity == pytest.approx(fp32.perplexity, rel=0.05)
+    assert "### autoquant plan" in table
     # Greedy text of int8 weight-only starts like the float model's (same run, same prompt).
     assert result.row("int8-weight-only").sample.split()[:3] == fp32.sample.split()[:3]
     # Quantized rows shrink the linear weights; the tied lm_head (float) is all that stays large.

@@ -325,6 +325,31 @@ def _linear_not_implemented(func, types, args, kwargs):
     raise UnsupportedOpError(f"{type(w).__name__} does not implement F.linear")
 
 
+_FLOAT_ACTS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_linear_input(x, w: LowbitTensor) -> None:
+    """Raise a clear error unless ``x`` can go through ``F.linear`` with packed ``w``."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_ACTS:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {got}")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"linear input has {x.shape[-1]} features but the weight expects {w.shape[1]} "
+            f"(weight shape {tuple(w.shape)})"
+        )
+    if x.device != w.device:
+        raise ValueError(f"input is on {x.device} but the weight is on {w.device}; move one of them")
+
+
+def finish_linear(y2d: torch.Tensor, x: torch.Tensor, w: LowbitTensor, bias) -> torch.Tensor:
+    """[M, N] kernel output back to ``x``'s leading dims, plus ``bias``."""
+    y = y2d.reshape(*x.shape[:-1], w.shape[0])
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y
+
+
 def slice_args(args, kwargs) -> tuple:
     """(self, dim, start, end, step) of ``aten.slice.Tensor`` with its defaults filled in."""
     names = ("self", "dim", "start", "end", "step")

@@ -17,14 +17,12 @@ from ..packing.int4_marlin import (
     unpack_marlin_scales,
     unpack_marlin_zero_points,
 )
-from .base import LowbitTensor, linear_args
+from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
 from .int4_plain import PortableInt4Mixin
 from .int4_tiled_cuda import (
-    _check_act,
     _check_codes,
     _check_weight,
     _device_of,
-    _finish,
     _quantize_to_codes,
     _weight_shape_reason,
 )
@@ -133,17 +131,11 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
         codes, scale, zero = _quantize_to_codes(w, group_size, True, param_dtype)
         return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
 
-    def dequantize(self, dtype=None):
-        from ..ops.reference import dequantize_int4_int_zp
-
-        codes, scale, zero = self.to_codes()
-        return dequantize_int4_int_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
-
 
 
 @Int4MarlinTensor.implements(F.linear, aten.linear.default)
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
-    _check_act(x, w)
+    check_linear_input(x, w)
     y = torch.ops.lowbit.int4_marlin_mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
-    return _finish(y, x, w, bias)
+    return finish_linear(y, x, w, bias)

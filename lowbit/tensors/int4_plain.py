@@ -277,6 +277,13 @@ class PortableInt4Mixin:
         return Int4PlainTensor.from_codes(codes, scale, zero, group_size=self.group_size, shape=tuple(self.shape),
                                           dtype=self.dtype, zero_point_kind=self.zero_point_kind)
 
+    def dequantize(self, dtype=None):
+        from ..ops.reference import dequantize_int4_float_zp, dequantize_int4_int_zp
+
+        fn = dequantize_int4_float_zp if self.zero_point_kind == "float" else dequantize_int4_int_zp
+        codes, scale, zero = self.to_codes()
+        return fn(codes, scale, zero, self.group_size).to(dtype or self.dtype)
+
     def _to_device(self, device: torch.device) -> LowbitTensor:
         # The packed bytes are device-independent: onto its kernel's device the layout the
         # user chose stays as it is; anywhere else (e.g. Marlin off CUDA) the codes are

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from .. import primitives as P
-from ..errors import UnsupportedError
 from ..packing.int4_tiled import (
     INNER_K_TILES,
     K_TILE,
@@ -21,7 +20,7 @@ from ..packing.int4_tiled import (
     unpack_int4_tiled,
     unpack_tinygemm_scale_and_zero,
 )
-from .base import LowbitTensor, linear_args
+from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
 from .int4_plain import PortableInt4Mixin
 
 aten = torch.ops.aten
@@ -118,24 +117,8 @@ def _device_of(weight, device) -> torch.device:
     return torch.device(device) if device is not None else weight.device
 
 
-def _check_act(x, w) -> None:
-    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
-        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {got}")
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(
-            f"linear input has {x.shape[-1]} features but the weight expects {w.shape[1]} "
-            f"(weight shape {tuple(w.shape)})"
-        )
-    if x.device != w.device:
-        raise ValueError(f"input is on {x.device} but the weight is on {w.device}; move one of them")
 
 
-def _finish(y2d, x, w, bias):
-    y = y2d.reshape(*x.shape[:-1], w.shape[0])
-    if bias is not None:
-        y = y + bias.to(y.dtype)
-    return y
 
 
 # ---------------------------------------------------------------------- the format
@@ -241,17 +224,11 @@ class Int4TiledCudaTensor(PortableInt4Mixin, LowbitTensor):
             codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype, inner_k_tiles=inner_k_tiles
         )
 
-    def dequantize(self, dtype=None):
-        from ..ops.reference import dequantize_int4_float_zp
-
-        codes, scale, zero = self.to_codes()
-        return dequantize_int4_float_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
-
 
 
 @Int4TiledCudaTensor.implements(F.linear, aten.linear.default)
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
-    _check_act(x, w)
+    check_linear_input(x, w)
     y = torch.ops.lowbit.int4_tiled_cuda_mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
-    return _finish(y, x, w, bias)
+    return finish_linear(y, x, w, bias)

@@ -20,7 +20,7 @@ from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..errors import UnsupportedError
 from ..packing.int4 import TINYGEMM_CPU_N_ALIGN, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from ..primitives import ZeroPointKind
-from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
+from .base import LowbitTensor, UnsupportedOpError, check_linear_input, linear_args, slice_args
 from .int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, check_int4_codes, quantize_int4, slice_codes
 
 aten = torch.ops.aten
@@ -156,16 +156,6 @@ def _to_device(self, device: torch.device) -> LowbitTensor:
 Int4TinygemmCpuTensor._to_device = _to_device
 
 
-def _check_act(x: torch.Tensor, w: Int4TinygemmCpuTensor) -> None:
-    if x.dtype not in _FLOAT_ACTS:
-        raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {x.dtype}")
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(
-            f"linear input has {x.shape[-1]} features but the weight expects {w.shape[1]} "
-            f"(weight shape {tuple(w.shape)})"
-        )
-    if x.device != w.device:
-        raise ValueError(f"input is on {x.device} but the weight is on {w.device}; move one of them")
 
 
 def _cpu_kernel(*args):
@@ -179,7 +169,7 @@ def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
     if w.transposed:
         raise UnsupportedOpError("F.linear needs the untransposed Int4TinygemmCpuTensor; call .t() again")
-    _check_act(x, w)
+    check_linear_input(x, w)
     if w.device.type != "cpu":  # e.g. a pickled CPU blob loaded with map_location="cuda"
         raise UnsupportedError(
             f"Int4TinygemmCpuTensor holds a CPU-only packing but lives on {w.device}; repack it for that "

@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from .. import primitives as P
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..granularity import per_row
-from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args, slice_blocked
+from .base import (
+    LowbitTensor,
+    UnsupportedOpError,
+    check_linear_input,
+    finish_linear,
+    linear_args,
+    slice_args,
+    slice_blocked,
+)
 
 aten = torch.ops.aten
 
@@ -82,33 +90,18 @@ class Int8Tensor(LowbitTensor):
         return self.scale.shape[0] == self.qdata.shape[0] and self.scale.shape[1] == 1
 
 
-def _check_act(x: torch.Tensor, w: LowbitTensor) -> None:
-    if x.dtype not in _FLOAT_ACTS:
-        raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {x.dtype}")
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(
-            f"linear input has {x.shape[-1]} features but the weight expects {w.shape[1]} "
-            f"(weight shape {tuple(w.shape)})"
-        )
-    if x.device != w.device:
-        raise ValueError(f"input is on {x.device} but the weight is on {w.device}; move one of them")
 
 
-def _finish(y2d, x, w, bias):
-    y = y2d.reshape(*x.shape[:-1], w.shape[0])
-    if bias is not None:
-        y = y + bias.to(y.dtype)
-    return y
 
 
 @Int8Tensor.implements(F.linear, aten.linear.default)
 def _linear_weight_only(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
-    _check_act(x, w)
+    check_linear_input(x, w)
     if not w._is_row_layout():
         raise UnsupportedOpError("F.linear needs the untransposed Int8Tensor; call .t() again")
     y = torch.ops.lowbit.int8_weight_only_linear(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
-    return _finish(y, x, w, bias)
+    return finish_linear(y, x, w, bias)
 
 
 # ---------------------------------------------------------------------- dynamic activation
@@ -130,11 +123,11 @@ class Int8DynActTensor(Int8Tensor):
 @Int8DynActTensor.implements(F.linear, aten.linear.default)
 def _linear_dynamic(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
-    _check_act(x, w)
+    check_linear_input(x, w)
     if not w._is_row_layout():
         raise UnsupportedOpError("F.linear needs the untransposed Int8DynActTensor; call .t() again")
     y = torch.ops.lowbit.int8_dynamic_linear(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
-    return _finish(y, x, w, bias)
+    return finish_linear(y, x, w, bias)
 
 
 # ---------------------------------------------------------------------- views
