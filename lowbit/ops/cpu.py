@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..device_caps import cpu_has_native_bf16
+from .library import register_device_kernel
 from .reference import quantize_per_token_int8
 
 aten = torch.ops.aten
@@ -17,11 +18,7 @@ CPU_INT8_GEMV_MAX_M = 128
 
 
 def _register(name):
-    def decorator(fn):
-        torch.library.register_kernel(f"lowbit::{name}", "cpu")(fn)
-        return fn
-
-    return decorator
+    return register_device_kernel(name, "cpu")
 
 
 def _gemm_dtype(dtype: torch.dtype) -> torch.dtype:

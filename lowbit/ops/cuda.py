@@ -6,6 +6,7 @@ import warnings
 
 import torch
 
+from .library import register_device_kernel
 from .reference import quantize_per_token_int8
 
 aten = torch.ops.aten
@@ -36,11 +37,7 @@ def _warn_slow_int8() -> None:
 
 
 def _register(name):
-    def decorator(fn):
-        torch.library.register_kernel(f"lowbit::{name}", "cuda")(fn)
-        return fn
-
-    return decorator
+    return register_device_kernel(name, "cuda")
 
 
 @_register("int8_weight_only_linear")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["define"]
+__all__ = ["define", "kernel", "register_device_kernel"]
 
 _LIB = torch.library.Library("lowbit", "DEF")  # noqa: TOR901 - lowbit owns this namespace
 
@@ -19,6 +19,32 @@ def define(schema: str):
         return fake
 
     return decorator
+
+
+# (op name, device type) -> the Python kernel registered for it (ops/cpu.py, cuda.py, xpu.py).
+_DEVICE_KERNELS: dict[tuple[str, str], object] = {}
+
+
+def register_device_kernel(name: str, device_type: str):
+    """Register ``fn`` as ``lowbit::<name>``'s kernel for ``device_type`` (and remember it)."""
+
+    def decorator(fn):
+        torch.library.register_kernel(f"lowbit::{name}", device_type)(fn)
+        _DEVICE_KERNELS[(name, device_type)] = fn
+        return fn
+
+    return decorator
+
+
+def kernel(name: str, device_type: str):
+    """What a packed tensor's linear calls: the custom op under torch.compile (its fake impl
+    lets the graph capture it), the device's Python kernel directly in eager mode, which
+    skips 20-35 us of dispatcher hops per call (measured on a 2-core Zen3; a third of a
+    small layer's time at M=1)."""
+    op = getattr(torch.ops.lowbit, name)
+    if torch.compiler.is_compiling():
+        return op
+    return _DEVICE_KERNELS.get((name, device_type), op)
 
 
 def _linear_out(x, n):

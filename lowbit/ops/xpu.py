@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .library import register_device_kernel
+
 aten = torch.ops.aten
 
 # Activation dtypes the XPU int4 kernels take directly; float32 is cast to the scale dtype.
@@ -17,11 +19,7 @@ _XPU_ACT_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _register(name):
-    def decorator(fn):
-        torch.library.register_kernel(f"lowbit::{name}", "xpu")(fn)
-        return fn
-
-    return decorator
+    return register_device_kernel(name, "xpu")
 
 
 def _act(x, param_dtype):

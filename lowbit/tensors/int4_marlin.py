@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..ops.library import kernel
 from ..packing.int4_marlin import (
     MARLIN_N_CHUNK,
     pack_marlin_int4,
@@ -137,5 +138,5 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
     check_linear_input(x, w)
-    y = torch.ops.lowbit.int4_marlin_mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
+    y = kernel("int4_marlin_mm", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
     return finish_linear(y, x, w, bias)

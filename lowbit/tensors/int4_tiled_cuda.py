@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..ops.library import kernel
 from .. import primitives as P
 from ..packing.int4_tiled import (
     INNER_K_TILES,
@@ -230,5 +231,5 @@ class Int4TiledCudaTensor(PortableInt4Mixin, LowbitTensor):
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
     check_linear_input(x, w)
-    y = torch.ops.lowbit.int4_tiled_cuda_mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
+    y = kernel("int4_tiled_cuda_mm", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
     return finish_linear(y, x, w, bias)

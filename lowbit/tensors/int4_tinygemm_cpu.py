@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..ops.library import kernel
 from ..errors import UnsupportedError
 from ..packing.int4 import TINYGEMM_CPU_N_ALIGN, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from ..primitives import ZeroPointKind
@@ -158,12 +159,6 @@ Int4TinygemmCpuTensor._to_device = _to_device
 
 
 
-def _cpu_kernel(*args):
-    from ..ops.cpu import int4_tinygemm_cpu_linear
-
-    return int4_tinygemm_cpu_linear(*args)
-
-
 @Int4TinygemmCpuTensor.implements(F.linear, aten.linear.default)
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
@@ -182,11 +177,7 @@ def _linear(func, types, args, kwargs):
             "w.from_checkpoint(torch.device('cpu')), or save/load through lowbit.save_file/load_file"
         )
     n, k = w.shape
-    # The custom op is what torch.compile sees; in eager mode its CPU kernel is called
-    # directly, skipping ~20 us of dispatcher and Python-kernel hops per call (a third
-    # of an M=1 GEMV's time on a 4096x4096 layer).
-    op = torch.ops.lowbit.int4_tinygemm_cpu_linear if torch.compiler.is_compiling() else _cpu_kernel
-    y = op(x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout)
+    y = kernel("int4_tinygemm_cpu_linear", x.device.type)(x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout)
     y = y.reshape(*x.shape[:-1], n)
     if bias is not None:
         y = y + bias.to(y.dtype)

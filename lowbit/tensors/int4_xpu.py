@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..ops.library import kernel
 from ..packing.int4_xpu import pack_int4_xpu, pack_xpu_scale_zero, unpack_int4_xpu, unpack_xpu_scale_zero
 from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
 from .int4_plain import PortableInt4Mixin
@@ -108,5 +109,5 @@ class Int4XpuTensor(PortableInt4Mixin, LowbitTensor):
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
     check_linear_input(x, w)
-    y = torch.ops.lowbit.int4_xpu_mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
+    y = kernel("int4_xpu_mm", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
     return finish_linear(y, x, w, bias)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .. import primitives as P
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..ops.library import kernel
 from ..granularity import per_row
 from .base import (
     LowbitTensor,
@@ -100,7 +101,7 @@ def _linear_weight_only(func, types, args, kwargs):
     check_linear_input(x, w)
     if not w._is_row_layout():
         raise UnsupportedOpError("F.linear needs the untransposed Int8Tensor; call .t() again")
-    y = torch.ops.lowbit.int8_weight_only_linear(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
+    y = kernel("int8_weight_only_linear", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
     return finish_linear(y, x, w, bias)
 
 
@@ -126,7 +127,7 @@ def _linear_dynamic(func, types, args, kwargs):
     check_linear_input(x, w)
     if not w._is_row_layout():
         raise UnsupportedOpError("F.linear needs the untransposed Int8DynActTensor; call .t() again")
-    y = torch.ops.lowbit.int8_dynamic_linear(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
+    y = kernel("int8_dynamic_linear", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
     return finish_linear(y, x, w, bias)
 
 
