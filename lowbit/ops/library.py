@@ -42,7 +42,9 @@ def kernel(name: str, device_type: str):
     skips 20-35 us of dispatcher hops per call (measured on a 2-core Zen3; a third of a
     small layer's time at M=1)."""
     op = getattr(torch.ops.lowbit, name)
-    if torch.compiler.is_compiling():
+    # Any tracing (dynamo, or AOT's fake/proxy/functional dispatch modes, which on torch
+    # 2.11 re-run the subclass code with is_compiling() False) must see the custom op.
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
         return op
     return _DEVICE_KERNELS.get((name, device_type), op)
 
