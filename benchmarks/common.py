@@ -28,15 +28,10 @@ GB = 1e9  # bandwidths are reported in decimal GB/s, as vendors quote them
 
 
 def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """CPU model name (/proc/cpuinfo; platform.processor() elsewhere): lowbit's own probe."""
+    from lowbit.autoquant.bench import _cpu_model_name
+
+    return _cpu_model_name()
 
 
 def cpu_cores() -> tuple[int | None, int]:

@@ -94,15 +94,19 @@ class Int4XpuTensor(PortableInt4Mixin, LowbitTensor):
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 128) -> Int4XpuTensor:
         """Min-max asymmetric int4 quantization (integer zero point) of a float ``[N, K]`` weight."""
-        _check_weight(w, cls.__name__)
-        _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
-        reason = _layout_reason(*w.shape, group_size)
-        if reason:
-            raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
-        param_dtype = w.dtype if w.dtype in _PARAM_DTYPES else torch.bfloat16
-        codes, scale, zero = _quantize_to_codes(w, group_size, True, param_dtype)
-        return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
+        return xpu_from_float(cls, w, group_size)
 
+
+def xpu_from_float(cls, w: torch.Tensor, group_size: int):
+    """Min-max int4 codes for either XPU class, with the zero-point kind ``cls`` applies."""
+    _check_weight(w, cls.__name__)
+    _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
+    reason = _layout_reason(*w.shape, group_size)
+    if reason:
+        raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
+    param_dtype = w.dtype if w.dtype in _PARAM_DTYPES else torch.bfloat16
+    codes, scale, zero = _quantize_to_codes(w, group_size, cls.zero_point_kind == "int", param_dtype)
+    return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
 
 
 @Int4XpuTensor.implements(F.linear, aten.linear.default)

@@ -14,18 +14,15 @@ from .int4_plain import PortableInt4Mixin
 from .int4_tiled_cuda import (
     _check_codes,
     _check_group_size,
-    _check_weight,
     _device_of,
-    _quantize_to_codes,
     _weight_shape_reason,
 )
-from .int4_xpu import _layout_reason
+from .int4_xpu import _layout_reason, xpu_from_float
 
 aten = torch.ops.aten
 
 __all__ = ["Int4XpuFloatZpTensor"]
 
-_PARAM_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class Int4XpuFloatZpTensor(PortableInt4Mixin, LowbitTensor):
@@ -85,15 +82,7 @@ class Int4XpuFloatZpTensor(PortableInt4Mixin, LowbitTensor):
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 128) -> Int4XpuFloatZpTensor:
         """Min-max asymmetric int4 quantization (float zero point) of a float ``[N, K]`` weight."""
-        _check_weight(w, cls.__name__)
-        _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
-        reason = _layout_reason(*w.shape, group_size)
-        if reason:
-            raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
-        param_dtype = w.dtype if w.dtype in _PARAM_DTYPES else torch.bfloat16
-        codes, scale, zero = _quantize_to_codes(w, group_size, False, param_dtype)
-        return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
-
+        return xpu_from_float(cls, w, group_size)
 
 
 @Int4XpuFloatZpTensor.implements(F.linear, aten.linear.default)
