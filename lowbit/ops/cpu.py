@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..device_caps import cpu_has_native_bf16
+from .cpu_paths import choose_path
 from .library import register_device_kernel
 from .reference import quantize_per_token_int8
 
@@ -29,7 +30,10 @@ def _gemm_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @_register("int8_weight_only_linear")
 def int8_weight_only_linear(x, qdata, scale):
-    if x.shape[0] <= CPU_INT8_GEMV_MAX_M:
+    path = choose_path("int8_weight_only_linear", x.shape[0])
+    if path == "brgemm":
+        return int8_weight_only_brgemm(x, qdata, scale)
+    if path == "gemv":
         # ATen's int8 GEMV is vectorized for bf16 inputs only (fp16/fp32 run 12-20x
         # slower on AVX2), so other activations are rounded to bf16 for it: 2^-9 relative
         # error per element, well under the int8 weight error (~43 dB vs ~55 dB).
@@ -43,7 +47,10 @@ def int8_weight_only_linear(x, qdata, scale):
 @_register("int8_dynamic_linear")
 def int8_dynamic_linear(x, qdata, scale):
     xq, xs = quantize_per_token_int8(x)
-    if x.shape[0] <= CPU_INT8_GEMV_MAX_M:
+    path = choose_path("int8_dynamic_linear", x.shape[0])
+    if path == "brgemm":
+        return int8_dynamic_brgemm(x, xq, xs, qdata, scale)
+    if path == "gemv":
         # The codes are exact in bf16 and the GEMV accumulates in fp32, rounding only its
         # output to bf16 (~55 dB vs the exact integer sum). With fp32 inputs the same
         # kernel runs 13-18x slower on AVX2, so bf16 is the fast exact-input form.
@@ -174,11 +181,18 @@ def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features,
         lambda: f"int4 weight packed for the {layout!r} CPU layout, this process's ATen packs {native!r}; "
         "repack it with .from_checkpoint(torch.device('cpu'))",
     )
-    if x.shape[0] <= CPU_INT4_GEMV_MAX_M and layout in _INT4_GEMV_BLOCK_N and _int4_gemv_available():
+    path = choose_path("int4_tinygemm_cpu_linear", x.shape[0])
+    if path in ("gemv", "brgemm") and layout not in _INT4_GEMV_BLOCK_N:
+        path = "tinygemm" if x.shape[0] <= CPU_INT4_TINYGEMM_MAX_M else "dequant_gemm"
+    if x.shape[0] == 0:
+        y = x.new_zeros((0, qdata.shape[0]))
+    elif path == "brgemm":
+        y = int4_tinygemm_brgemm(x, qdata, scale_and_zero, group_size, layout)
+    elif path == "gemv":
         y = torch.ops.lowbit_ext.int4_tinygemm_gemv(
             x, qdata, scale_and_zero.to(torch.bfloat16), group_size, _INT4_GEMV_BLOCK_N[layout]
         )
-    elif x.shape[0] <= CPU_INT4_TINYGEMM_MAX_M:
+    elif path == "tinygemm":
         # ATen vectorizes this kernel for bf16 only: its fp16/fp32 instantiations are scalar
         # loops, 40-200x slower (measured: M=1 fp32 65 ms vs bf16 1.5 ms). So fp16/fp32
         # activations are rounded to bf16 for the kernel, explicitly, and the output is cast
@@ -191,3 +205,78 @@ def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features,
     if y.shape[1] != out_features:
         y = y[:, :out_features].contiguous()
     return y
+
+
+# ---------------------------------------------------------------------- brgemm (AMX) paths
+#
+# lowbit/csrc/wo_gemm_cpu.cpp: weights dequantized block by block into oneDNN brgemm
+# (AMX tiles). Everything the C++ code assumes is checked here first: an exception thrown
+# inside the extension can crash a process whose compiler runtime differs from torch's.
+
+
+def _check_x(x: torch.Tensor, k: int, fn: str) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"lowbit {fn}: x must be 2-D [M, K], got shape {tuple(x.shape)}; reshape it")
+    if x.shape[1] != k:
+        raise ValueError(f"lowbit {fn}: x has K={x.shape[1]} but the weight has K={k}; pass matching shapes")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"lowbit {fn}: x must be a float tensor, got {x.dtype}")
+
+
+def int4_tinygemm_brgemm(x, qdata, scale_and_zero, group_size, layout, isa=-1):
+    """[M, Np] in x's dtype: the int4 tinygemm-layout weight through the AMX brgemm kernel."""
+    fn = "int4_tinygemm_brgemm"
+    if layout not in _INT4_GEMV_BLOCK_N:
+        raise ValueError(f"lowbit {fn}: layout must be one of {sorted(_INT4_GEMV_BLOCK_N)}, got {layout!r}")
+    if qdata.dtype != torch.uint8 or qdata.dim() != 2:
+        raise TypeError(f"lowbit {fn}: qdata must be uint8 [Np, K/2], got {qdata.dtype} {tuple(qdata.shape)}")
+    n_pad, k = qdata.shape[0], 2 * qdata.shape[1]
+    _check_x(x, k, fn)
+    if group_size <= 0 or group_size % 2 or k % group_size:
+        raise ValueError(f"lowbit {fn}: K={k} must be a multiple of an even group_size, got {group_size}")
+    if n_pad % 16:
+        raise ValueError(f"lowbit {fn}: the packed weight has {n_pad} rows, expected a multiple of 16")
+    if tuple(scale_and_zero.shape) != (k // group_size, n_pad, 2):
+        raise ValueError(
+            f"lowbit {fn}: scale_and_zero must be [{k // group_size}, {n_pad}, 2], got {tuple(scale_and_zero.shape)}"
+        )
+    if x.shape[0] == 0:
+        return x.new_zeros((0, n_pad))
+    y = torch.ops.lowbit_ext.int4_tinygemm_brgemm(
+        x.to(torch.bfloat16).contiguous(),
+        qdata.contiguous(),
+        scale_and_zero.to(torch.bfloat16).contiguous(),
+        group_size,
+        _INT4_GEMV_BLOCK_N[layout],
+        isa,
+    )
+    return y.to(x.dtype)
+
+
+def _check_int8_weight(x, qdata, scale, fn):
+    if qdata.dtype != torch.int8 or qdata.dim() != 2:
+        raise TypeError(f"lowbit {fn}: qdata must be int8 [N, K], got {qdata.dtype} {tuple(qdata.shape)}")
+    _check_x(x, qdata.shape[1], fn)
+    if scale.numel() != qdata.shape[0]:
+        raise ValueError(f"lowbit {fn}: scale must hold one value per output channel ({qdata.shape[0]}), "
+                         f"got shape {tuple(scale.shape)}")
+
+
+def int8_weight_only_brgemm(x, qdata, scale, isa=-1):
+    """x @ (qdata * scale)^T: int8 rows converted to bf16 (exact) into AMX bf16 tiles."""
+    _check_int8_weight(x, qdata, scale, "int8_weight_only_brgemm")
+    if x.shape[0] == 0:
+        return x.new_zeros((0, qdata.shape[0]))
+    acc = torch.ops.lowbit_ext.int8_brgemm_bf16(x.to(torch.bfloat16).contiguous(), qdata.contiguous(), isa)
+    return (acc * scale.reshape(1, -1).to(torch.float32)).to(x.dtype)
+
+
+def int8_dynamic_brgemm(x, xq, xs, qdata, scale, isa=-1):
+    """Exact int32 xq @ qdata^T on AMX int8 tiles (u8s8 brgemm), then both scales."""
+    _check_int8_weight(x, qdata, scale, "int8_dynamic_brgemm")
+    if x.shape[0] == 0:
+        return x.new_zeros((0, qdata.shape[0]))
+    if xq.dtype != torch.int8 or tuple(xq.shape) != tuple(x.shape):
+        raise TypeError(f"lowbit int8_dynamic_brgemm: xq must be int8 {tuple(x.shape)}, got {xq.dtype} {tuple(xq.shape)}")
+    acc = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq.contiguous(), qdata.contiguous(), isa)
+    return (acc.to(torch.float32) * xs.reshape(-1, 1) * scale.reshape(1, -1).to(torch.float32)).to(x.dtype)

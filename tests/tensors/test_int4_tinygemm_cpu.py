@@ -324,6 +324,10 @@ def test_gemv_multi_row_matches_reference(layout, m, n, k, group):
 @_needs_gemv
 @pytest.mark.parametrize("m", [1, 3, cpu_ops.CPU_INT4_GEMV_MAX_M])
 def test_linear_small_batch_uses_gemv(m, monkeypatch):
+    # The generic (non-AMX) table's choice: the GEMV up to CPU_INT4_GEMV_MAX_M rows.
+    from lowbit.ops import cpu_paths
+
+    monkeypatch.setattr(cpu_paths, "active_table", lambda: (cpu_paths._generic_table(), "test"))
     t = Int4TinygemmCpuTensor.from_float(make_weight((72, 256)), group_size=64)
     x = torch.randn(m, 256, dtype=torch.bfloat16)
     calls = []
@@ -334,9 +338,9 @@ def test_linear_small_batch_uses_gemv(m, monkeypatch):
             calls.append(a[0].shape[0])
             return real(*a)
 
-    monkeypatch.setattr(torch.ops, "lowbit_ext", _Spy())
-    y = F.linear(x, t)
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.ops, "lowbit_ext", _Spy())
+        y = F.linear(x, t)
     ref = reference.int4_tinygemm_cpu_linear(x.float(), t.qdata, t.scale_and_zero, 64, t.qdata.shape[0], t.cpu_layout)
     assert calls == [m]
     assert y.shape == (m, 72) and lowbit.sqnr(ref[:, :72].float(), y.float()) >= 45.0

@@ -6,7 +6,7 @@ import lowbit
 from lowbit import primitives as P
 from lowbit.granularity import per_row
 from lowbit.ops import reference
-from lowbit.ops.cpu import CPU_INT8_GEMV_MAX_M
+from lowbit.ops.cpu_paths import choose_path
 from lowbit.tensors import Int8DynActTensor, Int8Tensor
 from lowbit.tensors.base import UnsupportedOpError
 from lowbit.testing import FormatConformance, make_weight
@@ -114,8 +114,11 @@ def test_cpu_kernel_matches_reference_exactly_enough(m):
     for op in ("int8_weight_only_linear", "int8_dynamic_linear"):
         y = getattr(torch.ops.lowbit, op)(x, t.qdata, t.scale)
         ref = getattr(reference, op)(x, t.qdata, t.scale)
-        # Above CPU_INT8_GEMV_MAX_M rows both ops are fp32 arithmetic (> 100 dB). Up to it the CPU GEMV
-        # takes bf16: weight-only rounds fp32 activations to bf16 and dynamic rounds its
-        # integer accumulators to bf16 (2^-9 relative each, so ~45-55 dB).
-        bar = 40 if m <= CPU_INT8_GEMV_MAX_M else 100
+        # The fp32 GEMM paths are fp32 arithmetic (> 100 dB), as is the exact integer brgemm
+        # of int8 dynamic. The GEMV takes bf16: weight-only rounds fp32 activations to bf16
+        # (so does its bf16 brgemm) and dynamic rounds its integer accumulators to bf16
+        # (2^-9 relative each, so ~45-60 dB). Which path runs depends on the CPU class.
+        path = choose_path(op, m)
+        exact = path in ("dequant_gemm", "fp32_gemm") or (op == "int8_dynamic_linear" and path == "brgemm")
+        bar = 100 if exact else 40
         assert lowbit.sqnr(ref, y) > bar, (op, lowbit.sqnr(ref, y))

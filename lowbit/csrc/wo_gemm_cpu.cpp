@@ -1,0 +1,452 @@
+// Mid / large-M GEMMs for lowbit's CPU weight formats on CPUs with native bf16 / int8
+// matrix units (AMX, through oneDNN's brgemm ukernel that ATen exposes as
+// at::native::cpublas::brgemm).
+//
+// Why: below M ~ 4 a linear layer is bound by reading its weight, above it by multiply
+// throughput. On an AMX Xeon, bf16 F.linear runs its GEMM on AMX tiles (~0.7 TFLOP/s per
+// core measured at 256x4096x4096), so dequantizing the whole weight and then multiplying
+// (lowbit's old path) or computing with AVX2-style FMAs (ATen's int4 tinygemm / int8
+// GEMV kernels) is 5-25x slower than not quantizing. Here each task takes one block of
+// output channels, dequantizes a [block, k-chunk] slice of the weight into a small
+// L1/L2-resident buffer in the operand layout the tiles want and feeds it, with the
+// activations, to brgemm: the weight is read once from memory, dequantized once, and
+// multiplied at tile speed.
+//
+// Three entry points (lowbit/ops/cpu.py validates everything before calling them; the
+// TORCH_CHECKs here are a second line, never expected to fire):
+//
+//   int4_tinygemm_brgemm(x bf16 [M, K], qdata uint8 [Np, K/2] (ATen tinygemm CPU layout,
+//       lowbit/packing/int4.py), scale_and_zero bf16 [K/g, Np, 2], group_size, block_n)
+//       -> float32 [M, Np]. y = x @ W^T with W[n, k] = (q - 8) * s + z, dequantized in
+//       fp32 and rounded to bf16 once (exactly the old dequantize + GEMM path's numerics).
+//       B operand = W^T block [K, block] in VNNI-2 bf16 layout ([K/2][block][2]): a byte
+//       row of the packed block holds one k for all rows of the block, so two byte rows
+//       interleave into one VNNI row.
+//   int8_brgemm_bf16(x bf16 [M, K], q int8 [N, K]) -> float32 [M, N] = x @ q^T (no scale).
+//       Computed transposed, C^T = q x^T: A operand = q block [64, k-chunk] rows converted
+//       to bf16 (exact), B = x^T packed once per call to VNNI-2 [K/2][M][2]. So the int8
+//       rows are read in storage order and never transposed.
+//   int8_brgemm_u8s8(xq int8 [M, K]) x q int8 [N, K] -> int32 [M, N] exact integer dot
+//       products. A = q ^ 0x80 (q + 128 as uint8: one XOR per byte), B = xq^T packed to
+//       VNNI-4 [K/4][M][4] int8; the +128 is removed as 128 * sum_k xq[m, k].
+//
+// K tails: K is padded with zeros to the VNNI width inside the packed operands, so any K
+// works; any N works (the last block is short); M >= 1 (M = 0 is handled in Python).
+// Inputs need not be aligned (the buffers that brgemm reads are allocated here).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define LOWBIT_X86 1
+#else
+#define LOWBIT_X86 0
+#endif
+
+namespace lowbit_wo {
+
+namespace cpublas = at::native::cpublas;
+
+// k per brgemm call. int4: up to 4096 k of a 64-row block = 512 KiB of bf16 B operand
+// (L2-resident; fewer passes over C, which brgemm reloads per call: measured on the 2-core
+// Sapphire Rapids, 256x4096x4096, 1 thread: 512 -> 52 ms (noisy), 4096 with 32-row A
+// blocks -> 12.5 ms, bf16 F.linear 11.5-12 ms in the same runs). int8: A operand chunk of
+// 64 rows.
+constexpr int64_t kKChunkInt4 = 4096;
+constexpr int64_t kKChunk = 1024;
+// Activation rows (int4: brgemm M) / columns (int8: brgemm N) per brgemm call.
+constexpr int64_t kTokBlock = 32;
+constexpr int64_t kRowBlock = 64;  // weight rows per task (int8 kernels)
+
+// 1: bf16 brgemm available, 2: u8s8 brgemm available (bit mask). ATen's brgemm runs the
+// oneDNN ukernel only where `could_pack` says the platform has it (AMX); elsewhere it would
+// run a slow reference, so lowbit does not use it there.
+int64_t brgemm_caps() {
+  int64_t caps = 0;
+  if (cpublas::could_pack(at::kBFloat16)) caps |= 1;
+#ifdef CPUBLAS_BRGEMM_U8I8I32
+  if (cpublas::could_pack(at::kByte)) caps |= 2;
+#endif
+  return caps;
+}
+
+static inline uint16_t f32_to_bf16_rne(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// ------------------------------------------------------------------ int4 tinygemm layout
+
+// Scalar dequantize of k in [k0, k0 + kc) (kc even) of one block of nb rows starting at row
+// r0 into the VNNI-2 buffer [kc/2][nb][2]. `lo_row(c)` / `hi_row(c)`: see the layouts in
+// lowbit/packing/int4.py (full blocks: c / c + nb/2 with the avx512 16-byte interleave;
+// short tail blocks: adjacent pairs).
+static void dequant_int4_scalar(const uint8_t* qb, const c10::BFloat16* sz, int64_t Np, int64_t gs, int64_t r0,
+                                int64_t nb, bool pairs, bool avx512_layout, int64_t k0, int64_t kc,
+                                uint16_t* out) {
+  const int64_t half = nb / 2;
+  for (int64_t k = k0; k < k0 + kc; ++k) {
+    const uint8_t* row = qb + k * half;
+    const c10::BFloat16* g = sz + (k / gs) * Np * 2;
+    uint16_t* o = out + ((k - k0) / 2) * nb * 2 + ((k - k0) & 1);
+    for (int64_t c = 0; c < half; ++c) {
+      int64_t lo, hi;
+      if (pairs) {
+        lo = 2 * c, hi = 2 * c + 1;
+      } else if (avx512_layout) {  // byte d: rows d | d+32; byte 16+d: rows d+16 | d+48
+        lo = c, hi = c + 32;
+      } else {  // avx2 32-row block: byte d: rows d | d + 16
+        lo = c, hi = c + 16;
+      }
+      const int rows[2] = {static_cast<int>(lo), static_cast<int>(hi)};
+      const int q[2] = {row[c] & 0x0F, row[c] >> 4};
+      for (int j = 0; j < 2; ++j) {
+        const float s = static_cast<float>(g[(r0 + rows[j]) * 2]), z = static_cast<float>(g[(r0 + rows[j]) * 2 + 1]);
+        o[rows[j] * 2] = f32_to_bf16_rne(static_cast<float>(q[j]) * s + (z - 8.f * s));
+      }
+    }
+  }
+}
+
+#if LOWBIT_X86
+// Full block of B rows (B = 32 "avx2" or 64 "avx512" layout: byte column c holds row c in
+// its low and row c + B/2 in its high nibble). Per pair of k: 16-row chunks, fp32
+// q * s + (z - 8 s), two k rounded to bf16 by one vcvtne2ps2bf16 and interleaved by one
+// vpermw into the VNNI pair order.
+template <int B>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void dequant_int4_avx512bf16(
+    const uint8_t* qb, const c10::BFloat16* sz, int64_t Np, int64_t gs, int64_t r0, int64_t k0, int64_t kc,
+    uint16_t* out) {
+  constexpr int H = B / 2, C = B / 16;  // bytes per k, 16-row chunks
+  __m512 s[C], z[C];
+  int64_t cur_g = -1;
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m512 eight = _mm512_set1_ps(8.f);
+  for (int64_t k = k0; k < k0 + kc; k += 2) {
+    const int64_t g = k / gs;
+    if (g != cur_g) {
+      cur_g = g;
+      const c10::BFloat16* gp = sz + g * Np * 2 + r0 * 2;
+      for (int c = 0; c < C; ++c) {
+        // 16 rows' (scale, zero) bf16 pairs = 16 dwords: scale low half, zero high half.
+        const __m512i p = _mm512_loadu_si512(gp + 2 * 16 * c);
+        const __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
+        const __m512 ze = _mm512_castsi512_ps(_mm512_and_si512(p, hi16));
+        s[c] = sc;
+        z[c] = _mm512_fnmadd_ps(eight, sc, ze);  // z - 8 s
+      }
+    }
+    const uint8_t* b0 = qb + k * H;
+    const uint8_t* b1 = b0 + H;
+    uint16_t* o = out + ((k - k0) / 2) * B * 2;
+    for (int c = 0; c < C; ++c) {
+      const int off = 16 * (c % (H / 16));
+      const bool high = c >= H / 16;
+      __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + off)));
+      __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + off)));
+      if (high) {
+        v0 = _mm512_srli_epi32(v0, 4);
+        v1 = _mm512_srli_epi32(v1, 4);
+      } else {
+        v0 = _mm512_and_si512(v0, _mm512_set1_epi32(0x0F));
+        v1 = _mm512_and_si512(v1, _mm512_set1_epi32(0x0F));
+      }
+      const __m512 f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v0), s[c], z[c]);
+      const __m512 f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v1), s[c], z[c]);
+      const __m512i bf = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));  // [f0 x16, f1 x16]
+      _mm512_storeu_si512(o + 2 * 16 * c, _mm512_permutexvar_epi16(idx, bf));
+    }
+  }
+}
+
+static bool have_avx512bf16() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512bf16");
+  return ok;
+}
+#endif
+
+// isa: -1 auto, 0 scalar dequantize (test hook), 1 AVX512-BF16 dequantize.
+at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale_and_zero,
+                                int64_t group_size, int64_t block_n, int64_t isa) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.size(0) >= 1,
+              "int4_tinygemm_brgemm: x must be contiguous bf16 [M >= 1, K]");
+  TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 2 && qdata.is_contiguous(),
+              "int4_tinygemm_brgemm: qdata must be contiguous uint8 [Np, K/2]");
+  TORCH_CHECK(block_n == 32 || block_n == 64, "int4_tinygemm_brgemm: block_n must be 32 or 64");
+  const int64_t M = x.size(0), K = x.size(1), Np = qdata.size(0), gs = group_size;
+  TORCH_CHECK(qdata.size(1) * 2 == K && gs > 0 && gs % 2 == 0 && K % gs == 0, "int4_tinygemm_brgemm: bad K/group");
+  TORCH_CHECK(scale_and_zero.scalar_type() == at::kBFloat16 && scale_and_zero.is_contiguous() &&
+                  scale_and_zero.dim() == 3 && scale_and_zero.size(0) == K / gs && scale_and_zero.size(1) == Np &&
+                  scale_and_zero.size(2) == 2,
+              "int4_tinygemm_brgemm: scale_and_zero must be contiguous bf16 [K/g, Np, 2]");
+  TORCH_CHECK(Np % 16 == 0, "int4_tinygemm_brgemm: Np must be a multiple of 16");
+  TORCH_CHECK(brgemm_caps() & 1, "int4_tinygemm_brgemm: this CPU has no bf16 brgemm (AMX)");
+#if LOWBIT_X86
+  const bool vec = isa != 0 && have_avx512bf16();
+#else
+  const bool vec = false;
+#endif
+  at::Tensor y = at::empty({M, Np}, x.options().dtype(at::kFloat));
+  const c10::BFloat16* xp = x.data_ptr<c10::BFloat16>();
+  const uint8_t* qp = qdata.data_ptr<uint8_t>();
+  const c10::BFloat16* szp = scale_and_zero.data_ptr<c10::BFloat16>();
+  float* yp = y.data_ptr<float>();
+  const int64_t n_full = Np / block_n, tail = Np - n_full * block_n;
+  const int64_t n_blocks = n_full + (tail ? 1 : 0);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<uint16_t> wbuf(std::min(kKChunkInt4, K) * block_n);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * block_n, nb = b < n_full ? block_n : tail;
+      const uint8_t* qb = qp + r0 * (K / 2);
+      for (int64_t k0 = 0; k0 < K; k0 += kKChunkInt4) {
+        const int64_t kc = std::min(kKChunkInt4, K - k0);
+#if LOWBIT_X86
+        if (vec && nb == block_n) {
+          if (block_n == 64) dequant_int4_avx512bf16<64>(qb, szp, Np, gs, r0, k0, kc, wbuf.data());
+          else dequant_int4_avx512bf16<32>(qb, szp, Np, gs, r0, k0, kc, wbuf.data());
+        } else
+#endif
+        {
+          dequant_int4_scalar(qb, szp, Np, gs, r0, nb, /*pairs=*/nb != block_n, block_n == 64, k0, kc, wbuf.data());
+        }
+        for (int64_t m0 = 0; m0 < M; m0 += kTokBlock)
+          cpublas::brgemm(std::min(kTokBlock, M - m0), nb, kc, /*ld_a=*/K, /*ld_b=*/nb, /*ld_c=*/Np, /*add_C=*/k0 > 0, xp + m0 * K + k0,
+                        reinterpret_cast<const c10::BFloat16*>(wbuf.data()), yp + m0 * Np + r0, /*is_vnni=*/true);
+      }
+    }
+    cpublas::brgemm_release(true);
+  });
+  return y;
+}
+
+// ------------------------------------------------------------------ int8 weights
+
+// x [M, K] viewed as 32-bit words [M, K/E] (E = 2 bf16 or 4 int8 per word) -> its
+// transpose [Kp/E, M] of words: x^T in the VNNI-E layout brgemm wants for B. K is padded
+// with zeros to Kp (a multiple of E). Blocked by 64 words of k so the writes of a block
+// ([64, M] words) stay in L2.
+template <typename T, int E>
+static at::Tensor pack_x_vnni(const at::Tensor& x, int64_t Kp) {
+  const int64_t M = x.size(0), K = x.size(1), W = Kp / E;
+  at::Tensor out = at::empty({W, M, E}, x.options());
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t full = K / E;  // words with no padding
+  at::parallel_for(0, (W + 63) / 64, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t w0 = b * 64, w1 = std::min(W, w0 + 64);
+      for (int64_t m = 0; m < M; ++m) {
+        const T* src = xp + m * K;
+        for (int64_t w = w0; w < w1; ++w) {
+          T* dst = op + (w * M + m) * E;
+          if (w < full) {
+            std::memcpy(dst, src + w * E, E * sizeof(T));
+          } else {
+            for (int j = 0; j < E; ++j) dst[j] = (w * E + j < K) ? src[w * E + j] : T(0);
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// Rows [n0, n0 + nb) of q, k in [k0, k0 + kc), as bf16 [nb][kcp] (kcp >= kc, zero padded).
+static void int8_rows_to_bf16_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
+                                     int64_t kcp, uint16_t* out) {
+  for (int64_t r = 0; r < nb; ++r) {
+    const int8_t* src = q + (n0 + r) * K + k0;
+    uint16_t* o = out + r * kcp;
+    for (int64_t k = 0; k < kc; ++k) o[k] = f32_to_bf16_rne(static_cast<float>(src[k]));
+    for (int64_t k = kc; k < kcp; ++k) o[k] = 0;
+  }
+}
+
+#if LOWBIT_X86
+// int8 -> bf16 is exact: sign-extend to int32, convert to float (exact), take the high half.
+__attribute__((target("avx512f,avx512bw"))) static void int8_rows_to_bf16_avx512(const int8_t* q, int64_t K,
+                                                                                int64_t n0, int64_t nb, int64_t k0,
+                                                                                int64_t kc, int64_t kcp,
+                                                                                uint16_t* out) {
+  for (int64_t r = 0; r < nb; ++r) {
+    const int8_t* src = q + (n0 + r) * K + k0;
+    uint16_t* o = out + r * kcp;
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16) {
+      const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
+    }
+    for (; k < kc; ++k) o[k] = f32_to_bf16_rne(static_cast<float>(src[k]));
+    for (; k < kcp; ++k) o[k] = 0;
+  }
+}
+
+// q rows as uint8 codes q + 128 (XOR 0x80). The K padding is multiplied by zero
+// activations, so its value does not matter; 0x80 (q = 0) is written.
+__attribute__((target("avx512f,avx512bw"))) static void int8_rows_to_u8_avx512(const int8_t* q, int64_t K, int64_t n0,
+                                                                              int64_t nb, int64_t k0, int64_t kc,
+                                                                              int64_t kcp, uint8_t* out) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t r = 0; r < nb; ++r) {
+    const int8_t* src = q + (n0 + r) * K + k0;
+    uint8_t* o = out + r * kcp;
+    int64_t k = 0;
+    for (; k + 64 <= kc; k += 64)
+      _mm512_storeu_si512(o + k, _mm512_xor_si512(_mm512_loadu_si512(src + k), flip));
+    for (; k < kc; ++k) o[k] = static_cast<uint8_t>(src[k]) ^ 0x80;
+    for (; k < kcp; ++k) o[k] = 0x80;
+  }
+}
+
+static bool have_avx512bw() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
+}
+#endif
+
+static void int8_rows_to_u8_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
+                                   int64_t kcp, uint8_t* out) {
+  for (int64_t r = 0; r < nb; ++r) {
+    const int8_t* src = q + (n0 + r) * K + k0;
+    uint8_t* o = out + r * kcp;
+    for (int64_t k = 0; k < kc; ++k) o[k] = static_cast<uint8_t>(src[k]) ^ 0x80;
+    for (int64_t k = kc; k < kcp; ++k) o[k] = 0x80;
+  }
+}
+
+static void check_int8(const at::Tensor& x, const at::Tensor& q, at::ScalarType xdt, const char* fn) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == xdt && x.is_contiguous() && x.size(0) >= 1, fn,
+              ": x must be contiguous ", xdt, " [M >= 1, K]");
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous() && q.size(1) == x.size(1), fn,
+              ": q must be contiguous int8 [N, K]");
+}
+
+// x @ q^T in fp32, x bf16. isa: -1 auto, 0 scalar conversion (test hook).
+at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
+  check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
+  TORCH_CHECK(brgemm_caps() & 1, "int8_brgemm_bf16: this CPU has no bf16 brgemm (AMX)");
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  const int64_t Kp = (K + 1) / 2 * 2;
+  const at::Tensor xv = pack_x_vnni<c10::BFloat16, 2>(x, Kp);
+#if LOWBIT_X86
+  const bool vec = isa != 0 && have_avx512bw();
+#else
+  const bool vec = false;
+#endif
+  const uint16_t* xvp = reinterpret_cast<const uint16_t*>(xv.data_ptr<c10::BFloat16>());
+  const int8_t* qp = q.data_ptr<int8_t>();
+  // C^T blocks [nb][M] are transposed into y.
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  float* yp = y.data_ptr<float>();
+  const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<uint16_t> abuf(kRowBlock * kKChunk);
+    std::vector<float> cbuf(kRowBlock * M);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
+      for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
+        const int64_t kcp = std::min(kKChunk, Kp - k0), kc = std::min(kcp, K - k0);
+#if LOWBIT_X86
+        if (vec) int8_rows_to_bf16_avx512(qp, K, n0, nb, k0, kc, kcp, abuf.data());
+        else
+#endif
+          int8_rows_to_bf16_scalar(qp, K, n0, nb, k0, kc, kcp, abuf.data());
+        for (int64_t t0 = 0; t0 < M; t0 += kTokBlock)
+          cpublas::brgemm(nb, std::min(kTokBlock, M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M, /*add_C=*/k0 > 0,
+                        reinterpret_cast<const c10::BFloat16*>(abuf.data()),
+                        reinterpret_cast<const c10::BFloat16*>(xvp + (k0 / 2) * M * 2 + t0 * 2), cbuf.data() + t0, true);
+      }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] = cbuf[r * M + m];
+    }
+    cpublas::brgemm_release(true);
+  });
+  return y;
+}
+
+// Exact int32 xq @ q^T (xq, q int8). isa: -1 auto, 0 scalar conversion (test hook).
+at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
+  check_int8(xq, q, at::kChar, "int8_brgemm_u8s8");
+#ifndef CPUBLAS_BRGEMM_U8I8I32
+  TORCH_CHECK(false, "int8_brgemm_u8s8: this torch has no u8s8 brgemm");
+  return at::Tensor();
+#else
+  TORCH_CHECK(brgemm_caps() & 2, "int8_brgemm_u8s8: this CPU has no u8s8 brgemm (AMX)");
+  const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
+  const int64_t Kp = (K + 3) / 4 * 4;
+  const at::Tensor xv = pack_x_vnni<int8_t, 4>(xq, Kp);
+  // sum_k xq[m, k]: removes the +128 of the uint8 weight codes.
+  std::vector<int32_t> xsum(M, 0);
+  const int8_t* xqp = xq.data_ptr<int8_t>();
+  for (int64_t m = 0; m < M; ++m) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += xqp[m * K + k];
+    xsum[m] = 128 * s;
+  }
+#if LOWBIT_X86
+  const bool vec = isa != 0 && have_avx512bw();
+#else
+  const bool vec = false;
+#endif
+  const int8_t* xvp = xv.data_ptr<int8_t>();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
+  int32_t* yp = y.data_ptr<int32_t>();
+  const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
+  const int64_t kc8 = 2 * kKChunk;  // int8: twice the k per chunk for the same bytes
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<uint8_t> abuf(kRowBlock * kc8);
+    std::vector<int32_t> cbuf(kRowBlock * M);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
+      for (int64_t k0 = 0; k0 < Kp; k0 += kc8) {
+        const int64_t kcp = std::min(kc8, Kp - k0), kc = std::min(kcp, K - k0);
+#if LOWBIT_X86
+        if (vec) int8_rows_to_u8_avx512(qp, K, n0, nb, k0, kc, kcp, abuf.data());
+        else
+#endif
+          int8_rows_to_u8_scalar(qp, K, n0, nb, k0, kc, kcp, abuf.data());
+        for (int64_t t0 = 0; t0 < M; t0 += kTokBlock)
+          cpublas::brgemm(nb, std::min(kTokBlock, M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M, /*add_C=*/k0 > 0, abuf.data(),
+                        xvp + (k0 / 4) * M * 4 + t0 * 4, cbuf.data() + t0, true);
+      }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] = cbuf[r * M + m] - xsum[m];
+    }
+    cpublas::brgemm_release(true);
+  });
+  return y;
+#endif
+}
+
+}  // namespace lowbit_wo
+
+TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
+  m.def("brgemm_caps() -> int", &lowbit_wo::brgemm_caps);
+  m.def(
+      "int4_tinygemm_brgemm(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size, int block_n, "
+      "int isa=-1) -> Tensor");
+  m.def("int8_brgemm_bf16(Tensor x, Tensor q, int isa=-1) -> Tensor");
+  m.def("int8_brgemm_u8s8(Tensor xq, Tensor q, int isa=-1) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lowbit_ext, CPU, m) {
+  m.impl("int4_tinygemm_brgemm", &lowbit_wo::int4_tinygemm_brgemm);
+  m.impl("int8_brgemm_bf16", &lowbit_wo::int8_brgemm_bf16);
+  m.impl("int8_brgemm_u8s8", &lowbit_wo::int8_brgemm_u8s8);
+}

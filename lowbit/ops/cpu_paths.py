@@ -1,0 +1,225 @@
+"""Which CPU kernel runs a quantized linear at a given batch size M, per class of CPU.
+
+CPUs differ by an order of magnitude in what is fast: without native bf16 (AVX2 Zen3)
+bf16 GEMMs are emulated and lowbit's fp32 paths win; with AMX, bf16 ``F.linear`` runs on
+matrix tiles and only kernels that also use the tiles (oneDNN's brgemm, fed with weights
+dequantized block by block: lowbit/csrc/wo_gemm_cpu.cpp) can beat it. So the dispatch is
+a table of crossovers per *ISA class* (:func:`isa_class`), each measured on a machine of
+that class (the table says where), and :func:`lowbit.tune` can replace it with crossovers
+measured on the user's own machine, cached per CPU model + torch version + ISA class.
+
+A table maps an op to ``[(max_m, path), ...]`` sorted by ``max_m`` (``None`` = no limit):
+the first entry with ``M <= max_m`` names the path. Every path is a real quantized kernel
+(never a bf16 ``F.linear`` on a dequantized copy of the weight); one that this process
+cannot run (no extension, no AMX) is replaced by the generic table's choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "OPS",
+    "PATHS",
+    "DEFAULT_TABLES",
+    "isa_class",
+    "choose_path",
+    "path_available",
+    "active_table",
+    "tune_cache_path",
+    "load_tuned_table",
+    "clear_tuned_cache",
+]
+
+logger = logging.getLogger(__name__)
+
+# op name -> the paths it has (ops/cpu.py runs them; lowbit/tune.py times them).
+PATHS: dict[str, tuple[str, ...]] = {
+    # lowbit C++ int4 GEMV | ATen tinygemm | lowbit brgemm (AMX) | dequantize + fp32/bf16 GEMM
+    "int4_tinygemm_cpu_linear": ("gemv", "tinygemm", "brgemm", "dequant_gemm"),
+    # ATen int8 GEMV | lowbit brgemm, bf16 tiles (AMX) | dequantize + GEMM
+    "int8_weight_only_linear": ("gemv", "brgemm", "dequant_gemm"),
+    # ATen int8 GEMV on the codes | lowbit u8s8 brgemm, int8 tiles (AMX) | fp32 GEMM on the codes
+    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm"),
+}
+OPS = tuple(PATHS)
+
+_INF = None  # max_m of a table's last entry
+
+
+def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
+    """The table for CPUs without AMX, from ops/cpu.py's measured thresholds.
+
+    Built when asked (not frozen at import) so tests that move ops/cpu.py's thresholds
+    move this table with them. Measured on a 2-core AVX2 Zen3 (benchmarks/results/
+    amd-epyc-2t.md and the comments at the thresholds in ops/cpu.py).
+    """
+    from . import cpu
+
+    return {
+        "int4_tinygemm_cpu_linear": [
+            (cpu.CPU_INT4_GEMV_MAX_M, "gemv"),
+            (cpu.CPU_INT4_TINYGEMM_MAX_M, "tinygemm"),
+            (_INF, "dequant_gemm"),
+        ],
+        "int8_weight_only_linear": [(cpu.CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "dequant_gemm")],
+        "int8_dynamic_linear": [(cpu.CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "fp32_gemm")],
+    }
+
+
+# AMX class (Sapphire Rapids and later Xeons). Measured on a 2-core Sapphire Rapids VM
+# shared with other jobs (1 thread, hot weights, 4096x4096, noisy: +-50%) and checked
+# against benchmarks/results/ on the 16-core AMX Xeon of the GPU host (see the README's
+# speed section). int4: the GEMV streams the 4-bit weight at M = 1 (1.0 ms vs brgemm
+# 1.5 ms); from M = 2 on the dequantize-to-tiles brgemm wins (M = 16: 1.5-3 ms vs GEMV
+# 10.9, bf16 F.linear 3.7-4.2). int8 weight-only: ATen's GEMV up to M = 2, then brgemm.
+# int8 dynamic: the u8s8 brgemm at every M (M = 1 0.85-1.7 ms vs ATen GEMV 1.2-1.9).
+_AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
+    "int4_tinygemm_cpu_linear": [(1, "gemv"), (_INF, "brgemm")],
+    "int8_weight_only_linear": [(2, "gemv"), (_INF, "brgemm")],
+    "int8_dynamic_linear": [(_INF, "brgemm")],
+}
+
+# ISA class -> table (a callable for the generic one: see _generic_table). AVX512 without
+# bf16 and AVX512-BF16 without AMX (Zen4/Zen5, Ice Lake) use the generic table: no machine
+# of those classes was available to measure lowbit's kernels on (see the README).
+DEFAULT_TABLES = {
+    "amx": _AMX_TABLE,
+    "avx512_bf16": None,
+    "avx512": None,
+    "avx2": None,
+    "other": None,
+}
+
+
+@torch._dynamo.assume_constant_result
+@functools.cache
+def isa_class() -> str:
+    """The CPU's class for kernel choice: 'amx', 'avx512_bf16', 'avx512', 'avx2' or 'other'.
+
+    Probed through ATen's CPU detection at first call (never at import).
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "x64"):
+        return "other"
+    if torch.cpu._is_amx_tile_supported():
+        return "amx"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "avx512_bf16"
+    if torch.cpu._is_avx512_supported():
+        return "avx512"
+    if torch.cpu._is_avx2_supported():
+        return "avx2"
+    return "other"
+
+
+@functools.cache
+def _brgemm_caps() -> int:
+    """Bit 1: bf16 brgemm, bit 2: u8s8 brgemm usable (AMX through oneDNN); 0 without the extension."""
+    from ._ext import load_cpu_extension
+
+    if not load_cpu_extension() or not hasattr(torch.ops.lowbit_ext, "brgemm_caps"):
+        return 0
+    return int(torch.ops.lowbit_ext.brgemm_caps())
+
+
+def path_available(op: str, path: str) -> bool:
+    """True where this process can run ``path`` for ``op``."""
+    if path not in PATHS.get(op, ()):
+        return False
+    if path == "brgemm":
+        need = 2 if op == "int8_dynamic_linear" else 1
+        return bool(_brgemm_caps() & need)
+    if op == "int4_tinygemm_cpu_linear" and path == "gemv":
+        from . import cpu
+
+        return cpu._int4_gemv_available()
+    return True
+
+
+def _lookup(table, op: str, m: int) -> str:
+    for max_m, path in table[op]:
+        if max_m is None or m <= max_m:
+            return path
+    return table[op][-1][1]
+
+
+def active_table() -> tuple[dict[str, list[tuple[int | None, str]]], str]:
+    """(table, where it comes from) for this machine: tuned cache, else the class default."""
+    tuned = load_tuned_table()
+    if tuned is not None:
+        return tuned, f"lowbit.tune() cache {tune_cache_path()}"
+    cls = isa_class()
+    table = DEFAULT_TABLES.get(cls)
+    if table is None:
+        return _generic_table(), f"generic table (class {cls})"
+    return table, f"default table for class {cls}"
+
+
+def choose_path(op: str, m: int) -> str:
+    """The path ``op`` runs at batch size ``m`` on this machine."""
+    table, _ = active_table()
+    path = _lookup(table, op, m) if op in table else None
+    if path is not None and path_available(op, path):
+        return path
+    path = _lookup(_generic_table(), op, m)
+    if op == "int4_tinygemm_cpu_linear" and path == "gemv" and not path_available(op, "gemv"):
+        from . import cpu
+
+        path = "tinygemm" if m <= cpu.CPU_INT4_TINYGEMM_MAX_M else "dequant_gemm"
+    return path
+
+
+# ---------------------------------------------------------------------- tuned tables
+
+
+def _cpu_model() -> str:
+    from ..autoquant.bench import _cpu_model_name
+
+    return _cpu_model_name()
+
+
+def tune_cache_path() -> Path:
+    """Where :func:`lowbit.tune` keeps this machine's table: one file per CPU model, torch
+    version and ISA class, under ``$LOWBIT_CACHE_DIR`` (or ``~/.cache/lowbit``) ``/tune``."""
+    from ._ext import cache_dir
+
+    raw = f"{_cpu_model()}-torch{torch.__version__}-{isa_class()}"
+    name = "".join(c if c.isalnum() or c in "-._" else "_" for c in raw)
+    return cache_dir().parent / "tune" / f"{name}.json"
+
+
+_loaded: dict[str, object] = {}
+
+
+def load_tuned_table() -> dict[str, list[tuple[int | None, str]]] | None:
+    """This machine's tuned table, or None (no cache, or a cache that does not parse)."""
+    path = tune_cache_path()
+    key = str(path)
+    if key in _loaded:
+        return _loaded[key]  # type: ignore[return-value]
+    table = None
+    if os.environ.get("LOWBIT_NO_TUNE_CACHE", "") in ("", "0") and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            table = {
+                op: [(None if e[0] is None else int(e[0]), str(e[1])) for e in entries]
+                for op, entries in data["table"].items()
+                if op in PATHS and all(e[1] in PATHS[op] for e in entries) and entries
+            }
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            logger.warning("lowbit: ignoring the unreadable tune cache %s (%s); rerun lowbit.tune()", path, e)
+            table = None
+    _loaded[key] = table
+    return table
+
+
+def clear_tuned_cache() -> None:
+    """Forget the tuned table loaded in this process (the file stays)."""
+    _loaded.clear()
