@@ -27,6 +27,7 @@ from .configs import (  # noqa: E402
 from .env import env_report  # noqa: E402
 from .errors import UnsupportedError  # noqa: E402
 from .primitives import sqnr  # noqa: E402
+from .tune import tune  # noqa: E402
 from .serialization import load_file, load_into, save_file  # noqa: E402
 from .tensors import (  # noqa: E402
     FloatCastTensor,
@@ -71,6 +72,7 @@ __all__ = [
     "UnsupportedOpError",
     "sqnr",
     "env_report",
+    "tune",
     "autoquant",
     "save_file",
     "load_file",

@@ -71,7 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype of the quantized rows (default bf16: the CPU int8 kernel is fast for bf16 activations only)",
     )
     demo.add_argument("--list", action="store_true", help="list the available configs and exit")
+    tune = sub.add_parser("tune", help="measure this CPU's kernel crossovers and cache them for the dispatch")
+    tune.add_argument("--shape", default="4096x4096", metavar="NxK", help="layer timed (default 4096x4096)")
+    tune.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
+    tune.add_argument("--no-save", action="store_true", help="print the table without caching it")
     return parser
+
+
+def _run_tune(args) -> int:
+    from .tune import format_tune_result, tune
+
+    try:
+        n, k = (int(v) for v in args.shape.lower().split("x"))
+    except ValueError:
+        print(f"lowbit tune: error: --shape must look like 4096x4096, got {args.shape!r}", file=sys.stderr)
+        return 2
+    print(format_tune_result(tune((n, k), threads=args.threads, save=not args.no_save)))
+    return 0
 
 
 def _run_demo(args) -> int:
@@ -105,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "tune":
+        return _run_tune(args)
     from .demo import DemoError
 
     try:

@@ -3,7 +3,8 @@
 Nothing happens at import. The first call to :func:`load_cpu_extension` (made by the
 CPU kernel of an op that needs it) compiles ``lowbit/csrc/*.cpp`` with
 ``torch.utils.cpp_extension.load`` into a cache directory keyed by a hash of the
-sources, the compile flags and the torch version, then loads the library, which
+sources, the compile flags, the torch version, the compiler (path and version) and the
+ISA targets, then loads the library, which
 registers the ``torch.ops.lowbit_ext`` ops. Later processes find the build there and
 only load it.
 
@@ -20,6 +21,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import threading
 import time
 import warnings
@@ -78,7 +80,28 @@ def _build_key() -> str:
             h.update((_CSRC / name).read_bytes())
     h.update(" ".join(_CFLAGS).encode())
     h.update(torch.__version__.encode())
+    # The compiler's identity and version, and the ISA the objects are built for: the
+    # baseline x86-64 plus the per-function targets the sources name (no -march), so a
+    # build made by another compiler (or a C++ runtime that differs from torch's) is never
+    # picked up from the cache.
+    h.update(_compiler_identity().encode())
+    h.update(f"{platform.machine()} baseline + target attributes: {_ISA_TARGETS}".encode())
     return h.hexdigest()[:16]
+
+
+_ISA_TARGETS = "avx2,fma | avx512f,avx512bw,avx512vnni | avx512f,avx512bw,avx512bf16"
+
+
+def _compiler_identity() -> str:
+    """``<path>: <first line of --version>`` of the C++ compiler the build would use."""
+    cxx = _find_compiler()
+    if cxx is None:
+        return "no compiler"
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{cxx}: version unknown ({type(e).__name__})"
+    return f"{os.path.realpath(cxx)}: {out.splitlines()[0] if out else '?'}"
 
 
 def _find_compiler() -> str | None:

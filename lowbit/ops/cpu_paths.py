@@ -16,6 +16,7 @@ cannot run (no extension, no AMX) is replaced by the generic table's choice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_TABLES",
     "isa_class",
     "choose_path",
+    "forced_path",
     "path_available",
     "active_table",
     "tune_cache_path",
@@ -162,8 +164,32 @@ def active_table() -> tuple[dict[str, list[tuple[int | None, str]]], str]:
     return table, f"default table for class {cls}"
 
 
+# op -> path forced by :func:`forced_path` (lowbit.tune and the tests time/check each path).
+_override: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def forced_path(op: str, path: str):
+    """Run ``op`` on ``path`` at every M inside the block (it must be available here)."""
+    if path not in PATHS.get(op, ()):
+        raise ValueError(f"lowbit: {op!r} has no path {path!r}; its paths: {PATHS.get(op)}")
+    if not path_available(op, path):
+        raise ValueError(f"lowbit: path {path!r} of {op!r} cannot run on this machine (class {isa_class()})")
+    old = _override.get(op)
+    _override[op] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            _override.pop(op, None)
+        else:
+            _override[op] = old
+
+
 def choose_path(op: str, m: int) -> str:
     """The path ``op`` runs at batch size ``m`` on this machine."""
+    if op in _override:
+        return _override[op]
     table, _ = active_table()
     path = _lookup(table, op, m) if op in table else None
     if path is not None and path_available(op, path):
@@ -187,10 +213,10 @@ def _cpu_model() -> str:
 
 def tune_cache_path() -> Path:
     """Where :func:`lowbit.tune` keeps this machine's table: one file per CPU model, torch
-    version and ISA class, under ``$LOWBIT_CACHE_DIR`` (or ``~/.cache/lowbit``) ``/tune``."""
+    version, ISA class and torch thread count (crossovers move with the threads), under ``$LOWBIT_CACHE_DIR`` (or ``~/.cache/lowbit``) ``/tune``."""
     from ._ext import cache_dir
 
-    raw = f"{_cpu_model()}-torch{torch.__version__}-{isa_class()}"
+    raw = f"{_cpu_model()}-torch{torch.__version__}-{isa_class()}-{torch.get_num_threads()}t"
     name = "".join(c if c.isalnum() or c in "-._" else "_" for c in raw)
     return cache_dir().parent / "tune" / f"{name}.json"
 
