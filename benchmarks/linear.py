@@ -277,6 +277,14 @@ def machine_header(info: dict[str, str], bw: C.Bandwidth | None, args) -> str:
     lines.append(f"- quantized engine: {torch.backends.quantized.engine}")
     if bw is not None:
         lines.append(f"- {bw.describe()}")
+    if getattr(args, "device", "cpu") == "cpu":
+        from lowbit.ops import cpu_paths
+
+        table, where = cpu_paths.active_table()
+        lines.append(f"- lowbit CPU class: {cpu_paths.isa_class()}; dispatch: {where}")
+        for op in cpu_paths.OPS:
+            chosen = ", ".join(f"M={m}: {cpu_paths.choose_path(op, m)}" for m in args.ms)
+            lines.append(f"  - {op}: {chosen}")
     lines.append(f"- cold rotation: copies of each layer totalling >= {args.cold_mb} MiB; median per-call time")
     lines.append(f"- command: `python3 {' '.join(sys.argv)}`")
     return "\n".join(lines)
