@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--shape", default="4096x4096", metavar="NxK", help="layer timed (default 4096x4096)")
     tune.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
     tune.add_argument("--no-save", action="store_true", help="print the table without caching it")
+    tune.add_argument("--reps", type=_positive_int, default=3, help="timed passes over the weight copies (default 3)")
+    tune.add_argument("--cold-mib", type=_positive_int, default=256, help="MiB of rotated weight copies (default 256)")
     return parser
 
 
@@ -86,7 +88,8 @@ def _run_tune(args) -> int:
     except ValueError:
         print(f"lowbit tune: error: --shape must look like 4096x4096, got {args.shape!r}", file=sys.stderr)
         return 2
-    print(format_tune_result(tune((n, k), threads=args.threads, save=not args.no_save)))
+    r = tune((n, k), threads=args.threads, cold_mib=args.cold_mib, reps=args.reps, save=not args.no_save)
+    print(format_tune_result(r))
     return 0
 
 
