@@ -59,6 +59,12 @@ def _make_args(op: str, n: int, k: int, gen: torch.Generator):
         qdata = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         sz = (torch.rand(k // group, qdata.shape[0], 2, generator=gen) * 0.01).to(torch.bfloat16)
         return (qdata, sz, group, n, tinygemm_cpu_layout())
+    if op == "da8w4_linear":
+        from .tensors import Int4VnniCpuTensor
+
+        group = 128 if k % 128 == 0 else 32
+        t = Int4VnniCpuTensor.from_float(torch.randn(n, k, generator=gen), group_size=group)
+        return (t.qdata, t.scale, t.zero_point, t.qsum, group, "asymmetric")
     qdata = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
     scale = torch.rand(n, 1, generator=gen) * 0.01
     return (qdata, scale)

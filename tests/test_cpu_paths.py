@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import lowbit
 from lowbit.ops import cpu as cpu_ops
 from lowbit.ops import cpu_paths, reference
-from lowbit.tensors import Int4TinygemmCpuTensor, Int8Tensor
+from lowbit.tensors import Int4TinygemmCpuTensor, Int4VnniCpuTensor, Int8Tensor
 from lowbit.testing import make_weight
 
 
@@ -39,6 +39,9 @@ def _run_op(op, x, seed=0):
     if op == "int4_tinygemm_cpu_linear":
         t = Int4TinygemmCpuTensor.from_float(make_weight((n, k), seed=seed), group_size=64)
         args = (t.qdata, t.scale_and_zero, 64, n, t.cpu_layout)
+    elif op == "da8w4_linear":
+        t = Int4VnniCpuTensor.from_float(make_weight((n + 8, k), seed=seed), group_size=64)
+        args = (t.qdata, t.scale, t.zero_point, t.qsum, 64, "asymmetric")
     else:
         t = Int8Tensor.from_float(make_weight((n, k), torch.float32, seed=seed))
         args = (t.qdata, t.scale)
@@ -63,8 +66,8 @@ def test_every_available_path_handles_m_zero(op, path):
     if not cpu_paths.path_available(op, path):
         pytest.skip(f"{op} path {path} cannot run on this machine")
     with cpu_paths.forced_path(op, path):
-        y, _ = _run_op(op, torch.randn(0, 256).to(torch.bfloat16))
-    assert y.shape == (0, 72)
+        y, ref = _run_op(op, torch.randn(0, 256).to(torch.bfloat16))
+    assert y.shape == ref.shape and y.shape[0] == 0 and y.shape[1] >= 72
 
 
 # ------------------------------------------------------------------ brgemm kernels alone
@@ -239,3 +242,17 @@ def test_tune_rejects_bad_arguments():
         lowbit.tune((64, 100))
     with pytest.raises(ValueError, match="unknown ops"):
         lowbit.tune((64, 128), ops=("nope",))
+
+
+@_needs_u8s8_brgemm
+@pytest.mark.parametrize("act_mapping", ["asymmetric", "symmetric"])
+@pytest.mark.parametrize("m,n,k,group", [(1, 64, 256, 32), (7, 80, 512, 128), (40, 208, 1024, 64)], ids=str)
+def test_da8w4_brgemm_matches_the_integer_kernel(act_mapping, m, n, k, group):
+    # Same integer group sums as da8w4_cpu.cpp (exact), so only fp32 summation order differs.
+    t = Int4VnniCpuTensor.from_float(make_weight((n, k), seed=k), group_size=group)
+    x = torch.randn(m, k)
+    sym = act_mapping == "symmetric"
+    codes, sa, za, gsum = torch.ops.lowbit_ext.da8w4_quantize_act(x, group, sym)
+    y = torch.ops.lowbit_ext.da8w4_brgemm(codes, sa, za, gsum, t.qdata, t.scale, t.zero_point, t.qsum, group)
+    ref = torch.ops.lowbit_ext.da8w4_linear(x, t.qdata, t.scale, t.zero_point, t.qsum, group, sym)
+    assert lowbit.sqnr(ref, y) > 100

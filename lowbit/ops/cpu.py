@@ -83,9 +83,13 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     torch._check(x.shape[1] == qdata.shape[1] * 8,
                  lambda: f"lowbit da8w4: x has K={x.shape[1]} but qdata holds K={qdata.shape[1] * 8}")
     if load_cpu_extension():
-        return torch.ops.lowbit_ext.da8w4_linear(
-            x, qdata, scale, zero_point, qsum, group_size, act_mapping == "symmetric"
-        )
+        symmetric = act_mapping == "symmetric"
+        if x.shape[0] > 0 and choose_path("da8w4_linear", x.shape[0]) == "brgemm":
+            # AMX int8 tiles: the same integer sums per group, then the same compensation.
+            codes, ascale, azp, gsum = torch.ops.lowbit_ext.da8w4_quantize_act(x, group_size, symmetric)
+            y = torch.ops.lowbit_ext.da8w4_brgemm(codes, ascale, azp, gsum, qdata, scale, zero_point, qsum, group_size)
+            return y.to(x.dtype)
+        return torch.ops.lowbit_ext.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, symmetric)
     warn_fallback_once("da8w4_linear")
     return _reference.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping)
 # ---------------------------------------------------------------------- int4 tinygemm (CPU)

@@ -50,6 +50,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     "int8_weight_only_linear": ("gemv", "brgemm", "dequant_gemm"),
     # ATen int8 GEMV on the codes | lowbit u8s8 brgemm, int8 tiles (AMX) | fp32 GEMM on the codes
     "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm"),
+    # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group (AMX)
+    "da8w4_linear": ("vnni", "brgemm"),
 }
 OPS = tuple(PATHS)
 
@@ -73,20 +75,30 @@ def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
         ],
         "int8_weight_only_linear": [(cpu.CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "dequant_gemm")],
         "int8_dynamic_linear": [(cpu.CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "fp32_gemm")],
+        "da8w4_linear": [(_INF, "vnni")],
     }
 
 
-# AMX class (Sapphire Rapids and later Xeons). Measured on a 2-core Sapphire Rapids VM
-# shared with other jobs (1 thread, hot weights, 4096x4096, noisy: +-50%) and checked
-# against benchmarks/results/ on the 16-core AMX Xeon of the GPU host (see the README's
-# speed section). int4: the GEMV streams the 4-bit weight at M = 1 (1.0 ms vs brgemm
-# 1.5 ms); from M = 2 on the dequantize-to-tiles brgemm wins (M = 16: 1.5-3 ms vs GEMV
-# 10.9, bf16 F.linear 3.7-4.2). int8 weight-only: ATen's GEMV up to M = 2, then brgemm.
-# int8 dynamic: the u8s8 brgemm at every M (M = 1 0.85-1.7 ms vs ATen GEMV 1.2-1.9).
+# AMX class (Sapphire Rapids and later Xeons). Measured with `lowbit tune` on the 16-core
+# AMX Xeon of the GPU host (family 6 model 207, torch 2.11), 4096x4096, cold weights:
+# benchmarks/results/intel-xeon-model207-amx-16c-tune-{2,16}t.md. Times in us, 2 threads
+# (16 threads in brackets), bf16 F.linear for reference:
+#   int4 M=1: tinygemm 617 (151), lowbit GEMV 692 (161), brgemm 1,237 (464); bf16 2,575 (593)
+#        M=4: tinygemm 1,094 (292), brgemm 1,227 (473); M=8: tinygemm 2,256 (525), brgemm 1,322 (496)
+#   int8 weight-only M=4: GEMV 1,362 (266), brgemm 1,629 (526); M=8: GEMV 2,493 (558), brgemm 1,591 (534)
+#   int8 dynamic M=2: GEMV 1,136 (375), brgemm 1,451 (400); M=4: GEMV 1,370 (381), brgemm 1,438 (350)
+# The brgemm figures predate the per-thread scratch buffers of wo_gemm_cpu.cpp (which
+# removed a ~450 us page-fault floor at 16 threads), so the crossovers can only move down.
+# DA8W4: NOT measured on the host (the u8s8 brgemm path came after that run); from the
+# shared 2-core Sapphire Rapids at load 14 (1 thread, 4096x4096 g128, unusable for a
+# decision: M=256 VNNI 167 ms vs brgemm 173 ms). Until measured, AMX keeps the VNNI kernel;
+# `lowbit tune` times both and picks per M.
+DA8W4_AMX: list[tuple[int | None, str]] = [(_INF, "vnni")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
-    "int4_tinygemm_cpu_linear": [(1, "gemv"), (_INF, "brgemm")],
-    "int8_weight_only_linear": [(2, "gemv"), (_INF, "brgemm")],
-    "int8_dynamic_linear": [(_INF, "brgemm")],
+    "int4_tinygemm_cpu_linear": [(4, "tinygemm"), (_INF, "brgemm")],
+    "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
+    "int8_dynamic_linear": [(2, "gemv"), (_INF, "brgemm")],
+    "da8w4_linear": DA8W4_AMX,
 }
 
 # ISA class -> table (a callable for the generic one: see _generic_table). AVX512 without
@@ -136,7 +148,7 @@ def path_available(op: str, path: str) -> bool:
     if path not in PATHS.get(op, ()):
         return False
     if path == "brgemm":
-        need = 2 if op == "int8_dynamic_linear" else 1
+        need = 2 if op in ("int8_dynamic_linear", "da8w4_linear") else 1
         return bool(_brgemm_caps() & need)
     if op == "int4_tinygemm_cpu_linear" and path == "gemv":
         from . import cpu
