@@ -280,7 +280,7 @@ def machine_header(info: dict[str, str], bw: C.Bandwidth | None, args) -> str:
     if getattr(args, "device", "cpu") == "cpu":
         from lowbit.ops import cpu_paths
 
-        table, where = cpu_paths.active_table()
+        _, where = cpu_paths.active_table()
         lines.append(f"- lowbit CPU class: {cpu_paths.isa_class()}; dispatch: {where}")
         for op in cpu_paths.OPS:
             chosen = ", ".join(f"M={m}: {cpu_paths.choose_path(op, m)}" for m in args.ms)

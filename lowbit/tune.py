@@ -16,6 +16,7 @@ is logged: lowbit never answers a quantized layer with a dequantized bf16 copy.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import statistics
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from .ops import cpu_paths
 
-__all__ = ["tune", "TuneResult", "format_tune_result"]
+__all__ = ["TuneResult", "format_tune_result", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ def _make_args(op: str, n: int, k: int, gen: torch.Generator):
     qdata = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
     scale = torch.rand(n, 1, generator=gen) * 0.01
     return (qdata, scale)
+
+
+def _call_copy(kernel, argsets, x, c):
+    return kernel(x, *argsets[c])
 
 
 def _time_us(fn, xs: list[torch.Tensor], copies: int, reps: int) -> float:
@@ -119,8 +124,8 @@ def tune(
         bf16_us, times = [], {op: {} for op in ops}
         for m in ms:
             x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-            bf16_us.append(_time_us(lambda x, c: F.linear(x, wb[c]), [x], copies_bf16, reps))
-        del wb
+            bf16_us.append(_time_us(lambda x, c, wb=wb: F.linear(x, wb[c]), [x], copies_bf16, reps))
+        wb.clear()
         for op in ops:
             args0 = _make_args(op, n, k, gen)
             nbytes = sum(a.nbytes for a in args0 if isinstance(a, torch.Tensor))
@@ -135,9 +140,10 @@ def tune(
                     row = []
                     for m in ms:
                         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-                        row.append(_time_us(lambda x, c: kernel(x, *argsets[c]), [x], copies, reps))
+                        run = functools.partial(_call_copy, kernel, argsets)
+                        row.append(_time_us(run, [x], copies, reps))
                 times[op][path] = row
-            del argsets
+            argsets.clear()
     finally:
         torch.set_num_threads(old_threads)
     table, slower = {}, {}
@@ -188,8 +194,8 @@ def tune(
 def format_tune_result(r: TuneResult) -> str:
     """Markdown: per op, each path's time per M and its ratio to bf16 F.linear; the table."""
     lines = [
-        f"# lowbit tune: {r.cpu} (class {r.isa_class}), torch {r.torch_version}, {r.threads} threads, "
-        f"N x K = {r.shape[0]} x {r.shape[1]}",
+        (f"# lowbit tune: {r.cpu} (class {r.isa_class}), torch {r.torch_version}, {r.threads} threads, "
+         f"N x K = {r.shape[0]} x {r.shape[1]}"),
         "",
         "| op | path | " + " | ".join(f"M={m}: us (x bf16)" for m in r.ms) + " |",
         "|---|---|" + "---|" * len(r.ms),

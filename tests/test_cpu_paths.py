@@ -190,9 +190,8 @@ def test_table_lookup_follows_max_m():
 
 
 def test_forced_path_rejects_unknown_and_restores():
-    with pytest.raises(ValueError, match="no path"):
-        with cpu_paths.forced_path("int8_dynamic_linear", "tinygemm"):
-            pass
+    with pytest.raises(ValueError, match="no path"), cpu_paths.forced_path("int8_dynamic_linear", "tinygemm"):
+        pass
     with cpu_paths.forced_path("int8_dynamic_linear", "fp32_gemm"):
         assert cpu_paths.choose_path("int8_dynamic_linear", 1) == "fp32_gemm"
     assert "int8_dynamic_linear" not in cpu_paths._override
@@ -216,9 +215,10 @@ def test_linear_layer_runs_the_path_the_table_names(monkeypatch):
 def test_tune_writes_a_table_the_dispatch_uses():
     r = lowbit.tune((64, 128), ms=(1, 8), cold_mib=1, reps=1)
     assert r.path is not None
-    data = json.loads(open(r.path).read())
+    with open(r.path) as f:
+        data = json.load(f)
     assert set(data["table"]) == set(cpu_paths.OPS)
-    table, where = cpu_paths.active_table()
+    _, where = cpu_paths.active_table()
     assert "tune" in where
     for op, entries in r.table.items():
         assert entries[-1][0] is None

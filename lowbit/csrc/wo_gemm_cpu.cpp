@@ -79,11 +79,13 @@ int64_t brgemm_caps() {
   return caps;
 }
 
-// Per-thread scratch kept across calls. A fresh std::vector per task and call was a
-// 512 KiB malloc -> mmap + page faults every time, and the faults serialize on the process's
-// memory map lock: measured on the 16-core AMX Xeon host, every brgemm path had a ~450 us
-// floor at 16 threads (M = 1: int4 464 us, int8 556 us, u8s8 456 us) whatever its
-// conversion cost. Slot: which buffer of the caller (two may be live at once).
+// Per-thread scratch kept across calls (up to ~1.4 MiB per thread at K = 11008), instead of
+// a std::vector per task and call. Suspected cause of the ~450 us floor every brgemm path
+// showed at 16 threads on the 16-core AMX Xeon host (M = 1: int4 464 us, int8 556 us,
+// u8s8 456 us, whatever the conversion cost), but NOT confirmed: on the 2-core
+// development VM the old code already took 0 minor page faults per call at M = 1 (glibc
+// reuses the freed blocks), and the host could not be re-measured. Slot: which buffer of
+// the caller (two may be live at once).
 template <typename T>
 static T* scratch(int slot, size_t n) {
   static thread_local std::vector<T> bufs[2];

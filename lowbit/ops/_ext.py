@@ -98,7 +98,7 @@ def _compiler_identity() -> str:
     if cxx is None:
         return "no compiler"
     try:
-        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return f"{cxx}: version unknown ({type(e).__name__})"
     return f"{os.path.realpath(cxx)}: {out.splitlines()[0] if out else '?'}"

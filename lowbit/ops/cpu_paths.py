@@ -27,17 +27,17 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "DEFAULT_TABLES",
     "OPS",
     "PATHS",
-    "DEFAULT_TABLES",
-    "isa_class",
-    "choose_path",
-    "forced_path",
-    "path_available",
     "active_table",
-    "tune_cache_path",
-    "load_tuned_table",
+    "choose_path",
     "clear_tuned_cache",
+    "forced_path",
+    "isa_class",
+    "load_tuned_table",
+    "path_available",
+    "tune_cache_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
 #        M=4: tinygemm 1,094 (292), brgemm 1,227 (473); M=8: tinygemm 2,256 (525), brgemm 1,322 (496)
 #   int8 weight-only M=4: GEMV 1,362 (266), brgemm 1,629 (526); M=8: GEMV 2,493 (558), brgemm 1,591 (534)
 #   int8 dynamic M=2: GEMV 1,136 (375), brgemm 1,451 (400); M=4: GEMV 1,370 (381), brgemm 1,438 (350)
-# The brgemm figures predate the per-thread scratch buffers of wo_gemm_cpu.cpp (which
-# removed a ~450 us page-fault floor at 16 threads), so the crossovers can only move down.
+# At 16 threads every brgemm path showed a ~450 us floor (cause not established; see the
+# scratch buffers in wo_gemm_cpu.cpp), so from M = 8 on no path beat bf16 F.linear there.
 # DA8W4: NOT measured on the host (the u8s8 brgemm path came after that run); from the
 # shared 2-core Sapphire Rapids at load 14 (1 thread, 4096x4096 g128, unusable for a
 # decision: M=256 VNNI 167 ms vs brgemm 173 ms). Until measured, AMX keeps the VNNI kernel;
