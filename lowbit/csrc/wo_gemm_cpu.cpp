@@ -334,6 +334,15 @@ static bool have_avx512bw() {
 }
 #endif
 
+// isa: -1 auto, 0 scalar (test hook): whether the AVX512BW conversions run.
+static bool use_avx512bw(int64_t isa) {
+#if LOWBIT_X86
+  return isa != 0 && have_avx512bw();
+#else
+  return false;
+#endif
+}
+
 static void int8_rows_to_u8_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
                                    int64_t kcp, uint8_t* out) {
   for (int64_t r = 0; r < nb; ++r) {
@@ -351,6 +360,33 @@ static void check_int8(const at::Tensor& x, const at::Tensor& q, at::ScalarType 
               ": q must be contiguous int8 [N, K]");
 }
 
+// The int8 drivers, computed transposed: per block of kRowBlock weight rows and k-chunk,
+// `conv` writes the rows as brgemm's A operand (bf16 or u8) into per-thread scratch, brgemm
+// multiplies them with the packed activations xv (B, VNNI-E, [Kp/E][M][E]) into C^T
+// [nb][M], which is transposed into y [M, N] minus `sub[m]` (when given).
+template <typename TA, typename TB, typename TC, int E, typename Conv>
+static void int8_rows_brgemm(const int8_t* qp, int64_t M, int64_t K, int64_t Kp, int64_t N, int64_t kchunk,
+                             const TB* xvp, const Conv& conv, const int32_t* sub, TC* yp) {
+  const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    TA* abuf = scratch<TA>(0, kRowBlock * kchunk);
+    TC* cbuf = scratch<TC>(0, kRowBlock * M);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
+      for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
+        const int64_t kcp = std::min(kchunk, Kp - k0), kc = std::min(kcp, K - k0);
+        conv(qp, K, n0, nb, k0, kc, kcp, abuf);
+        for (int64_t t0 = 0; t0 < M; t0 += kTokBlock)
+          cpublas::brgemm(nb, std::min(kTokBlock, M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M,
+                          /*add_C=*/k0 > 0, abuf, xvp + (k0 / E) * M * E + t0 * E, cbuf + t0, true);
+      }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] = cbuf[r * M + m] - (sub ? sub[m] : 0);
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
 // x @ q^T in fp32, x bf16. isa: -1 auto, 0 scalar conversion (test hook).
 at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
   check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
@@ -358,39 +394,19 @@ at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t is
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   const int64_t Kp = (K + 1) / 2 * 2;
   const at::Tensor xv = pack_x_vnni<c10::BFloat16, 2>(x, Kp);
+  const bool vec = use_avx512bw(isa);
+  auto conv = [vec](const int8_t* q8, int64_t k_, int64_t n0, int64_t nb, int64_t k0, int64_t kc, int64_t kcp,
+                    c10::BFloat16* out) {
+    uint16_t* o = reinterpret_cast<uint16_t*>(out);
 #if LOWBIT_X86
-  const bool vec = isa != 0 && have_avx512bw();
-#else
-  const bool vec = false;
+    if (vec) return int8_rows_to_bf16_avx512(q8, k_, n0, nb, k0, kc, kcp, o);
 #endif
-  const uint16_t* xvp = reinterpret_cast<const uint16_t*>(xv.data_ptr<c10::BFloat16>());
-  const int8_t* qp = q.data_ptr<int8_t>();
-  // C^T blocks [nb][M] are transposed into y.
+    int8_rows_to_bf16_scalar(q8, k_, n0, nb, k0, kc, kcp, o);
+  };
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  float* yp = y.data_ptr<float>();
-  const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    uint16_t* abuf = scratch<uint16_t>(0, kRowBlock * kKChunk);
-    float* cbuf = scratch<float>(0, kRowBlock * M);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
-      for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
-        const int64_t kcp = std::min(kKChunk, Kp - k0), kc = std::min(kcp, K - k0);
-#if LOWBIT_X86
-        if (vec) int8_rows_to_bf16_avx512(qp, K, n0, nb, k0, kc, kcp, abuf);
-        else
-#endif
-          int8_rows_to_bf16_scalar(qp, K, n0, nb, k0, kc, kcp, abuf);
-        for (int64_t t0 = 0; t0 < M; t0 += kTokBlock)
-          cpublas::brgemm(nb, std::min(kTokBlock, M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M, /*add_C=*/k0 > 0,
-                        reinterpret_cast<const c10::BFloat16*>(abuf),
-                        reinterpret_cast<const c10::BFloat16*>(xvp + (k0 / 2) * M * 2 + t0 * 2), cbuf + t0, true);
-      }
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] = cbuf[r * M + m];
-    }
-    cpublas::brgemm_release(true);
-  });
+  int8_rows_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(q.data_ptr<int8_t>(), M, K, Kp, N, kKChunk,
+                                                            xv.data_ptr<c10::BFloat16>(), conv, nullptr,
+                                                            y.data_ptr<float>());
   return y;
 }
 
@@ -405,7 +421,7 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t i
   const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
   const int64_t Kp = (K + 3) / 4 * 4;
   const at::Tensor xv = pack_x_vnni<int8_t, 4>(xq, Kp);
-  // sum_k xq[m, k]: removes the +128 of the uint8 weight codes.
+  // 128 * sum_k xq[m, k]: removes the +128 of the uint8 weight codes.
   std::vector<int32_t> xsum(M, 0);
   const int8_t* xqp = xq.data_ptr<int8_t>();
   for (int64_t m = 0; m < M; ++m) {
@@ -413,38 +429,18 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t i
     for (int64_t k = 0; k < K; ++k) s += xqp[m * K + k];
     xsum[m] = 128 * s;
   }
+  const bool vec = use_avx512bw(isa);
+  auto conv = [vec](const int8_t* q8, int64_t k_, int64_t n0, int64_t nb, int64_t k0, int64_t kc, int64_t kcp,
+                    uint8_t* out) {
 #if LOWBIT_X86
-  const bool vec = isa != 0 && have_avx512bw();
-#else
-  const bool vec = false;
+    if (vec) return int8_rows_to_u8_avx512(q8, k_, n0, nb, k0, kc, kcp, out);
 #endif
-  const int8_t* xvp = xv.data_ptr<int8_t>();
-  const int8_t* qp = q.data_ptr<int8_t>();
+    int8_rows_to_u8_scalar(q8, k_, n0, nb, k0, kc, kcp, out);
+  };
   at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
-  int32_t* yp = y.data_ptr<int32_t>();
-  const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
-  const int64_t kc8 = 2 * kKChunk;  // int8: twice the k per chunk for the same bytes
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    uint8_t* abuf = scratch<uint8_t>(0, kRowBlock * kc8);
-    int32_t* cbuf = scratch<int32_t>(0, kRowBlock * M);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
-      for (int64_t k0 = 0; k0 < Kp; k0 += kc8) {
-        const int64_t kcp = std::min(kc8, Kp - k0), kc = std::min(kcp, K - k0);
-#if LOWBIT_X86
-        if (vec) int8_rows_to_u8_avx512(qp, K, n0, nb, k0, kc, kcp, abuf);
-        else
-#endif
-          int8_rows_to_u8_scalar(qp, K, n0, nb, k0, kc, kcp, abuf);
-        for (int64_t t0 = 0; t0 < M; t0 += kTokBlock)
-          cpublas::brgemm(nb, std::min(kTokBlock, M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M, /*add_C=*/k0 > 0, abuf,
-                        xvp + (k0 / 4) * M * 4 + t0 * 4, cbuf + t0, true);
-      }
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] = cbuf[r * M + m] - xsum[m];
-    }
-    cpublas::brgemm_release(true);
-  });
+  // int8: twice the k per chunk of the bf16 path for the same bytes.
+  int8_rows_brgemm<uint8_t, int8_t, int32_t, 4>(q.data_ptr<int8_t>(), M, K, Kp, N, 2 * kKChunk,
+                                               xv.data_ptr<int8_t>(), conv, xsum.data(), y.data_ptr<int32_t>());
   return y;
 #endif
 }
