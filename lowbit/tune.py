@@ -11,7 +11,7 @@ The table only chooses between quantized kernels. Where even the fastest one is 
 than bf16 ``F.linear`` at some M, the result says so (``slower_than_bf16``) and a warning
 is logged: lowbit never answers a quantized layer with a dequantized bf16 copy.
 
-    python -m lowbit tune            # or: lowbit tune --shape 4096x4096 --threads 16
+    lowbit tune --shape 4096x4096 --threads 16     # or: python -m lowbit.cli tune
 """
 
 from __future__ import annotations
