@@ -1,0 +1,381 @@
+"""Triton kernels of lowbit's 8-bit CUDA formats (int8 and float8 e4m3 weights).
+
+Three kernels, each also registered as a ``torch.library.triton_op`` (``lowbit::triton_*``,
+so ``torch.compile(fullgraph=True)`` can capture them) and each with a pure-PyTorch twin
+in ``ops/reference.py`` that the tests compare against:
+
+* ``w8a16``: ``y = (x @ codes^T) * scale`` with float activations and 8-bit weight codes
+  (int8 or e4m3) turned into the activation dtype in registers (never a dequantized
+  weight in memory). Two variants: a CUDA-core GEMV (one activation row per program, the
+  weight tile multiplied elementwise and summed; for M of a few rows) and a tensor-core
+  tile kernel. The tile kernel computes ``y^T = W x^T``: the weight is the left operand,
+  so its (converted) tile feeds the MMA from registers and the batch rows are the short
+  N side of the instruction; at small M that is what keeps the tensor cores busy and
+  the grid wide (one program per BLOCK_N weight rows).
+* ``a8w8``: ``y = (xq @ codes^T) * xs * ws`` with both operands 8-bit: int8 x int8 into
+  int32 on the int8 tensor cores, or e4m3 x e4m3 (upcast to bf16 in registers, exact)
+  into float32. The per-token and per-channel scales are applied in the epilogue, so no
+  int32/float32 [M, N] intermediate ever reaches memory.
+* ``quant_rows``: symmetric per-row (per-token) quantization of activations to int8
+  codes in [-127, 127] (round half to even, like ``torch.round``) or to e4m3 in
+  [-448, 448], with one float32 scale per row: the activation half of the dynamic formats.
+
+This module imports triton, so ops/cuda.py imports it on first use, never at lowbit's
+import. On CPU tensors the kernels run only in Triton's interpreter (``TRITON_INTERPRET=1``
+set before triton is imported; tests/conftest.py does that on machines without CUDA);
+lowbit's CPU ops never call these launchers.
+
+Block sizes come from ``pick_*`` tables measured on an H200 (sm90) with
+``benchmarks/gpu_8bit.py --sweep``; results in ``benchmarks/results/gpu_8bit_h200*.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+__all__ = [
+    "W8A16Config",
+    "A8W8Config",
+    "w8a16_linear",
+    "a8w8_linear",
+    "quantize_rows",
+    "pick_w8a16",
+    "pick_a8w8",
+]
+
+# e4m3 ("fn": finite, no infinities) holds magnitudes up to 448.
+FP8_E4M3_MAX = 448.0
+INT8_QMAX = 127.0  # symmetric int8 codes use [-127, 127]
+
+
+# ---------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
+               W_FP8: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Programs are ordered m fastest, so the M programs reading one weight tile run
+    # together and all but the first hit L2.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    n_mask = rn < N
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        k_mask = k < K
+        w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+        if W_FP8:
+            w = w.to(tl.float8e4nv, bitcast=True)
+        x = tl.load(x_ptr + pid_m * stride_xm + k, mask=k_mask, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    s = tl.load(s_ptr + rn, mask=n_mask, other=0.0)
+    y = tl.sum(acc, axis=1) * s
+    tl.store(y_ptr + pid_m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
+             W_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+             GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
+    # y^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T tile [K, BLOCK_M]. F32_DOT (the
+    # interpreter only, whose bf16/fp16 dot is wrong in triton 3.9) multiplies in float32.
+    pid = tl.program_id(0)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    # Grouped ordering: GROUP_N weight-row blocks sweep all m blocks before moving
+    # on, so a weight tile is read from HBM about once.
+    width = GROUP_N * grid_m
+    group = pid // width
+    first_n = group * GROUP_N
+    size_n = min(grid_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % width) % size_n
+    pid_m = (pid % width) // size_n
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.arange(0, BLOCK_K)
+    n_mask = rn < N
+    m_mask = rm < M
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        k_mask = k < K
+        w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+        if W_FP8:
+            w = w.to(tl.float8e4nv, bitcast=True)
+        xt = tl.load(x_ptr + rm[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0.0)
+        if F32_DOT:
+            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+        else:
+            # Codes -> float32 -> activation dtype (exact for int8 and e4m3).
+            acc = tl.dot(w.to(tl.float32).to(xt.dtype), xt, acc)
+    s = tl.load(s_ptr + rn, mask=n_mask, other=0.0)
+    y = acc * s[:, None]
+    tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
+             mask=n_mask[:, None] & m_mask[None, :])
+
+
+@triton.jit
+def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym,
+            FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
+    # Same tiling as w8a16_mm; xq [M, K] codes (row stride K), xs [M] and ws [N] scales.
+    pid = tl.program_id(0)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    width = GROUP_N * grid_m
+    group = pid // width
+    first_n = group * GROUP_N
+    size_n = min(grid_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % width) % size_n
+    pid_m = (pid % width) // size_n
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.arange(0, BLOCK_K)
+    n_mask = rn < N
+    m_mask = rm < M
+    if FP8:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        k_mask = k < K
+        # Masked lanes read byte 0: integer 0 and e4m3 +0.0 alike.
+        w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+        xt = tl.load(xq_ptr + rm[None, :] * K + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0)
+        if FP8:
+            # e4m3 values are exact in bf16 and their products exact in float32.
+            w = w.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+            xt = xt.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+            if F32_DOT:
+                acc = tl.dot(w, xt, acc)
+            else:
+                acc = tl.dot(w.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
+        else:
+            acc = tl.dot(w, xt, acc, out_dtype=tl.int32)
+    ws = tl.load(ws_ptr + rn, mask=n_mask, other=0.0)
+    xs = tl.load(xs_ptr + rm, mask=m_mask, other=0.0)
+    y = acc.to(tl.float32) * ws[:, None] * xs[None, :]
+    tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
+             mask=n_mask[:, None] & m_mask[None, :])
+
+
+@triton.jit
+def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One program per row: pass 1 finds max |x|, pass 2 writes the codes.
+    row = tl.program_id(0)
+    rk = tl.arange(0, BLOCK_K)
+    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    if FP8:
+        qmax = 448.0  # FP8_E4M3_MAX (module globals are not constexprs inside a kernel)
+    else:
+        qmax = 127.0  # INT8_QMAX
+    # Same scale as the reference: amax / qmax, at least float32 eps (all-zero rows).
+    scale = tl.maximum(tl.max(amax, axis=0) / qmax, 1.1920928955078125e-07)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+        v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
+        if FP8:
+            q = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        else:
+            # Round half to even (torch.round), written out: no libdevice in the interpreter.
+            r = tl.floor(v + 0.5)
+            r = tl.where((r - v == 0.5) & (tl.floor(r * 0.5) * 2.0 != r), r - 1.0, r)
+            q = r.to(tl.int8)
+        tl.store(q_ptr + row * K + k, q, mask=k < K)
+
+_KERNELS = {"w8a16_gemv": _w8a16_gemv, "w8a16_mm": _w8a16_mm, "a8w8_mm": _a8w8_mm, "quant_rows": _quant_rows}
+
+
+def _interpreting() -> bool:
+    return isinstance(_w8a16_gemv, InterpretedFunction)  # TRITON_INTERPRET=1 at triton's import
+
+
+def _launch(name: str, device: torch.device, grid, *args, **meta):
+    kernel = _KERNELS[name]
+    if _interpreting():
+        return kernel[grid](*args, **meta)
+    if device.type != "cuda":
+        raise RuntimeError(
+            f"lowbit's Triton kernels run on CUDA tensors, got {device} tensors; on CPU they run only in "
+            "Triton's interpreter (set TRITON_INTERPRET=1 before triton is imported)"
+        )
+    return torch.library.wrap_triton(kernel)[grid](*args, **meta)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------- configs
+
+
+@dataclasses.dataclass(frozen=True)
+class W8A16Config:
+    """Block sizes of the weight-only kernels; ``block_m == 0`` selects the GEMV."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    group_n: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class A8W8Config:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    group_n: int = 8
+
+
+# Measured on an H200 (sm90), see the module docstring. Each entry: (largest M, config).
+_W8A16_TABLE_SM90: tuple[tuple[int, W8A16Config], ...] = (
+    (2, W8A16Config(0, 8, 512, num_warps=4)),
+    (16, W8A16Config(16, 32, 256, num_warps=4, num_stages=4)),
+    (32, W8A16Config(32, 64, 128, num_warps=4, num_stages=4)),
+    (64, W8A16Config(64, 64, 128, num_warps=4, num_stages=4)),
+    (128, W8A16Config(128, 128, 64, num_warps=8, num_stages=4)),
+    (1 << 62, W8A16Config(128, 128, 64, num_warps=8, num_stages=4)),
+)
+_A8W8_TABLE_SM90: tuple[tuple[int, A8W8Config], ...] = (
+    (16, A8W8Config(16, 32, 256, num_warps=4, num_stages=4)),
+    (32, A8W8Config(32, 64, 128, num_warps=4, num_stages=4)),
+    (64, A8W8Config(64, 64, 128, num_warps=4, num_stages=4)),
+    (128, A8W8Config(128, 128, 128, num_warps=8, num_stages=3)),
+    (1 << 62, A8W8Config(128, 256, 128, num_warps=8, num_stages=3)),
+)
+
+
+def pick_w8a16(m: int, n: int, k: int) -> W8A16Config:
+    """The weight-only kernel config for an [m, k] x [n, k]^T product."""
+    return next(cfg for top, cfg in _W8A16_TABLE_SM90 if m <= top)
+
+
+def pick_a8w8(m: int, n: int, k: int) -> A8W8Config:
+    """The 8-bit x 8-bit kernel config for an [m, k] x [n, k]^T product."""
+    return next(cfg for top, cfg in _A8W8_TABLE_SM90 if m <= top)
+
+
+# ---------------------------------------------------------------------- launchers
+
+
+def _check_2d(x, codes, scale):
+    torch._check(x.dim() == 2 and codes.dim() == 2, lambda: "x and the weight codes must be 2-D")
+    torch._check(x.shape[1] == codes.shape[1], lambda: f"K mismatch: x {tuple(x.shape)}, weight {tuple(codes.shape)}")
+    torch._check(scale.numel() == codes.shape[0], lambda: f"need one scale per output row, got {tuple(scale.shape)}")
+
+
+def _codes_view(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(codes as int8/uint8 bytes, is e4m3): e4m3 travels as uint8 and is bitcast in-kernel."""
+    if codes.dtype == torch.float8_e4m3fn:
+        return codes.view(torch.uint8), True
+    torch._check(codes.dtype == torch.int8, lambda: f"weight codes must be int8 or float8_e4m3fn, got {codes.dtype}")
+    return codes, False
+
+
+def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, config: W8A16Config | None = None) -> torch.Tensor:
+    """``x @ (codes * scale)^T`` in x's dtype; codes int8 or e4m3 [N, K], scale float32 [N] or [N, 1]."""
+    _check_2d(x, codes, scale)
+    x = x.contiguous()
+    w, fp8 = _codes_view(codes)
+    m, k = x.shape
+    n = w.shape[0]
+    cfg = config or pick_w8a16(m, n, k)
+    s = scale.reshape(-1).to(torch.float32).contiguous()
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    if cfg.block_m == 0:
+        _launch("w8a16_gemv", x.device, (m, _cdiv(n, cfg.block_n)), x, w, s, y, m, n, k, x.stride(0), y.stride(0),
+                W_FP8=fp8, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+    else:
+        grid = (_cdiv(n, cfg.block_n) * _cdiv(m, cfg.block_m),)
+        _launch("w8a16_mm", x.device, grid, x, w, s, y, m, n, k, x.stride(0), y.stride(0),
+                W_FP8=fp8, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n, F32_DOT=_interpreting(),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y
+
+
+def a8w8_linear(xq: torch.Tensor, x_scale: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor,
+                out_dtype: torch.dtype, config: A8W8Config | None = None) -> torch.Tensor:
+    """``(xq @ codes^T) * x_scale * w_scale`` in ``out_dtype``: int8 x int8 or e4m3 x e4m3."""
+    _check_2d(xq, codes, w_scale)
+    torch._check(xq.dtype == codes.dtype, lambda: f"activation codes {xq.dtype} and weight codes {codes.dtype} differ")
+    a, _ = _codes_view(xq.contiguous())
+    w, fp8 = _codes_view(codes)
+    m, k = a.shape
+    n = w.shape[0]
+    cfg = config or pick_a8w8(m, n, k)
+    xs = x_scale.reshape(-1).to(torch.float32).contiguous()
+    ws = w_scale.reshape(-1).to(torch.float32).contiguous()
+    torch._check(xs.numel() == m, lambda: f"need one activation scale per row, got {tuple(x_scale.shape)}")
+    y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    if m == 0:
+        return y
+    grid = (_cdiv(n, cfg.block_n) * _cdiv(m, cfg.block_m),)
+    _launch("a8w8_mm", xq.device, grid, a, xs, w, ws, y, m, n, k, y.stride(0),
+            FP8=fp8, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n, F32_DOT=_interpreting(),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y
+
+
+_QUANT_BLOCK_K = 1024  # elements per step of a row; the row is read twice (amax, codes)
+
+
+def quantize_rows(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row codes (int8 in [-127, 127], or e4m3) and float32 scales [M, 1]."""
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+    x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.uint8 if fp8 else torch.int8, device=x.device)
+    s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    if m:
+        block = min(_QUANT_BLOCK_K, max(16, 1 << (k - 1).bit_length()))
+        _launch("quant_rows", x.device, (m,), x, q, s, k, x.stride(0), FP8=fp8, BLOCK_K=block,
+                num_warps=4 if block >= 512 else 1)
+    return (q.view(torch.float8_e4m3fn) if fp8 else q), s
+
+
+# ---------------------------------------------------------------------- torch.library ops
+
+
+@functools.cache
+def register_triton_ops() -> None:
+    """Define ``lowbit::triton_w8a16_linear``, ``triton_a8w8_linear``, ``triton_quantize_rows``.
+
+    Called by ops/cuda.py on import when triton is installed; the ops are what
+    torch.compile sees when user code calls the kernels directly (lowbit's formats call
+    them through their own ``lowbit::*_linear`` ops).
+    """
+    from torch.library import triton_op
+
+    @triton_op("lowbit::triton_w8a16_linear", mutates_args=())
+    def _w8a16(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return w8a16_linear(x, codes, scale)
+
+    @triton_op("lowbit::triton_a8w8_linear", mutates_args=())
+    def _a8w8(xq: torch.Tensor, x_scale: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor,
+              out_dtype: torch.dtype) -> torch.Tensor:
+        return a8w8_linear(xq, x_scale, codes, w_scale, out_dtype)
+
+    @triton_op("lowbit::triton_quantize_rows", mutates_args=())
+    def _quant(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_rows(x, fp8)
