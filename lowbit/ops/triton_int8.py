@@ -13,8 +13,7 @@ in ``ops/reference.py`` that the tests compare against:
   N side of the instruction; at small M that is what keeps the tensor cores busy and
   the grid wide (one program per BLOCK_N weight rows).
 * ``a8w8``: ``y = (xq @ codes^T) * xs * ws`` with both operands 8-bit: int8 x int8 into
-  int32 on the int8 tensor cores, or e4m3 x e4m3 (upcast to bf16 in registers, exact)
-  into float32. The per-token and per-channel scales are applied in the epilogue, so no
+  int32 on the int8 tensor cores, or e4m3 x e4m3 into float32 on the float8 tensor cores. The per-token and per-channel scales are applied in the epilogue, so no
   int32/float32 [M, N] intermediate ever reaches memory.
 * ``quant_rows``: symmetric per-row (per-token) quantization of activations to int8
   codes in [-127, 127] (round half to even, like ``torch.round``) or to e4m3 in
@@ -45,6 +44,7 @@ __all__ = [
     "w8a16_linear",
     "a8w8_linear",
     "quantize_rows",
+    "dequantize_rows",
     "pick_w8a16",
     "pick_a8w8",
 ]
@@ -153,12 +153,13 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym,
         xt = tl.load(xq_ptr + rm[None, :] * K + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0)
         if FP8:
             # e4m3 values are exact in bf16 and their products exact in float32.
-            w = w.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-            xt = xt.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+            w = w.to(tl.float8e4nv, bitcast=True)
+            xt = xt.to(tl.float8e4nv, bitcast=True)
             if F32_DOT:
-                acc = tl.dot(w, xt, acc)
+                # e4m3 values and their products are exact in float32.
+                acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
             else:
-                acc = tl.dot(w.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
+                acc = tl.dot(w, xt, acc)  # e4m3 tensor cores (sm89+), float32 accumulation
         else:
             acc = tl.dot(w, xt, acc, out_dtype=tl.int32)
     ws = tl.load(ws_ptr + rn, mask=n_mask, other=0.0)
@@ -198,7 +199,20 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: t
             q = r.to(tl.int8)
         tl.store(q_ptr + row * K + k, q, mask=k < K)
 
-_KERNELS = {"w8a16_gemv": _w8a16_gemv, "w8a16_mm": _w8a16_mm, "a8w8_mm": _a8w8_mm, "quant_rows": _quant_rows}
+@triton.jit
+def _dequant_rows(w_ptr, s_ptr, out_ptr, total, K, W_FP8: tl.constexpr, BLOCK: tl.constexpr):
+    # out[n, k] = codes[n, k] * scale[n] in out's dtype: the large-M weight-only path
+    # dequantizes once per call into a scratch weight that cuBLAS then multiplies.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    w = tl.load(w_ptr + offs, mask=mask, other=0)
+    if W_FP8:
+        w = w.to(tl.float8e4nv, bitcast=True)
+    s = tl.load(s_ptr + offs // K, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, (w.to(tl.float32) * s).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_KERNELS = {"dequant_rows": _dequant_rows, "w8a16_gemv": _w8a16_gemv, "w8a16_mm": _w8a16_mm, "a8w8_mm": _a8w8_mm, "quant_rows": _quant_rows}
 
 
 def _interpreting() -> bool:
@@ -214,7 +228,11 @@ def _launch(name: str, device: torch.device, grid, *args, **meta):
             f"lowbit's Triton kernels run on CUDA tensors, got {device} tensors; on CPU they run only in "
             "Triton's interpreter (set TRITON_INTERPRET=1 before triton is imported)"
         )
-    return torch.library.wrap_triton(kernel)[grid](*args, **meta)
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        # Traced (torch.compile, or a triton_op under fake/functional modes): go through
+        # wrap_triton so the launch becomes a graph node.
+        return torch.library.wrap_triton(kernel)[grid](*args, **meta)
+    return kernel[grid](*args, **meta)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -335,6 +353,22 @@ def a8w8_linear(xq: torch.Tensor, x_scale: torch.Tensor, codes: torch.Tensor, w_
             FP8=fp8, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n, F32_DOT=_interpreting(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
+
+
+_DEQUANT_BLOCK = 2048  # weight elements per program
+
+
+def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``codes * scale`` as a dense [N, K] weight in ``dtype`` (one pass over the codes)."""
+    w, fp8 = _codes_view(codes.contiguous())
+    n, k = w.shape
+    s = scale.reshape(-1).to(torch.float32).contiguous()
+    torch._check(s.numel() == n, lambda: f"need one scale per row, got {tuple(scale.shape)}")
+    out = torch.empty((n, k), dtype=dtype, device=w.device)
+    if out.numel():
+        _launch("dequant_rows", w.device, (_cdiv(out.numel(), _DEQUANT_BLOCK),), w, s, out, out.numel(), k,
+                W_FP8=fp8, BLOCK=_DEQUANT_BLOCK, num_warps=4)
+    return out
 
 
 _QUANT_BLOCK_K = 1024  # elements per step of a row; the row is read twice (amax, codes)
