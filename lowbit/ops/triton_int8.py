@@ -170,7 +170,27 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym,
 
 
 @triton.jit
-def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: tl.constexpr):
+def _round_half_even(v):
+    # torch.round's rounding, written out: the interpreter has no libdevice rint.
+    r = tl.floor(v + 0.5)
+    return tl.where((r - v == 0.5) & (tl.floor(r * 0.5) * 2.0 != r), r - 1.0, r)
+
+
+@triton.jit
+def _round_to_e4m3(v):
+    # v rounded (to nearest even) onto the e4m3 grid, in float32: 3 mantissa bits, so the
+    # step is 2^(exponent - 3), and 2^-9 below 2^-6 (subnormals). Only the interpreter
+    # uses this: its float32 -> e4m3 cast rounds wrongly where rounding carries into the
+    # exponent (7.9 -> 4.0 in triton 3.9); GPUs convert with cvt.rn.satfinite.
+    a = tl.abs(v)
+    step = tl.exp2(tl.floor(tl.log2(tl.maximum(a, 0.015625))) - 3.0)
+    r = _round_half_even(a / step) * step
+    return tl.where(v < 0, -r, r)
+
+
+@triton.jit
+def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: tl.constexpr,
+                EMULATE_E4M3: tl.constexpr):
     # One program per row: pass 1 finds max |x|, pass 2 writes the codes.
     row = tl.program_id(0)
     rk = tl.arange(0, BLOCK_K)
@@ -191,12 +211,11 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: t
         x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
         v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
         if FP8:
+            if EMULATE_E4M3:
+                v = _round_to_e4m3(v)
             q = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
         else:
-            # Round half to even (torch.round), written out: no libdevice in the interpreter.
-            r = tl.floor(v + 0.5)
-            r = tl.where((r - v == 0.5) & (tl.floor(r * 0.5) * 2.0 != r), r - 1.0, r)
-            q = r.to(tl.int8)
+            q = _round_half_even(v).to(tl.int8)
         tl.store(q_ptr + row * K + k, q, mask=k < K)
 
 @triton.jit
@@ -383,7 +402,7 @@ def quantize_rows(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tenso
     s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m:
         block = min(_QUANT_BLOCK_K, max(16, 1 << (k - 1).bit_length()))
-        _launch("quant_rows", x.device, (m,), x, q, s, k, x.stride(0), FP8=fp8, BLOCK_K=block,
+        _launch("quant_rows", x.device, (m,), x, q, s, k, x.stride(0), FP8=fp8, BLOCK_K=block, EMULATE_E4M3=_interpreting(),
                 num_warps=4 if block >= 512 else 1)
     return (q.view(torch.float8_e4m3fn) if fp8 else q), s
 
