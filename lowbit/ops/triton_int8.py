@@ -57,7 +57,7 @@ INT8_QMAX = 127.0  # symmetric int8 codes use [-127, 127]
 # ---------------------------------------------------------------------- kernels
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                W_FP8: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Programs are ordered m fastest, so the M programs reading one weight tile run
@@ -81,7 +81,7 @@ def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     tl.store(y_ptr + pid_m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # one compiled kernel for every batch size
 def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
              W_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
              GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
@@ -122,7 +122,7 @@ def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
              mask=n_mask[:, None] & m_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym,
             FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
             GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):

@@ -1,0 +1,309 @@
+"""Benchmark lowbit's 8-bit CUDA formats (int8, float8 e4m3) against bf16 F.linear.
+
+    python3 -m benchmarks.gpu_8bit --out benchmarks/results/gpu_8bit_h200.md
+    python3 -m benchmarks.gpu_8bit --sweep --out sweep.md   # time every kernel config
+
+Rows are y = F.linear(x, W) with x bf16 [M, K] and W [N, K] quantized by lowbit
+(``lowbit.quantize_``'s tensor classes), plus the kernels lowbit dispatches between, so
+the M thresholds in lowbit/ops/cuda.py can be read off the same table:
+
+* ``bf16``          F.linear on the bf16 weight (cuBLAS), in the same run
+* ``int8-wo``       Int8Tensor (weight-only), lowbit's dispatch
+* ``int8-dyn``      Int8DynActTensor (per-token int8 activations), lowbit's dispatch
+* ``fp8-wo``        Float8Tensor (weight-only e4m3), lowbit's dispatch
+* ``fp8-dyn-row``   Float8DynActTensor (row-wise e4m3 x e4m3), lowbit's dispatch
+* ``fp8-dyn-tensor`` Float8DynActPerTensorTensor (tensor-wise), lowbit's dispatch
+* components: ``w8a16-triton`` (the Triton weight-only kernels), ``w8a16-deq+mm``
+  (dequantize to bf16 + cuBLAS), ``a8w8-triton`` / ``int_mm`` (int8 dynamic, activation
+  quantization included), ``fp8-triton`` / ``scaled_mm`` (row-wise float8 dynamic).
+
+Timing: CUDA-event median after warm-up. With CUDA graphs (default) the call is captured
+and replayed, which removes Python and launch overhead; ``--eager`` rows time plain
+calls back to back and also report the per-call overhead (eager - graph, in us).
+Ratios are bf16 time / format time (> 1: faster than bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("benchmarks.gpu_8bit")
+
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
+BATCHES = [1, 4, 16, 64, 256, 1024, 4096]
+FORMATS = ["int8-wo", "int8-dyn", "fp8-wo", "fp8-dyn-row", "fp8-dyn-tensor"]
+COMPONENTS = ["w8a16-triton", "w8a16-deq+mm", "a8w8-triton", "int_mm", "fp8-triton", "scaled_mm"]
+
+
+def _graphed(fn):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up outside capture (allocator, cuBLAS/Triton init)
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def time_us(fn, budget_ms: float, graph: bool, inner: int = 1) -> float:
+    """Median microseconds per call of ``fn``; ``inner`` calls per timed sample (eager)."""
+    if graph:
+        fn = _graphed(fn)
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(inner):
+        fn()
+    e.record()
+    e.synchronize()
+    one = max(s.elapsed_time(e), 1e-3)
+    reps = int(max(5, min(200, budget_ms / one)))
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(inner):
+            fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1000.0 / inner)
+    return statistics.median(times)
+
+
+def _weights(n, k):
+    from lowbit.tensors import Float8DynActPerTensorTensor, Float8DynActTensor, Float8Tensor, Int8DynActTensor, Int8Tensor
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+    return w, {
+        "int8-wo": Int8Tensor.from_float(w),
+        "int8-dyn": Int8DynActTensor.from_float(w),
+        "fp8-wo": Float8Tensor.from_float(w),
+        "fp8-dyn-row": Float8DynActTensor.from_float(w),
+        "fp8-dyn-tensor": Float8DynActPerTensorTensor.from_float(w),
+    }
+
+
+def _components(x, q):
+    """name -> zero-argument function for the kernels lowbit dispatches between."""
+    from lowbit.ops import triton_int8 as T
+
+    i8, f8 = q["int8-wo"], q["fp8-dyn-row"]
+    out = {
+        "w8a16-triton": lambda: T.w8a16_linear(x, i8.qdata, i8.scale),
+        "w8a16-deq+mm": lambda: torch.mm(x, T.dequantize_rows(i8.qdata, i8.scale, x.dtype).t()),
+    }
+
+    def a8w8():
+        xq, xs = T.quantize_rows(x, fp8=False)
+        return T.a8w8_linear(xq, xs, i8.qdata, i8.scale, x.dtype)
+
+    def int_mm():
+        xq, xs = T.quantize_rows(x, fp8=False)
+        acc = torch._int_mm(xq, i8.qdata.t())
+        return (acc.to(torch.float32) * xs * i8.scale.reshape(1, -1)).to(x.dtype)
+
+    def fp8_triton():
+        xq, xs = T.quantize_rows(x, fp8=True)
+        return T.a8w8_linear(xq, xs, f8.qdata, f8.scale, x.dtype)
+
+    def scaled_mm():
+        xq, xs = T.quantize_rows(x, fp8=True)
+        return torch._scaled_mm(xq, f8.qdata.t(), scale_a=xs, scale_b=f8.scale.reshape(1, -1),
+                                out_dtype=torch.bfloat16, use_fast_accum=True)
+
+    out["a8w8-triton"] = a8w8
+    if x.shape[0] > 16:  # torch._int_mm needs M > 16
+        out["int_mm"] = int_mm
+    out["fp8-triton"] = fp8_triton
+    out["scaled_mm"] = scaled_mm
+    return out
+
+
+def bench(shapes, batches, budget_ms, eager: bool, deadline: float) -> list[dict]:
+    rows = []
+    for n, k in shapes:
+        w, q = _weights(n, k)
+        for m in batches:
+            if time.monotonic() > deadline:
+                log.warning("deadline reached; stopping before N=%d K=%d M=%d", n, k, m)
+                return rows
+            g = torch.Generator(device="cuda").manual_seed(m)
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
+            r = {"N": n, "K": k, "M": m}
+            fns = {"bf16": lambda: F.linear(x, w)}
+            fns.update({f: (lambda t=q[f]: F.linear(x, t)) for f in FORMATS})
+            fns.update(_components(x, q))
+            with torch.no_grad():
+                for name, fn in fns.items():
+                    r[name] = time_us(fn, budget_ms, graph=True)
+                    if eager and (name == "bf16" or name in FORMATS):
+                        r[name + "@eager"] = time_us(fn, budget_ms, graph=False, inner=10)
+            rows.append(r)
+            log.info("N=%d K=%d M=%d: bf16 %.1f us, %s", n, k, m, r["bf16"],
+                     ", ".join(f"{f} {r['bf16'] / r[f]:.2f}x" for f in FORMATS))
+        del w, q
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _ratio_table(rows, cols, suffix="") -> str:
+    head = "| N x K | M | bf16 (us) | " + " | ".join(f"{c}" for c in cols) + " |"
+    lines = [head, "|" + "---|" * (3 + len(cols))]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c + suffix)
+            cells.append("-" if v is None else f"{v:.1f} ({r['bf16' + suffix] / v:.2f}x)")
+        lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['bf16' + suffix]:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _overhead_table(rows) -> str:
+    cols = ["bf16"] + FORMATS
+    lines = ["| N x K | M | " + " | ".join(f"{c} eager us (+overhead)" for c in cols) + " |",
+             "|" + "---|" * (2 + len(cols))]
+    for r in rows:
+        if "bf16@eager" not in r:
+            continue
+        cells = [f"{r[c + '@eager']:.1f} (+{r[c + '@eager'] - r[c]:.1f})" for c in cols]
+        lines.append(f"| {r['N']}x{r['K']} | {r['M']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- config sweep
+
+
+def _sweep_configs():
+    from lowbit.ops.triton_int8 import A8W8Config as A
+    from lowbit.ops.triton_int8 import W8A16Config as W
+
+    gemv = [W(0, 4, 512), W(0, 8, 512), W(0, 16, 256), W(0, 8, 1024, num_warps=8), W(0, 16, 512, num_warps=8),
+            W(0, 32, 256, num_warps=8), W(0, 2, 1024, num_warps=4)]
+    w_small = [W(16, 16, 256, 4, 4), W(16, 32, 256, 4, 4), W(16, 64, 128, 4, 4), W(16, 64, 256, 4, 3),
+               W(16, 128, 128, 4, 4), W(16, 32, 512, 4, 3)]
+    w_mid = [W(64, 64, 128, 4, 4), W(32, 128, 128, 4, 4), W(64, 128, 64, 4, 4), W(64, 128, 128, 8, 3),
+             W(32, 64, 128, 4, 4)]
+    w_large = [W(64, 128, 64, 4, 4), W(128, 128, 64, 8, 4), W(128, 64, 64, 4, 4), W(128, 256, 64, 8, 3),
+               W(256, 128, 64, 8, 3), W(128, 128, 128, 8, 3)]
+    a_small = [A(16, 32, 256, 4, 4), A(16, 64, 256, 4, 4), A(16, 128, 128, 4, 4), A(16, 64, 128, 4, 5),
+               A(16, 16, 512, 4, 3)]
+    a_mid = [A(64, 64, 128, 4, 4), A(64, 128, 128, 4, 4), A(32, 128, 256, 4, 3), A(32, 64, 128, 4, 4)]
+    a_large = [A(64, 128, 128, 4, 4), A(128, 128, 128, 8, 3), A(128, 256, 128, 8, 3), A(256, 128, 128, 8, 3),
+               A(128, 256, 64, 8, 4)]
+
+    def w_for(m):
+        return (gemv if m <= 4 else []) + (w_small if m <= 32 else w_mid if m <= 128 else w_large)
+
+    def a_for(m):
+        return a_small if m <= 32 else a_mid if m <= 128 else a_large
+
+    return w_for, a_for
+
+
+def sweep(shapes, batches, budget_ms, deadline: float) -> list[dict]:
+    from lowbit.ops import triton_int8 as T
+    from lowbit.ops.reference import quantize_per_token_float8, quantize_per_token_int8
+
+    w_for, a_for = _sweep_configs()
+    out = []
+    for n, k in shapes:
+        w, q = _weights(n, k)
+        i8, f8 = q["int8-wo"], q["fp8-dyn-row"]
+        for m in batches:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            xq, xs = quantize_per_token_int8(x)
+            fq, fs = quantize_per_token_float8(x)
+            bf16 = time_us(lambda: F.linear(x, w), budget_ms, graph=True)
+            cases = [("w8a16", c, lambda c=c: T.w8a16_linear(x, i8.qdata, i8.scale, c)) for c in w_for(m)]
+            cases += [("a8w8-int8", c, lambda c=c: T.a8w8_linear(xq, xs, i8.qdata, i8.scale, x.dtype, c)) for c in a_for(m)]
+            cases += [("a8w8-fp8", c, lambda c=c: T.a8w8_linear(fq, fs, f8.qdata, f8.scale, x.dtype, c)) for c in a_for(m)]
+            for kind, cfg, fn in cases:
+                if time.monotonic() > deadline:
+                    log.warning("sweep deadline reached at N=%d K=%d M=%d", n, k, m)
+                    return out
+                try:
+                    t = time_us(fn, budget_ms, graph=True)
+                except Exception as e:  # a config that does not compile (shared memory) is recorded, not fatal
+                    log.warning("%s %s failed: %s", kind, cfg, str(e).splitlines()[0][:200])
+                    t = float("inf")
+                out.append({"N": n, "K": k, "M": m, "kind": kind, "cfg": cfg, "us": t, "bf16": bf16})
+            log.info("sweep N=%d K=%d M=%d done", n, k, m)
+        del w, q
+        torch.cuda.empty_cache()
+    return out
+
+
+def _sweep_table(res) -> str:
+    lines = ["| N x K | M | kernel | best config | us | bf16 us | x bf16 | runner-up |", "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["N"], r["K"], r["M"], r["kind"]) for r in res})
+    for n, k, m, kind in keys:
+        rs = sorted((r for r in res if (r["N"], r["K"], r["M"], r["kind"]) == (n, k, m, kind)), key=lambda r: r["us"])
+        b = rs[0]
+        c = b["cfg"]
+        desc = f"m{c.block_m} n{c.block_n} k{c.block_k} w{c.num_warps} s{c.num_stages}"
+        ru = rs[1] if len(rs) > 1 else None
+        rdesc = "-" if ru is None else f"m{ru['cfg'].block_m} n{ru['cfg'].block_n} k{ru['cfg'].block_k} w{ru['cfg'].num_warps} s{ru['cfg'].num_stages}: {ru['us']:.1f}"
+        lines.append(f"| {n}x{k} | {m} | {kind} | {desc} | {b['us']:.1f} | {b['bf16']:.1f} | {b['bf16'] / b['us']:.2f} | {rdesc} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="write the markdown report (with the GPU name) to this file")
+    p.add_argument("--shapes", default=None, help="NxK,NxK,... (default: the four LLM shapes)")
+    p.add_argument("--batches", default=None, help="comma-separated M values")
+    p.add_argument("--budget-ms", type=float, default=20.0, help="GPU time per timed cell")
+    p.add_argument("--eager", action="store_true", help="also time eager calls (per-call overhead)")
+    p.add_argument("--sweep", action="store_true", help="time every Triton config instead of the formats")
+    p.add_argument("--deadline-s", type=float, default=1e9, help="stop (and report what ran) after this long")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not torch.cuda.is_available():
+        print("gpu_8bit: CUDA is not available; this benchmark needs an NVIDIA GPU", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.deadline_s
+    shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    batches = BATCHES if not args.batches else [int(v) for v in args.batches.split(",")]
+    import lowbit
+    from lowbit.ops import cuda as lowbit_cuda
+
+    gpu = torch.cuda.get_device_name()
+    head = (f"# lowbit 8-bit GPU linear, {gpu}\n\ntorch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"triton {__import__('triton').__version__}, lowbit {lowbit.__version__}; bf16 activations; "
+            f"CUDA-event medians, {args.budget_ms:.0f} ms per cell.\n")
+    if args.sweep:
+        res = sweep(shapes, batches, args.budget_ms, deadline)
+        report = head + "\nTriton config sweep (CUDA-graph replays; activation quantization not included):\n\n" + _sweep_table(res) + "\n"
+    else:
+        rows = bench(shapes, batches, args.budget_ms, args.eager, deadline)
+        thresholds = (f"lowbit thresholds: CUDA_W8A16_TRITON_MAX_M={lowbit_cuda.CUDA_W8A16_TRITON_MAX_M}, "
+                      f"CUDA_INT8_DYNAMIC_TRITON_MAX_M={lowbit_cuda.CUDA_INT8_DYNAMIC_TRITON_MAX_M}, "
+                      f"CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M={lowbit_cuda.CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M}")
+        report = (head + "\n" + thresholds + "\n\n## lowbit formats, CUDA graphs (us, x bf16)\n\n" + _ratio_table(rows, FORMATS)
+                  + "\n\n## kernels lowbit dispatches between, CUDA graphs (us, x bf16)\n\n" + _ratio_table(rows, COMPONENTS))
+        if args.eager:
+            report += ("\n\n## eager calls (us, x bf16 eager)\n\n" + _ratio_table(rows, FORMATS, "@eager")
+                       + "\n\n## eager per-call time and Python/launch overhead (eager - graph, us)\n\n" + _overhead_table(rows))
+        report += "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
