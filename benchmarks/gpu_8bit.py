@@ -83,7 +83,13 @@ def time_us(fn, budget_ms: float, graph: bool, inner: int = 1) -> float:
 
 
 def _weights(n, k):
-    from lowbit.tensors import Float8DynActPerTensorTensor, Float8DynActTensor, Float8Tensor, Int8DynActTensor, Int8Tensor
+    from lowbit.tensors import (
+        Float8DynActPerTensorTensor,
+        Float8DynActTensor,
+        Float8Tensor,
+        Int8DynActTensor,
+        Int8Tensor,
+    )
 
     g = torch.Generator(device="cuda").manual_seed(0)
     w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
@@ -154,7 +160,6 @@ def bench(shapes, batches, budget_ms, eager: bool, deadline: float) -> list[dict
             rows.append(r)
             log.info("N=%d K=%d M=%d: bf16 %.1f us, %s", n, k, m, r["bf16"],
                      ", ".join(f"{f} {r['bf16'] / r[f]:.2f}x" for f in FORMATS))
-        del w, q
         torch.cuda.empty_cache()
     return rows
 
@@ -241,7 +246,6 @@ def sweep(shapes, batches, budget_ms, deadline: float) -> list[dict]:
                     t = float("inf")
                 out.append({"N": n, "K": k, "M": m, "kind": kind, "cfg": cfg, "us": t, "bf16": bf16})
             log.info("sweep N=%d K=%d M=%d done", n, k, m)
-        del w, q
         torch.cuda.empty_cache()
     return out
 

@@ -6,9 +6,13 @@ import dataclasses
 
 from ..config import BaseConfig, register_handler
 from ..errors import UnsupportedError
-from ..tensors.float8 import Float8DynActPerTensorTensor, Float8DynActTensor, Float8Tensor
+from ..tensors.float8 import (
+    Float8DynActPerTensorTensor,
+    Float8DynActTensor,
+    Float8Tensor,
+)
 
-__all__ = ["Float8WeightOnlyConfig", "Float8DynamicActivationFloat8WeightConfig", "FLOAT8_GRANULARITIES"]
+__all__ = ["FLOAT8_GRANULARITIES", "Float8DynamicActivationFloat8WeightConfig", "Float8WeightOnlyConfig"]
 
 # granularity -> the tensor class that stores (and the kernel that reads) it.
 _DYNAMIC_CLASSES = {"row": Float8DynActTensor, "tensor": Float8DynActPerTensorTensor}

@@ -39,14 +39,14 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 __all__ = [
-    "W8A16Config",
     "A8W8Config",
-    "w8a16_linear",
+    "W8A16Config",
     "a8w8_linear",
-    "quantize_rows",
     "dequantize_rows",
-    "pick_w8a16",
     "pick_a8w8",
+    "pick_w8a16",
+    "quantize_rows",
+    "w8a16_linear",
 ]
 
 # e4m3 ("fn": finite, no infinities) holds magnitudes up to 448.

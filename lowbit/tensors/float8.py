@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from .. import ops
 from ..ops.library import kernel
 from ..ops.reference import FLOAT8_E4M3_MAX
 from .base import (
@@ -36,7 +36,7 @@ from .base import (
 
 aten = torch.ops.aten
 
-__all__ = ["Float8Tensor", "Float8DynActTensor", "Float8DynActPerTensorTensor", "float8_device_reason"]
+__all__ = ["Float8DynActPerTensorTensor", "Float8DynActTensor", "Float8Tensor", "float8_device_reason"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SM89 = (8, 9)  # first NVIDIA architecture with float8 tensor cores and e4m3 conversions
