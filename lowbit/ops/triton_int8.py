@@ -81,23 +81,26 @@ def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     tl.store(y_ptr + pid_m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
+@triton.jit
+def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
+    # (weight-row block, batch-row block) of this program. Grouped ordering: GROUP_N
+    # weight-row blocks sweep all batch blocks before moving on, so each weight tile is
+    # read from HBM about once.
+    pid = tl.program_id(0)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_N * tl.cdiv(M, BLOCK_M)
+    first_n = (pid // width) * GROUP_N
+    size_n = min(grid_n - first_n, GROUP_N)
+    return first_n + (pid % width) % size_n, (pid % width) // size_n
+
+
 @triton.jit(do_not_specialize=["M"])  # one compiled kernel for every batch size
 def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
              W_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
              GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
     # y^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T tile [K, BLOCK_M]. F32_DOT (the
     # interpreter only, whose bf16/fp16 dot is wrong in triton 3.9) multiplies in float32.
-    pid = tl.program_id(0)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    # Grouped ordering: GROUP_N weight-row blocks sweep all m blocks before moving
-    # on, so a weight tile is read from HBM about once.
-    width = GROUP_N * grid_m
-    group = pid // width
-    first_n = group * GROUP_N
-    size_n = min(grid_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % width) % size_n
-    pid_m = (pid % width) // size_n
+    pid_n, pid_m = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
@@ -127,15 +130,7 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym,
             FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
             GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
     # Same tiling as w8a16_mm; xq [M, K] codes (row stride K), xs [M] and ws [N] scales.
-    pid = tl.program_id(0)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    width = GROUP_N * grid_m
-    group = pid // width
-    first_n = group * GROUP_N
-    size_n = min(grid_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % width) % size_n
-    pid_m = (pid % width) // size_n
+    pid_n, pid_m = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
