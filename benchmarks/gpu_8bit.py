@@ -26,7 +26,9 @@ Ratios are bf16 time / format time (> 1: faster than bf16).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import statistics
 import sys
 import time
@@ -195,19 +197,20 @@ def _sweep_configs():
     from lowbit.ops.triton_int8 import A8W8Config as A
     from lowbit.ops.triton_int8 import W8A16Config as W
 
-    gemv = [W(0, 4, 512), W(0, 8, 512), W(0, 16, 256), W(0, 8, 1024, num_warps=8), W(0, 16, 512, num_warps=8),
-            W(0, 32, 256, num_warps=8), W(0, 2, 1024, num_warps=4)]
-    w_small = [W(16, 16, 256, 4, 4), W(16, 32, 256, 4, 4), W(16, 64, 128, 4, 4), W(16, 64, 256, 4, 3),
-               W(16, 128, 128, 4, 4), W(16, 32, 512, 4, 3)]
-    w_mid = [W(64, 64, 128, 4, 4), W(32, 128, 128, 4, 4), W(64, 128, 64, 4, 4), W(64, 128, 128, 8, 3),
-             W(32, 64, 128, 4, 4)]
-    w_large = [W(64, 128, 64, 4, 4), W(128, 128, 64, 8, 4), W(128, 64, 64, 4, 4), W(128, 256, 64, 8, 3),
-               W(256, 128, 64, 8, 3), W(128, 128, 128, 8, 3)]
-    a_small = [A(16, 32, 256, 4, 4), A(16, 64, 256, 4, 4), A(16, 128, 128, 4, 4), A(16, 64, 128, 4, 5),
-               A(16, 16, 512, 4, 3)]
-    a_mid = [A(64, 64, 128, 4, 4), A(64, 128, 128, 4, 4), A(32, 128, 256, 4, 3), A(32, 64, 128, 4, 4)]
-    a_large = [A(64, 128, 128, 4, 4), A(128, 128, 128, 8, 3), A(128, 256, 128, 8, 3), A(256, 128, 128, 8, 3),
-               A(128, 256, 64, 8, 4)]
+    gemv = [W(0, 4, 512), W(0, 8, 512), W(0, 16, 256), W(0, 4, 1024), W(0, 8, 1024, num_warps=8),
+            W(0, 16, 512, num_warps=8)]
+    w_small = [W(16, 16, 256, 4, 4), W(16, 32, 256, 4, 4), W(16, 64, 128, 4, 5), W(16, 32, 128, 4, 5),
+               W(16, 64, 256, 4, 4), W(16, 16, 512, 4, 3), W(16, 128, 128, 4, 4)]
+    w_mid = [W(64, 64, 128, 4, 4), W(32, 64, 128, 4, 4), W(32, 128, 128, 4, 4), W(64, 32, 128, 4, 4),
+             W(64, 128, 64, 4, 4)]
+    w_large = [W(256, 128, 64, 8, 3), W(128, 128, 64, 8, 4), W(128, 64, 64, 4, 4), W(256, 64, 64, 8, 3),
+               W(128, 256, 64, 8, 3)]
+    a_small = [A(16, 32, 256, 4, 4), A(16, 64, 256, 4, 4), A(16, 64, 128, 4, 5), A(16, 32, 128, 4, 5),
+               A(16, 16, 256, 4, 4), A(16, 128, 128, 4, 4)]
+    a_mid = [A(64, 64, 128, 4, 4), A(64, 128, 128, 4, 4), A(32, 64, 128, 4, 4), A(32, 128, 128, 4, 4),
+             A(64, 32, 128, 4, 4)]
+    a_large = [A(128, 128, 128, 8, 3), A(64, 128, 128, 4, 4), A(128, 256, 128, 8, 3), A(256, 128, 128, 8, 3),
+               A(128, 64, 128, 4, 4)]
 
     def w_for(m):
         return (gemv if m <= 4 else []) + (w_small if m <= 32 else w_mid if m <= 128 else w_large)
@@ -223,31 +226,61 @@ def sweep(shapes, batches, budget_ms, deadline: float) -> list[dict]:
     from lowbit.ops.reference import quantize_per_token_float8, quantize_per_token_int8
 
     w_for, a_for = _sweep_configs()
+    weights = {(n, k): _weights(n, k) for n, k in shapes}
     out = []
-    for n, k in shapes:
-        w, q = _weights(n, k)
-        i8, f8 = q["int8-wo"], q["fp8-dyn-row"]
-        for m in batches:
+    for m in batches:  # M outer: a deadline leaves every shape measured for the Ms done
+        for n, k in shapes:
+            w, q = weights[(n, k)]
+            i8, f8 = q["int8-wo"], q["fp8-dyn-row"]
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             xq, xs = quantize_per_token_int8(x)
             fq, fs = quantize_per_token_float8(x)
             bf16 = time_us(lambda: F.linear(x, w), budget_ms, graph=True)
             cases = [("w8a16", c, lambda c=c: T.w8a16_linear(x, i8.qdata, i8.scale, c)) for c in w_for(m)]
-            cases += [("a8w8-int8", c, lambda c=c: T.a8w8_linear(xq, xs, i8.qdata, i8.scale, x.dtype, c)) for c in a_for(m)]
-            cases += [("a8w8-fp8", c, lambda c=c: T.a8w8_linear(fq, fs, f8.qdata, f8.scale, x.dtype, c)) for c in a_for(m)]
+            cases += [("a8w8_int8", c, lambda c=c: T.a8w8_linear(xq, xs, i8.qdata, i8.scale, x.dtype, c)) for c in a_for(m)]
+            cases += [("a8w8_fp8", c, lambda c=c: T.a8w8_linear(fq, fs, f8.qdata, f8.scale, x.dtype, c)) for c in a_for(m)]
             for kind, cfg, fn in cases:
                 if time.monotonic() > deadline:
                     log.warning("sweep deadline reached at N=%d K=%d M=%d", n, k, m)
                     return out
                 try:
                     t = time_us(fn, budget_ms, graph=True)
-                except Exception as e:  # a config that does not compile (shared memory) is recorded, not fatal
+                except Exception as e:  # noqa: BLE001 - a config that does not compile is recorded, not fatal
                     log.warning("%s %s failed: %s", kind, cfg, str(e).splitlines()[0][:200])
                     t = float("inf")
                 out.append({"N": n, "K": k, "M": m, "kind": kind, "cfg": cfg, "us": t, "bf16": bf16})
             log.info("sweep N=%d K=%d M=%d done", n, k, m)
-        torch.cuda.empty_cache()
     return out
+
+
+def tables_from_sweep(res) -> dict:
+    """Block tables in lowbit.ops.triton_int8._TABLES's layout: per kind and weight class,
+    for each swept M the config with the best geometric-mean time over that class's shapes."""
+    from lowbit.ops.triton_int8 import _WIDE_N
+
+    tables: dict = {}
+    for kind in sorted({r["kind"] for r in res}):
+        for cls_name in ("narrow", "wide"):
+            rows = [r for r in res if r["kind"] == kind and (r["N"] >= _WIDE_N) == (cls_name == "wide")]
+            ms = sorted({r["M"] for r in rows})
+            entries = []
+            for m in ms:
+                shapes = {(r["N"], r["K"]) for r in rows if r["M"] == m}
+                best = None
+                for cfg in {r["cfg"] for r in rows if r["M"] == m}:
+                    ts = [r["us"] for r in rows if r["M"] == m and r["cfg"] == cfg]
+                    if len(ts) != len(shapes) or not all(math.isfinite(t) for t in ts):
+                        continue
+                    score = math.exp(sum(math.log(t) for t in ts) / len(ts))
+                    if best is None or score < best[0]:
+                        best = (score, cfg)
+                if best is not None:
+                    c = best[1]
+                    entries.append([m, [c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages]])
+            if entries:
+                entries[-1][0] = 1 << 62  # the largest M measured serves every larger M
+                tables.setdefault(kind, {})[cls_name] = entries
+    return tables
 
 
 def _sweep_table(res) -> str:
@@ -264,6 +297,34 @@ def _sweep_table(res) -> str:
     return "\n".join(lines)
 
 
+def _profile_eager() -> int:
+    """Where the eager per-call time goes (Python side), for one small layer at M=1."""
+    import cProfile
+    import pstats
+
+    w, q = _weights(4096, 4096)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    for name in ("int8-wo", "fp8-dyn-row"):
+        t = q[name]
+        with torch.no_grad():
+            for _ in range(20):
+                F.linear(x, t)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                F.linear(x, t)
+            torch.cuda.synchronize()
+            per_call = (time.perf_counter() - t0) / 200 * 1e6
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(200):
+                F.linear(x, t)
+            prof.disable()
+        print(f"\n### {name}: {per_call:.1f} us per eager call (M=1, 4096x4096), cProfile top 14 by tottime")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="write the markdown report (with the GPU name) to this file")
@@ -273,6 +334,9 @@ def main(argv=None) -> int:
     p.add_argument("--eager", action="store_true", help="also time eager calls (per-call overhead)")
     p.add_argument("--sweep", action="store_true", help="time every Triton config instead of the formats")
     p.add_argument("--deadline-s", type=float, default=1e9, help="stop (and report what ran) after this long")
+    p.add_argument("--tables-out", help="with --sweep: write the measured block tables (JSON) here")
+    p.add_argument("--tables", help="install block tables (JSON from --tables-out) before timing")
+    p.add_argument("--profile-eager", action="store_true", help="cProfile 200 eager int8/float8 calls (M=1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if not torch.cuda.is_available():
@@ -284,18 +348,32 @@ def main(argv=None) -> int:
     import lowbit
     from lowbit.ops import cuda as lowbit_cuda
 
+    if args.tables:
+        from lowbit.ops import triton_int8 as T
+
+        with open(args.tables) as f:
+            T._set_tables(json.load(f))
+    if args.profile_eager:
+        return _profile_eager()
     gpu = torch.cuda.get_device_name()
     head = (f"# lowbit 8-bit GPU linear, {gpu}\n\ntorch {torch.__version__}, CUDA {torch.version.cuda}, "
             f"triton {__import__('triton').__version__}, lowbit {lowbit.__version__}; bf16 activations; "
             f"CUDA-event medians, {args.budget_ms:.0f} ms per cell.\n")
     if args.sweep:
         res = sweep(shapes, batches, args.budget_ms, deadline)
-        report = head + "\nTriton config sweep (CUDA-graph replays; activation quantization not included):\n\n" + _sweep_table(res) + "\n"
+        tables = tables_from_sweep(res)
+        if args.tables_out:
+            with open(args.tables_out, "w") as f:
+                json.dump(tables, f)
+        report = (head + f"\nBlock tables chosen (geometric mean per weight class): `{json.dumps(tables)}`\n"
+                  + "\nTriton config sweep (CUDA-graph replays; activation quantization not included):\n\n" + _sweep_table(res) + "\n")
     else:
         rows = bench(shapes, batches, args.budget_ms, args.eager, deadline)
+        from lowbit.ops import triton_int8 as T
+
         thresholds = (f"lowbit thresholds: CUDA_W8A16_TRITON_MAX_M={lowbit_cuda.CUDA_W8A16_TRITON_MAX_M}, "
-                      f"CUDA_INT8_DYNAMIC_TRITON_MAX_M={lowbit_cuda.CUDA_INT8_DYNAMIC_TRITON_MAX_M}, "
-                      f"CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M={lowbit_cuda.CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M}")
+                      f"CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M={lowbit_cuda.CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M}; "
+                      f"int8 dynamic: Triton at every M. Triton block tables: `{json.dumps(T._TABLES)}`")
         report = (head + "\n" + thresholds + "\n\n## lowbit formats, CUDA graphs (us, x bf16)\n\n" + _ratio_table(rows, FORMATS)
                   + "\n\n## kernels lowbit dispatches between, CUDA graphs (us, x bf16)\n\n" + _ratio_table(rows, COMPONENTS))
         if args.eager:

@@ -9,7 +9,6 @@ import torch
 
 from ..errors import UnsupportedError
 from .library import register_device_kernel
-from .reference import quantize_per_tensor_float8
 
 aten = torch.ops.aten
 
@@ -19,14 +18,20 @@ aten = torch.ops.aten
 # benchmarks/gpu_8bit.py (benchmarks/results/gpu_8bit_h200.md); other architectures
 # (sm80, sm89) use the sm90 values until measured there.
 #
-# Weight-only (int8 and e4m3): Triton (GEMV, then the tile kernel) up to this M, above it
-# the codes are dequantized into a scratch weight (one Triton pass) and cuBLAS multiplies.
-CUDA_W8A16_TRITON_MAX_M = {"sm90": 1024}
-# int8 dynamic: lowbit's Triton int8 GEMM (scales in its epilogue) up to this M, above it
-# torch._int_mm and a separate scale pass. _int_mm also needs K, N multiples of 8.
-CUDA_INT8_DYNAMIC_TRITON_MAX_M = {"sm90": 1 << 62}
-# float8 row-wise dynamic: lowbit's Triton e4m3 GEMM up to this M, torch._scaled_mm above.
-CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M = {"sm90": 64}
+# Weight-only (int8 and e4m3): Triton (GEMV, then the tile kernel) up to this M; above it
+# the codes are dequantized into a scratch bf16 weight (one Triton pass) and cuBLAS
+# multiplies (H200: the tile kernel 0.55-0.66x bf16 at M=256..4096, dequantize + cuBLAS
+# 0.5-0.6x at M=256 and 0.77-0.93x at M=1024..4096).
+CUDA_W8A16_TRITON_MAX_M = {"sm90": 256}
+# Above this M weight-only 8-bit is slower than the bf16 GEMM (H200: 0.45-0.95x at
+# M=64..4096): there is no mixed-input tensor-core kernel yet, so the user is told once.
+CUDA_W8A16_SLOWER_THAN_BF16_M = {"sm90": 64}
+# int8 dynamic always runs lowbit's Triton int8 GEMM: it beat torch._int_mm plus a scale
+# pass at every measured M > 16 (H200: 1.06-1.29x vs 0.46-1.02x bf16), and _int_mm cannot
+# take M <= 16 without padding.
+# float8 row-wise dynamic: lowbit's Triton e4m3 GEMM up to this M, torch._scaled_mm above
+# (H200: Triton ahead at M <= 16 on 3 of 4 shapes, _scaled_mm from M = 64 on).
+CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M = {"sm90": 16}
 _MEASURED_ARCH = "sm90"
 
 
@@ -73,9 +78,30 @@ def _register(name):
     return register_device_kernel(name, "cuda")
 
 
+_warned_slow_weight_only = False
+
+
+def _warn_slow_weight_only(m: int) -> None:
+    global _warned_slow_weight_only
+    if not _warned_slow_weight_only:
+        _warned_slow_weight_only = True
+        warnings.warn(
+            f"lowbit: int8/float8 weight-only linear on CUDA ran a {m}-row batch; above "
+            f"{CUDA_W8A16_SLOWER_THAN_BF16_M[_MEASURED_ARCH]} rows weight-only 8-bit is slower than bf16 "
+            "F.linear on H200 (0.45-0.95x; it saves memory, not time). For prefill or large batches use "
+            "Int8DynamicActivationInt8WeightConfig or Float8DynamicActivationFloat8WeightConfig (faster than "
+            "bf16 there), or lowbit.autoquant to choose per layer.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def _weight_only(x, qdata, scale):
     t8 = _triton_int8()
-    if x.shape[0] <= _threshold(CUDA_W8A16_TRITON_MAX_M, x.device):
+    m = x.shape[0]
+    if m > _threshold(CUDA_W8A16_SLOWER_THAN_BF16_M, x.device):
+        _warn_slow_weight_only(m)
+    if m <= _threshold(CUDA_W8A16_TRITON_MAX_M, x.device):
         return t8.w8a16_linear(x, qdata, scale)
     return torch.mm(x, t8.dequantize_rows(qdata, scale, x.dtype).t())
 
@@ -95,12 +121,7 @@ def float8_weight_only_linear(x, qdata, scale):
 def int8_dynamic_linear(x, qdata, scale):
     t8 = _triton_int8()
     xq, xs = t8.quantize_rows(x, fp8=False)
-    m, k = xq.shape
-    n = qdata.shape[0]
-    if m <= _threshold(CUDA_INT8_DYNAMIC_TRITON_MAX_M, x.device) or k % 8 or n % 8:
-        return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
-    acc = torch._int_mm(xq, qdata.t())
-    return (acc.to(torch.float32) * xs * scale.reshape(1, -1)).to(x.dtype)
+    return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
 
 
 @_register("float8_dynamic_linear")
@@ -120,10 +141,9 @@ def float8_dynamic_linear(x, qdata, scale):
 @_register("float8_dynamic_per_tensor_linear")
 def float8_dynamic_per_tensor_linear(x, qdata, scale):
     t8 = _float8_kernels(x)
-    xq, xs = quantize_per_tensor_float8(x)
-    m, n = x.shape[0], qdata.shape[0]
-    if m <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
-        return t8.a8w8_linear(xq, xs.expand(m, 1), qdata, scale.expand(n, 1), x.dtype)
+    xq, xs = t8.quantize_tensor_float8(x)
+    if x.shape[0] <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
+        return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
     return torch._scaled_mm(xq, qdata.t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),
                             out_dtype=x.dtype, use_fast_accum=True)
 

@@ -46,6 +46,7 @@ __all__ = [
     "pick_a8w8",
     "pick_w8a16",
     "quantize_rows",
+    "quantize_tensor_float8",
     "w8a16_linear",
 ]
 
@@ -126,10 +127,11 @@ def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
 
 
 @triton.jit(do_not_specialize=["M"])
-def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym,
+def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym, stride_xs, stride_ws,
             FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
             GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
-    # Same tiling as w8a16_mm; xq [M, K] codes (row stride K), xs [M] and ws [N] scales.
+    # Same tiling as w8a16_mm; xq [M, K] codes (row stride K), scales xs [M] and ws [N]
+    # (stride 0: one scale for all rows, the tensor-wise format).
     pid_n, pid_m = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -157,8 +159,8 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym,
                 acc = tl.dot(w, xt, acc)  # e4m3 tensor cores (sm89+), float32 accumulation
         else:
             acc = tl.dot(w, xt, acc, out_dtype=tl.int32)
-    ws = tl.load(ws_ptr + rn, mask=n_mask, other=0.0)
-    xs = tl.load(xs_ptr + rm, mask=m_mask, other=0.0)
+    ws = tl.load(ws_ptr + rn * stride_ws, mask=n_mask, other=0.0)
+    xs = tl.load(xs_ptr + rm * stride_xs, mask=m_mask, other=0.0)
     y = acc.to(tl.float32) * ws[:, None] * xs[None, :]
     tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
              mask=n_mask[:, None] & m_mask[None, :])
@@ -184,34 +186,60 @@ def _round_to_e4m3(v):
 
 
 @triton.jit
-def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: tl.constexpr,
-                EMULATE_E4M3: tl.constexpr):
-    # One program per row: pass 1 finds max |x|, pass 2 writes the codes.
+def _codes(x, scale, qmax, FP8: tl.constexpr, EMULATE_E4M3: tl.constexpr):
+    # Symmetric codes of x (float32) for one scale: int8 (round half to even) or e4m3 bytes.
+    v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
+    if FP8:
+        if EMULATE_E4M3:
+            v = _round_to_e4m3(v)
+        return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    return _round_half_even(v).to(tl.int8)
+
+
+@triton.jit
+def _quant_rows(x_ptr, q_ptr, s_ptr, amax_ptr, K, stride_xm, MODE: tl.constexpr, FP8: tl.constexpr,
+                BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr, EMULATE_E4M3: tl.constexpr):
+    # One program per row. MODE 0: per-row scale (written to s_ptr[row]) and codes;
+    # MODE 1: only the row's max |x| (to s_ptr[row]); MODE 2: codes for the one scale
+    # max(amax_ptr[0] / qmax, eps) (program 0 writes it to s_ptr[0]). ONE_PASS: the row
+    # fits one block, read once; else pass 1 finds max |x| and pass 2 writes the codes.
     row = tl.program_id(0)
     rk = tl.arange(0, BLOCK_K)
-    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + rk
-        x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
     if FP8:
         qmax = 448.0  # FP8_E4M3_MAX (module globals are not constexprs inside a kernel)
     else:
         qmax = 127.0  # INT8_QMAX
-    # Same scale as the reference: amax / qmax, at least float32 eps (all-zero rows).
-    scale = tl.maximum(tl.max(amax, axis=0) / qmax, 1.1920928955078125e-07)
-    tl.store(s_ptr + row, scale)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + rk
-        x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
-        v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
-        if FP8:
-            if EMULATE_E4M3:
-                v = _round_to_e4m3(v)
-            q = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    eps = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps: an all-zero row keeps a finite scale
+    x0 = tl.zeros([BLOCK_K], dtype=tl.float32)
+    if MODE == 2:
+        scale = tl.maximum(tl.load(amax_ptr) / qmax, eps)
+        if row == 0:
+            tl.store(s_ptr, scale)
+    else:
+        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        if ONE_PASS:
+            x0 = tl.load(x_ptr + row * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)
+            amax = tl.abs(x0)
         else:
-            q = _round_half_even(v).to(tl.int8)
-        tl.store(q_ptr + row * K + k, q, mask=k < K)
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + rk
+                x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+                amax = tl.maximum(amax, tl.abs(x))
+        if MODE == 1:
+            tl.store(s_ptr + row, tl.max(amax, axis=0))
+        else:
+            # Same scale as the reference: max |x| / qmax, at least eps.
+            scale = tl.maximum(tl.max(amax, axis=0) / qmax, eps)
+            tl.store(s_ptr + row, scale)
+    if MODE != 1:
+        if ONE_PASS and MODE == 0:
+            tl.store(q_ptr + row * K + rk, _codes(x0, scale, qmax, FP8, EMULATE_E4M3), mask=rk < K)
+        else:
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + rk
+                x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+                tl.store(q_ptr + row * K + k, _codes(x, scale, qmax, FP8, EMULATE_E4M3), mask=k < K)
+
 
 @triton.jit
 def _dequant_rows(w_ptr, s_ptr, out_ptr, total, K, W_FP8: tl.constexpr, BLOCK: tl.constexpr):
@@ -278,32 +306,55 @@ class A8W8Config:
     group_n: int = 8
 
 
-# Measured on an H200 (sm90), see the module docstring. Each entry: (largest M, config).
-_W8A16_TABLE_SM90: tuple[tuple[int, W8A16Config], ...] = (
-    (2, W8A16Config(0, 8, 512, num_warps=4)),
-    (16, W8A16Config(16, 32, 256, num_warps=4, num_stages=4)),
-    (32, W8A16Config(32, 64, 128, num_warps=4, num_stages=4)),
-    (64, W8A16Config(64, 64, 128, num_warps=4, num_stages=4)),
-    (128, W8A16Config(128, 128, 64, num_warps=8, num_stages=4)),
-    (1 << 62, W8A16Config(128, 128, 64, num_warps=8, num_stages=4)),
-)
-_A8W8_TABLE_SM90: tuple[tuple[int, A8W8Config], ...] = (
-    (16, A8W8Config(16, 32, 256, num_warps=4, num_stages=4)),
-    (32, A8W8Config(32, 64, 128, num_warps=4, num_stages=4)),
-    (64, A8W8Config(64, 64, 128, num_warps=4, num_stages=4)),
-    (128, A8W8Config(128, 128, 128, num_warps=8, num_stages=3)),
-    (1 << 62, A8W8Config(128, 256, 128, num_warps=8, num_stages=3)),
-)
+# Block sizes per batch size M, measured on an H200 (sm90) with ``benchmarks/gpu_8bit.py
+# --sweep`` (benchmarks/results/gpu_8bit_h200_sweep.md): for each M the config with the
+# best geometric-mean time over the sweep's shapes of each weight class, "narrow"
+# (N < _WIDE_N: few weight-row blocks, so smaller blocks keep all SMs busy) and "wide".
+# Entry (largest M, (block_m, block_n, block_k, num_warps, num_stages)); block_m 0 = GEMV.
+_WIDE_N = 8192
+_BIG = 1 << 62
+_TABLES: dict[str, dict[str, list]] = {
+    "w8a16": {
+        "narrow": [(1, (0, 8, 512, 4, 3)), (16, (16, 16, 256, 4, 4)), (64, (32, 64, 128, 4, 4)),
+                   (_BIG, (256, 128, 64, 8, 3))],
+        "wide": [(1, (0, 8, 512, 4, 3)), (16, (16, 32, 256, 4, 4)), (64, (64, 64, 128, 4, 4)),
+                 (_BIG, (256, 128, 64, 8, 3))],
+    },
+    "a8w8_int8": {
+        "narrow": [(16, (16, 32, 256, 4, 4)), (64, (64, 64, 128, 4, 4)), (256, (64, 128, 128, 4, 4)),
+                   (_BIG, (128, 128, 128, 8, 3))],
+        "wide": [(16, (16, 64, 128, 4, 5)), (64, (64, 128, 128, 4, 4)), (_BIG, (128, 128, 128, 8, 3))],
+    },
+    "a8w8_fp8": {
+        "narrow": [(16, (16, 32, 256, 4, 4)), (64, (64, 64, 128, 4, 4)), (256, (64, 128, 128, 4, 4)),
+                   (_BIG, (128, 256, 128, 8, 3))],
+        "wide": [(16, (16, 64, 256, 4, 4)), (64, (64, 128, 128, 4, 4)), (_BIG, (128, 256, 128, 8, 3))],
+    },
+}
+
+
+def _pick(kind: str, m: int, n: int) -> tuple:
+    table = _TABLES[kind]["wide" if n >= _WIDE_N else "narrow"]
+    return next(cfg for top, cfg in table if m <= top)
 
 
 def pick_w8a16(m: int, n: int, k: int) -> W8A16Config:
     """The weight-only kernel config for an [m, k] x [n, k]^T product."""
-    return next(cfg for top, cfg in _W8A16_TABLE_SM90 if m <= top)
+    bm, bn, bk, warps, stages = _pick("w8a16", m, n)
+    return W8A16Config(bm, bn, bk, warps, stages)
 
 
-def pick_a8w8(m: int, n: int, k: int) -> A8W8Config:
+def pick_a8w8(m: int, n: int, k: int, fp8: bool = False) -> A8W8Config:
     """The 8-bit x 8-bit kernel config for an [m, k] x [n, k]^T product."""
-    return next(cfg for top, cfg in _A8W8_TABLE_SM90 if m <= top)
+    bm, bn, bk, warps, stages = _pick("a8w8_fp8" if fp8 else "a8w8_int8", m, n)
+    return A8W8Config(bm, bn, bk, warps, stages)
+
+
+def _set_tables(tables: dict) -> None:
+    """Replace block-size tables (same layout as ``_TABLES``); benchmarks/gpu_8bit.py --tables."""
+    for kind, classes in tables.items():
+        for cls_name, rows in classes.items():
+            _TABLES[kind][cls_name] = [(int(top), tuple(int(v) for v in cfg)) for top, cfg in rows]
 
 
 # ---------------------------------------------------------------------- launchers
@@ -313,6 +364,13 @@ def _check_2d(x, codes, scale):
     torch._check(x.dim() == 2 and codes.dim() == 2, lambda: "x and the weight codes must be 2-D")
     torch._check(x.shape[1] == codes.shape[1], lambda: f"K mismatch: x {tuple(x.shape)}, weight {tuple(codes.shape)}")
     torch._check(scale.numel() == codes.shape[0], lambda: f"need one scale per output row, got {tuple(scale.shape)}")
+
+
+def _scales(scale: torch.Tensor) -> torch.Tensor:
+    """float32 contiguous scales, flattened (no copy when they already are)."""
+    if scale.dtype != torch.float32 or not scale.is_contiguous():
+        scale = scale.to(torch.float32).contiguous()
+    return scale.reshape(-1)
 
 
 def _codes_view(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -331,7 +389,7 @@ def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, conf
     m, k = x.shape
     n = w.shape[0]
     cfg = config or pick_w8a16(m, n, k)
-    s = scale.reshape(-1).to(torch.float32).contiguous()
+    s = _scales(scale)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
@@ -348,22 +406,27 @@ def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, conf
 
 def a8w8_linear(xq: torch.Tensor, x_scale: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor,
                 out_dtype: torch.dtype, config: A8W8Config | None = None) -> torch.Tensor:
-    """``(xq @ codes^T) * x_scale * w_scale`` in ``out_dtype``: int8 x int8 or e4m3 x e4m3."""
-    _check_2d(xq, codes, w_scale)
+    """``(xq @ codes^T) * x_scale * w_scale`` in ``out_dtype``: int8 x int8 or e4m3 x e4m3.
+
+    ``x_scale`` is [M] / [M, 1], or one element for all rows; ``w_scale`` likewise [N] or one.
+    """
+    torch._check(xq.dim() == 2 and codes.dim() == 2, lambda: "activation and weight codes must be 2-D")
+    torch._check(xq.shape[1] == codes.shape[1], lambda: f"K mismatch: x {tuple(xq.shape)}, weight {tuple(codes.shape)}")
     torch._check(xq.dtype == codes.dtype, lambda: f"activation codes {xq.dtype} and weight codes {codes.dtype} differ")
     a, _ = _codes_view(xq.contiguous())
     w, fp8 = _codes_view(codes)
     m, k = a.shape
     n = w.shape[0]
-    cfg = config or pick_a8w8(m, n, k)
-    xs = x_scale.reshape(-1).to(torch.float32).contiguous()
-    ws = w_scale.reshape(-1).to(torch.float32).contiguous()
-    torch._check(xs.numel() == m, lambda: f"need one activation scale per row, got {tuple(x_scale.shape)}")
+    cfg = config or pick_a8w8(m, n, k, fp8)
+    xs = _scales(x_scale)
+    ws = _scales(w_scale)
+    torch._check(xs.numel() in (1, m), lambda: f"need one activation scale per row (or one), got {tuple(x_scale.shape)}")
+    torch._check(ws.numel() in (1, n), lambda: f"need one weight scale per row (or one), got {tuple(w_scale.shape)}")
     y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
     if m == 0:
         return y
     grid = (_cdiv(n, cfg.block_n) * _cdiv(m, cfg.block_m),)
-    _launch("a8w8_mm", xq.device, grid, a, xs, w, ws, y, m, n, k, y.stride(0),
+    _launch("a8w8_mm", xq.device, grid, a, xs, w, ws, y, m, n, k, y.stride(0), int(xs.numel() > 1), int(ws.numel() > 1),
             FP8=fp8, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n, F32_DOT=_interpreting(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
@@ -376,7 +439,7 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     """``codes * scale`` as a dense [N, K] weight in ``dtype`` (one pass over the codes)."""
     w, fp8 = _codes_view(codes.contiguous())
     n, k = w.shape
-    s = scale.reshape(-1).to(torch.float32).contiguous()
+    s = _scales(scale)
     torch._check(s.numel() == n, lambda: f"need one scale per row, got {tuple(scale.shape)}")
     out = torch.empty((n, k), dtype=dtype, device=w.device)
     if out.numel():
@@ -385,7 +448,17 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     return out
 
 
-_QUANT_BLOCK_K = 1024  # elements per step of a row; the row is read twice (amax, codes)
+_QUANT_BLOCK_K = 1024  # elements per step when a row is read twice (amax, then codes)
+_QUANT_ONE_PASS_MAX_K = 16384  # rows up to this long are held in registers and read once
+
+
+def _quant_launch(x, q, s, amax, mode: int, fp8: bool):
+    m, k = x.shape
+    one_pass = k <= _QUANT_ONE_PASS_MAX_K
+    block = max(16, 1 << (k - 1).bit_length()) if one_pass else _QUANT_BLOCK_K
+    warps = 1 if block <= 256 else 4 if block <= 2048 else 8 if block <= 8192 else 16
+    _launch("quant_rows", x.device, (m,), x, q, s, amax, k, x.stride(0), MODE=mode, FP8=fp8, BLOCK_K=block,
+            ONE_PASS=one_pass, EMULATE_E4M3=_interpreting(), num_warps=warps)
 
 
 def quantize_rows(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,10 +469,24 @@ def quantize_rows(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tenso
     q = torch.empty((m, k), dtype=torch.uint8 if fp8 else torch.int8, device=x.device)
     s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m:
-        block = min(_QUANT_BLOCK_K, max(16, 1 << (k - 1).bit_length()))
-        _launch("quant_rows", x.device, (m,), x, q, s, k, x.stride(0), FP8=fp8, BLOCK_K=block, EMULATE_E4M3=_interpreting(),
-                num_warps=4 if block >= 512 else 1)
+        _quant_launch(x, q, s, s, 0, fp8)
     return (q.view(torch.float8_e4m3fn) if fp8 else q), s
+
+
+def quantize_tensor_float8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 codes with one float32 scale [1, 1] (max |x| of the whole tensor -> 448)."""
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+    x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.uint8, device=x.device)
+    s = torch.empty((1, 1), dtype=torch.float32, device=x.device)
+    if m:
+        row_amax = torch.empty((m,), dtype=torch.float32, device=x.device)
+        _quant_launch(x, q, row_amax, row_amax, 1, True)
+        _quant_launch(x, q, s, row_amax.amax(), 2, True)
+    else:
+        s.fill_(torch.finfo(torch.float32).eps)
+    return q.view(torch.float8_e4m3fn), s
 
 
 # ---------------------------------------------------------------------- torch.library ops

@@ -141,6 +141,38 @@ def test_quantize_rows_float8_matches_reference(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k", [300, 20000])  # one pass in registers; two passes over a long row
+def test_quantize_tensor_float8_matches_reference(device, k):
+    _device_or_skip(device)
+    x = _x(3, k, torch.bfloat16, device) * torch.tensor([1, 50, 1e-3], device=device)[:, None].to(torch.bfloat16)
+    q, s = T.quantize_tensor_float8(x)
+    rq, rs = reference.quantize_per_tensor_float8(x)
+    assert s.shape == (1, 1) and torch.equal(s, rs)
+    assert torch.equal(q.float(), rq.float())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_quantize_rows_long_rows_two_passes(device):
+    _device_or_skip(device)
+    x = _x(2, 20000, torch.bfloat16, device)
+    q, s = T.quantize_rows(x, fp8=False)
+    rq, rs = reference.quantize_per_token_int8(x)
+    assert torch.equal(s, rs) and torch.equal(q, rq)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a8w8_one_scale_for_all_rows(device):
+    _device_or_skip(device)
+    q, s = _weight(40, 96, "float8", device)
+    x = _x(5, 96, torch.float32, device)
+    xq, xs = reference.quantize_per_tensor_float8(x)
+    ws = s.amax().reshape(1, 1)
+    y = T.a8w8_linear(xq, xs, q, ws, torch.float32, _A8W8_CONFIGS["tile16"])
+    ref = (xq.double() @ q.double().t()) * xs.double() * ws.double()
+    assert lowbit.sqnr(ref.float(), y) > 60
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("codes", CODES)
 def test_dequantize_rows_exact(device, codes):
     _device_or_skip(device)
@@ -166,6 +198,7 @@ _OPS = {
     "int8_dynamic_linear": ("int8", reference.int8_dynamic_linear, 40.0),
     "float8_weight_only_linear": ("float8", reference.float8_weight_only_linear, 40.0),
     "float8_dynamic_linear": ("float8", reference.float8_dynamic_linear, 35.0),
+    "float8_dynamic_per_tensor_linear": ("float8", reference.float8_dynamic_per_tensor_linear, 35.0),
 }
 
 
@@ -180,6 +213,8 @@ def test_cuda_ops_fuzzed_shapes(op, seed):
     m = rnd.choice([1, 2, 3, 5, 8, 16, 17, 31, 64, 65, 100, 129, 256, 300, 1025])
     n, k = 16 * rnd.randint(1, 64), 16 * rnd.randint(1, 96)
     q, s = _weight(n, k, codes, "cuda", seed)
+    if op == "float8_dynamic_per_tensor_linear":
+        s = s.amax().reshape(1, 1)  # that format stores one weight scale
     x = _x(m, k, torch.bfloat16, "cuda", seed)
     y = getattr(torch.ops.lowbit, op)(x, q, s)
     ref = ref_fn(x, q, s)
