@@ -198,13 +198,13 @@ def _sweep_configs():
     from lowbit.ops.triton_int8 import W8A16Config as W
 
     gemv = [W(0, 4, 512), W(0, 8, 512), W(0, 16, 256), W(0, 4, 1024), W(0, 8, 1024, num_warps=8),
-            W(0, 16, 512, num_warps=8)]
+            W(0, 2, 2048), W(0, 2, 4096, num_warps=8), W(0, 1, 4096)]
     w_small = [W(16, 16, 256, 4, 4), W(16, 32, 256, 4, 4), W(16, 64, 128, 4, 5), W(16, 32, 128, 4, 5),
-               W(16, 64, 256, 4, 4), W(16, 16, 512, 4, 3), W(16, 128, 128, 4, 4)]
+               W(16, 64, 256, 4, 4), W(16, 128, 128, 4, 4), W(16, 64, 128, 4, 4, False), W(16, 32, 256, 4, 4, False)]
     w_mid = [W(64, 64, 128, 4, 4), W(32, 64, 128, 4, 4), W(32, 128, 128, 4, 4), W(64, 32, 128, 4, 4),
-             W(64, 128, 64, 4, 4)]
-    w_large = [W(256, 128, 64, 8, 3), W(128, 128, 64, 8, 4), W(128, 64, 64, 4, 4), W(256, 64, 64, 8, 3),
-               W(128, 256, 64, 8, 3)]
+             W(64, 64, 128, 4, 4, False), W(64, 128, 64, 4, 4, False)]
+    w_large = [W(256, 128, 64, 8, 3), W(128, 128, 64, 8, 4), W(128, 64, 64, 4, 4), W(128, 128, 64, 8, 3, False),
+               W(128, 256, 64, 8, 3, False), W(64, 128, 64, 4, 4, False), W(128, 128, 64, 4, 4, False)]
     a_small = [A(16, 32, 256, 4, 4), A(16, 64, 256, 4, 4), A(16, 64, 128, 4, 5), A(16, 32, 128, 4, 5),
                A(16, 16, 256, 4, 4), A(16, 128, 128, 4, 4)]
     a_mid = [A(64, 64, 128, 4, 4), A(64, 128, 128, 4, 4), A(32, 64, 128, 4, 4), A(32, 128, 128, 4, 4),
@@ -239,6 +239,11 @@ def sweep(shapes, batches, budget_ms, deadline: float) -> list[dict]:
             cases = [("w8a16", c, lambda c=c: T.w8a16_linear(x, i8.qdata, i8.scale, c)) for c in w_for(m)]
             cases += [("a8w8_int8", c, lambda c=c: T.a8w8_linear(xq, xs, i8.qdata, i8.scale, x.dtype, c)) for c in a_for(m)]
             cases += [("a8w8_fp8", c, lambda c=c: T.a8w8_linear(fq, fs, f8.qdata, f8.scale, x.dtype, c)) for c in a_for(m)]
+            # The non-Triton paths lowbit switches to (their M thresholds come from these).
+            cases += [("w8a16", _DEQ_MM, lambda: torch.mm(x, T.dequantize_rows(i8.qdata, i8.scale, x.dtype).t()))]
+            cases += [("a8w8_fp8", _SCALED_MM, lambda: torch._scaled_mm(
+                fq, f8.qdata.t(), scale_a=fs, scale_b=f8.scale.reshape(1, -1), out_dtype=torch.bfloat16,
+                use_fast_accum=True))]
             for kind, cfg, fn in cases:
                 if time.monotonic() > deadline:
                     log.warning("sweep deadline reached at N=%d K=%d M=%d", n, k, m)
@@ -253,12 +258,48 @@ def sweep(shapes, batches, budget_ms, deadline: float) -> list[dict]:
     return out
 
 
+_DEQ_MM = "deq+mm"  # sweep entries that are not Triton configs
+_SCALED_MM = "scaled_mm"
+_THRESHOLDS = {"w8a16": (_DEQ_MM, "CUDA_W8A16_TRITON_MAX_M"), "a8w8_fp8": (_SCALED_MM, "CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M")}
+
+
+def _geomean(ts):
+    return math.exp(sum(math.log(t) for t in ts) / len(ts))
+
+
+def thresholds_from_sweep(res) -> dict:
+    """Largest swept M up to which lowbit's best Triton config beats the other path
+    (geometric mean over all swept shapes), for each M threshold in lowbit/ops/cuda.py."""
+    out = {}
+    for kind, (other, name) in _THRESHOLDS.items():
+        rows = [r for r in res if r["kind"] == kind]
+        top = 0
+        for m in sorted({r["M"] for r in rows}):
+            at_m = [r for r in rows if r["M"] == m]
+            shapes = {(r["N"], r["K"]) for r in at_m}
+            alt = [r["us"] for r in at_m if r["cfg"] == other]
+            if len(alt) != len(shapes):
+                if not alt:
+                    top = m  # nothing else measured here (e.g. small M): Triton
+                    continue
+                break
+            best = min((_geomean([r["us"] for r in at_m if r["cfg"] == c]) for c in {r["cfg"] for r in at_m}
+                        if c != other and len([r for r in at_m if r["cfg"] == c]) == len(shapes)), default=math.inf)
+            if best <= _geomean(alt):
+                top = m
+            else:
+                break
+        out[name] = top
+    return out
+
+
 def tables_from_sweep(res) -> dict:
     """Block tables in lowbit.ops.triton_int8._TABLES's layout: per kind and weight class,
     for each swept M the config with the best geometric-mean time over that class's shapes."""
     from lowbit.ops.triton_int8 import _WIDE_N
 
     tables: dict = {}
+    res = [r for r in res if not isinstance(r["cfg"], str)]
     for kind in sorted({r["kind"] for r in res}):
         for cls_name in ("narrow", "wide"):
             rows = [r for r in res if r["kind"] == kind and (r["N"] >= _WIDE_N) == (cls_name == "wide")]
@@ -276,7 +317,10 @@ def tables_from_sweep(res) -> dict:
                         best = (score, cfg)
                 if best is not None:
                     c = best[1]
-                    entries.append([m, [c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages]])
+                    cfg_row = [c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages]
+                    if hasattr(c, "w_is_a"):
+                        cfg_row.append(int(c.w_is_a))
+                    entries.append([m, cfg_row])
             if entries:
                 entries[-1][0] = 1 << 62  # the largest M measured serves every larger M
                 tables.setdefault(kind, {})[cls_name] = entries
@@ -289,12 +333,18 @@ def _sweep_table(res) -> str:
     for n, k, m, kind in keys:
         rs = sorted((r for r in res if (r["N"], r["K"], r["M"], r["kind"]) == (n, k, m, kind)), key=lambda r: r["us"])
         b = rs[0]
-        c = b["cfg"]
-        desc = f"m{c.block_m} n{c.block_n} k{c.block_k} w{c.num_warps} s{c.num_stages}"
+        desc = _cfg_desc(b["cfg"])
         ru = rs[1] if len(rs) > 1 else None
-        rdesc = "-" if ru is None else f"m{ru['cfg'].block_m} n{ru['cfg'].block_n} k{ru['cfg'].block_k} w{ru['cfg'].num_warps} s{ru['cfg'].num_stages}: {ru['us']:.1f}"
+        rdesc = "-" if ru is None else f"{_cfg_desc(ru['cfg'])}: {ru['us']:.1f}"
         lines.append(f"| {n}x{k} | {m} | {kind} | {desc} | {b['us']:.1f} | {b['bf16']:.1f} | {b['bf16'] / b['us']:.2f} | {rdesc} |")
     return "\n".join(lines)
+
+
+def _cfg_desc(c) -> str:
+    if isinstance(c, str):
+        return c
+    return (f"m{c.block_m} n{c.block_n} k{c.block_k} w{c.num_warps} s{c.num_stages}"
+            + ("" if getattr(c, "w_is_a", True) else " x-first"))
 
 
 def _profile_eager() -> int:
@@ -345,6 +395,7 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.deadline_s
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     batches = BATCHES if not args.batches else [int(v) for v in args.batches.split(",")]
+
     import lowbit
     from lowbit.ops import cuda as lowbit_cuda
 
@@ -352,7 +403,10 @@ def main(argv=None) -> int:
         from lowbit.ops import triton_int8 as T
 
         with open(args.tables) as f:
-            T._set_tables(json.load(f))
+            tuned = json.load(f)
+        T._set_tables(tuned["tables"])
+        for name, top in tuned["thresholds"].items():
+            getattr(lowbit_cuda, name)["sm90"] = top
     if args.profile_eager:
         return _profile_eager()
     gpu = torch.cuda.get_device_name()
@@ -362,10 +416,12 @@ def main(argv=None) -> int:
     if args.sweep:
         res = sweep(shapes, batches, args.budget_ms, deadline)
         tables = tables_from_sweep(res)
+        thresholds = thresholds_from_sweep(res)
         if args.tables_out:
             with open(args.tables_out, "w") as f:
-                json.dump(tables, f)
+                json.dump({"tables": tables, "thresholds": thresholds}, f)
         report = (head + f"\nBlock tables chosen (geometric mean per weight class): `{json.dumps(tables)}`\n"
+                  + f"\nM thresholds (Triton vs the other path, geometric mean over shapes): `{json.dumps(thresholds)}`\n"
                   + "\nTriton config sweep (CUDA-graph replays; activation quantization not included):\n\n" + _sweep_table(res) + "\n")
     else:
         rows = bench(shapes, batches, args.budget_ms, args.eager, deadline)

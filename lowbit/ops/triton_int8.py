@@ -98,32 +98,54 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_N: tl.co
 @triton.jit(do_not_specialize=["M"])  # one compiled kernel for every batch size
 def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
              W_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-             GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
-    # y^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T tile [K, BLOCK_M]. F32_DOT (the
-    # interpreter only, whose bf16/fp16 dot is wrong in triton 3.9) multiplies in float32.
+             GROUP_N: tl.constexpr, W_IS_A: tl.constexpr, F32_DOT: tl.constexpr):
+    # W_IS_A: y^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, K] @ x^T tile [K, BLOCK_M] (the
+    # converted weight is the MMA's register operand; batch rows are its short side).
+    # Else y tile [BLOCK_M, BLOCK_N] = x tile @ W^T tile (the weight is the second operand).
+    # F32_DOT (the interpreter only, whose bf16/fp16 dot is wrong in triton 3.9)
+    # multiplies in float32.
     pid_n, pid_m = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     m_mask = rm < M
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + rk
-        k_mask = k < K
-        w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-        if W_FP8:
-            w = w.to(tl.float8e4nv, bitcast=True)
-        xt = tl.load(x_ptr + rm[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0.0)
-        if F32_DOT:
-            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
-        else:
-            # Codes -> float32 -> activation dtype (exact for int8 and e4m3).
-            acc = tl.dot(w.to(tl.float32).to(xt.dtype), xt, acc)
     s = tl.load(s_ptr + rn, mask=n_mask, other=0.0)
-    y = acc * s[:, None]
-    tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
-             mask=n_mask[:, None] & m_mask[None, :])
+    if W_IS_A:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + rk
+            k_mask = k < K
+            w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+            if W_FP8:
+                w = w.to(tl.float8e4nv, bitcast=True)
+            xt = tl.load(x_ptr + rm[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None],
+                         other=0.0)
+            if F32_DOT:
+                acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+            else:
+                # Codes -> float32 -> activation dtype (exact for int8 and e4m3).
+                acc = tl.dot(w.to(tl.float32).to(xt.dtype), xt, acc)
+        y = acc * s[:, None]
+        tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
+                 mask=n_mask[:, None] & m_mask[None, :])
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + rk
+            k_mask = k < K
+            xb = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                         other=0.0)
+            wt = tl.load(w_ptr + rn[None, :] * K + k[:, None], mask=n_mask[None, :] & k_mask[:, None], other=0)
+            if W_FP8:
+                wt = wt.to(tl.float8e4nv, bitcast=True)
+            if F32_DOT:
+                acc = tl.dot(xb.to(tl.float32), wt.to(tl.float32), acc)
+            else:
+                acc = tl.dot(xb, wt.to(tl.float32).to(xb.dtype), acc)
+        y = acc * s[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -293,6 +315,7 @@ class W8A16Config:
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
+    w_is_a: bool = True  # the weight tile is the MMA's first operand (see _w8a16_mm)
     group_n: int = 8
 
 
@@ -310,7 +333,8 @@ class A8W8Config:
 # --sweep`` (benchmarks/results/gpu_8bit_h200_sweep.md): for each M the config with the
 # best geometric-mean time over the sweep's shapes of each weight class, "narrow"
 # (N < _WIDE_N: few weight-row blocks, so smaller blocks keep all SMs busy) and "wide".
-# Entry (largest M, (block_m, block_n, block_k, num_warps, num_stages)); block_m 0 = GEMV.
+# Entry (largest M, (block_m, block_n, block_k, num_warps, num_stages[, w_is_a])); block_m 0
+# selects the GEMV.
 _WIDE_N = 8192
 _BIG = 1 << 62
 _TABLES: dict[str, dict[str, list]] = {
@@ -340,8 +364,7 @@ def _pick(kind: str, m: int, n: int) -> tuple:
 
 def pick_w8a16(m: int, n: int, k: int) -> W8A16Config:
     """The weight-only kernel config for an [m, k] x [n, k]^T product."""
-    bm, bn, bk, warps, stages = _pick("w8a16", m, n)
-    return W8A16Config(bm, bn, bk, warps, stages)
+    return W8A16Config(*_pick("w8a16", m, n))
 
 
 def pick_a8w8(m: int, n: int, k: int, fp8: bool = False) -> A8W8Config:
@@ -354,7 +377,8 @@ def _set_tables(tables: dict) -> None:
     """Replace block-size tables (same layout as ``_TABLES``); benchmarks/gpu_8bit.py --tables."""
     for kind, classes in tables.items():
         for cls_name, rows in classes.items():
-            _TABLES[kind][cls_name] = [(int(top), tuple(int(v) for v in cfg)) for top, cfg in rows]
+            _TABLES[kind][cls_name] = [(int(top), tuple(int(v) for v in cfg[:5]) + tuple(bool(v) for v in cfg[5:]))
+                                       for top, cfg in rows]
 
 
 # ---------------------------------------------------------------------- launchers
@@ -399,8 +423,8 @@ def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, conf
     else:
         grid = (_cdiv(n, cfg.block_n) * _cdiv(m, cfg.block_m),)
         _launch("w8a16_mm", x.device, grid, x, w, s, y, m, n, k, x.stride(0), y.stride(0),
-                W_FP8=fp8, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n, F32_DOT=_interpreting(),
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                W_FP8=fp8, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_N=cfg.group_n, W_IS_A=cfg.w_is_a,
+                F32_DOT=_interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
 
 

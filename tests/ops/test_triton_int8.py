@@ -59,6 +59,7 @@ _W8A16_CONFIGS = {
     "gemv": T.W8A16Config(0, 8, 64),
     "tile16": T.W8A16Config(16, 16, 32),
     "tile32x64": T.W8A16Config(32, 64, 64, group_n=2),
+    "tile32x64-x-first": T.W8A16Config(32, 64, 64, w_is_a=False, group_n=2),
 }
 
 
