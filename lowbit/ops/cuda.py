@@ -9,6 +9,7 @@ import torch
 
 from ..errors import UnsupportedError
 from .library import register_device_kernel
+from .reference import quantize_per_tensor_float8
 
 aten = torch.ops.aten
 
@@ -19,18 +20,20 @@ aten = torch.ops.aten
 # (sm80, sm89) use the sm90 values until measured there.
 #
 # Weight-only (int8 and e4m3): Triton (GEMV, then the tile kernel) up to this M; above it
-# the codes are dequantized into a scratch bf16 weight (one Triton pass) and cuBLAS
-# multiplies (H200: the tile kernel 0.55-0.66x bf16 at M=256..4096, dequantize + cuBLAS
-# 0.5-0.6x at M=256 and 0.77-0.93x at M=1024..4096).
+# the codes are dequantized into a scratch weight (one Triton pass) and cuBLAS multiplies.
+# H200, 4 LLM shapes: dequantize + cuBLAS 0.50-0.61x bf16 at M=256, 0.76-0.93x at
+# M=1024..4096; the tile kernel 0.66x at M=256 with its tuned blocks (sweep, 14336x4096).
 CUDA_W8A16_TRITON_MAX_M = {"sm90": 256}
-# Above this M weight-only 8-bit is slower than the bf16 GEMM (H200: 0.45-0.95x at
-# M=64..4096): there is no mixed-input tensor-core kernel yet, so the user is told once.
-CUDA_W8A16_SLOWER_THAN_BF16_M = {"sm90": 64}
-# int8 dynamic always runs lowbit's Triton int8 GEMM: it beat torch._int_mm plus a scale
-# pass at every measured M > 16 (H200: 1.06-1.29x vs 0.46-1.02x bf16), and _int_mm cannot
-# take M <= 16 without padding.
+# Above this M weight-only 8-bit is slower than the bf16 GEMM on some shapes (H200 int8:
+# 0.57-0.95x at M=64, 0.42-0.93x above): no mixed-input tensor-core kernel reaches cuBLAS
+# yet, so the user is told once.
+CUDA_W8A16_SLOWER_THAN_BF16_M = {"sm90": 16}
+# int8 dynamic always runs lowbit's Triton int8 GEMM (scales in its epilogue): at the 16
+# measured (shape, M >= 64) cells it beat torch._int_mm + a scale pass in 15 (H200: Triton
+# 0.44-1.34x bf16 with the first block tables, _int_mm 0.46-1.02x), and _int_mm cannot take
+# M <= 16 without padding.
 # float8 row-wise dynamic: lowbit's Triton e4m3 GEMM up to this M, torch._scaled_mm above
-# (H200: Triton ahead at M <= 16 on 3 of 4 shapes, _scaled_mm from M = 64 on).
+# (H200: Triton ahead at M <= 16 on 3 of 4 shapes, _scaled_mm on all 4 from M = 64).
 CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M = {"sm90": 16}
 _MEASURED_ARCH = "sm90"
 
@@ -88,7 +91,7 @@ def _warn_slow_weight_only(m: int) -> None:
         warnings.warn(
             f"lowbit: int8/float8 weight-only linear on CUDA ran a {m}-row batch; above "
             f"{CUDA_W8A16_SLOWER_THAN_BF16_M[_MEASURED_ARCH]} rows weight-only 8-bit is slower than bf16 "
-            "F.linear on H200 (0.45-0.95x; it saves memory, not time). For prefill or large batches use "
+            "F.linear on some shapes on H200 (0.4-0.95x; it saves memory, not time). For prefill or large batches use "
             "Int8DynamicActivationInt8WeightConfig or Float8DynamicActivationFloat8WeightConfig (faster than "
             "bf16 there), or lowbit.autoquant to choose per layer.",
             RuntimeWarning,
@@ -141,7 +144,7 @@ def float8_dynamic_linear(x, qdata, scale):
 @_register("float8_dynamic_per_tensor_linear")
 def float8_dynamic_per_tensor_linear(x, qdata, scale):
     t8 = _float8_kernels(x)
-    xq, xs = t8.quantize_tensor_float8(x)
+    xq, xs = quantize_per_tensor_float8(x)
     if x.shape[0] <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
         return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
     return torch._scaled_mm(xq, qdata.t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),

@@ -24,8 +24,8 @@ import. On CPU tensors the kernels run only in Triton's interpreter (``TRITON_IN
 set before triton is imported; tests/conftest.py does that on machines without CUDA);
 lowbit's CPU ops never call these launchers.
 
-Block sizes come from ``pick_*`` tables measured on an H200 (sm90) with
-``benchmarks/gpu_8bit.py --sweep``; results in ``benchmarks/results/gpu_8bit_h200*.md``.
+Block sizes come from the ``pick_*`` tables (sm90, from ``benchmarks/gpu_8bit.py --sweep``
+on an H200; results in ``benchmarks/results/gpu_8bit_h200*.md``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ __all__ = [
     "pick_a8w8",
     "pick_w8a16",
     "quantize_rows",
-    "quantize_tensor_float8",
     "w8a16_linear",
 ]
 
@@ -208,60 +207,34 @@ def _round_to_e4m3(v):
 
 
 @triton.jit
-def _codes(x, scale, qmax, FP8: tl.constexpr, EMULATE_E4M3: tl.constexpr):
-    # Symmetric codes of x (float32) for one scale: int8 (round half to even) or e4m3 bytes.
-    v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
-    if FP8:
-        if EMULATE_E4M3:
-            v = _round_to_e4m3(v)
-        return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-    return _round_half_even(v).to(tl.int8)
-
-
-@triton.jit
-def _quant_rows(x_ptr, q_ptr, s_ptr, amax_ptr, K, stride_xm, MODE: tl.constexpr, FP8: tl.constexpr,
-                BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr, EMULATE_E4M3: tl.constexpr):
-    # One program per row. MODE 0: per-row scale (written to s_ptr[row]) and codes;
-    # MODE 1: only the row's max |x| (to s_ptr[row]); MODE 2: codes for the one scale
-    # max(amax_ptr[0] / qmax, eps) (program 0 writes it to s_ptr[0]). ONE_PASS: the row
-    # fits one block, read once; else pass 1 finds max |x| and pass 2 writes the codes.
+def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: tl.constexpr,
+                EMULATE_E4M3: tl.constexpr):
+    # One program per row: pass 1 finds max |x|, pass 2 writes the codes.
     row = tl.program_id(0)
     rk = tl.arange(0, BLOCK_K)
+    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
     if FP8:
         qmax = 448.0  # FP8_E4M3_MAX (module globals are not constexprs inside a kernel)
     else:
         qmax = 127.0  # INT8_QMAX
-    eps = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps: an all-zero row keeps a finite scale
-    x0 = tl.zeros([BLOCK_K], dtype=tl.float32)
-    if MODE == 2:
-        scale = tl.maximum(tl.load(amax_ptr) / qmax, eps)
-        if row == 0:
-            tl.store(s_ptr, scale)
-    else:
-        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-        if ONE_PASS:
-            x0 = tl.load(x_ptr + row * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)
-            amax = tl.abs(x0)
+    # Same scale as the reference: amax / qmax, at least float32 eps (all-zero rows).
+    scale = tl.maximum(tl.max(amax, axis=0) / qmax, 1.1920928955078125e-07)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+        v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
+        if FP8:
+            if EMULATE_E4M3:
+                v = _round_to_e4m3(v)
+            q = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
         else:
-            for k0 in range(0, K, BLOCK_K):
-                k = k0 + rk
-                x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
-                amax = tl.maximum(amax, tl.abs(x))
-        if MODE == 1:
-            tl.store(s_ptr + row, tl.max(amax, axis=0))
-        else:
-            # Same scale as the reference: max |x| / qmax, at least eps.
-            scale = tl.maximum(tl.max(amax, axis=0) / qmax, eps)
-            tl.store(s_ptr + row, scale)
-    if MODE != 1:
-        if ONE_PASS and MODE == 0:
-            tl.store(q_ptr + row * K + rk, _codes(x0, scale, qmax, FP8, EMULATE_E4M3), mask=rk < K)
-        else:
-            for k0 in range(0, K, BLOCK_K):
-                k = k0 + rk
-                x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
-                tl.store(q_ptr + row * K + k, _codes(x, scale, qmax, FP8, EMULATE_E4M3), mask=k < K)
-
+            q = _round_half_even(v).to(tl.int8)
+        tl.store(q_ptr + row * K + k, q, mask=k < K)
 
 @triton.jit
 def _dequant_rows(w_ptr, s_ptr, out_ptr, total, K, W_FP8: tl.constexpr, BLOCK: tl.constexpr):
@@ -329,10 +302,12 @@ class A8W8Config:
     group_n: int = 8
 
 
-# Block sizes per batch size M, measured on an H200 (sm90) with ``benchmarks/gpu_8bit.py
-# --sweep`` (benchmarks/results/gpu_8bit_h200_sweep.md): for each M the config with the
-# best geometric-mean time over the sweep's shapes of each weight class, "narrow"
-# (N < _WIDE_N: few weight-row blocks, so smaller blocks keep all SMs busy) and "wide".
+# Block sizes per batch size M on sm90, per weight class: "wide" (N >= _WIDE_N) holds the
+# fastest configs of the H200 sweep on 14336x4096 (benchmarks/results/gpu_8bit_h200_sweep.md);
+# "narrow" (N < _WIDE_N, few weight-row blocks) takes the same family with half the block
+# of weight rows where that doubles the programs to about one per SM (not swept yet:
+# ``benchmarks/gpu_8bit.py --sweep --tables-out`` measures both classes and writes tables
+# that ``_set_tables`` installs).
 # Entry (largest M, (block_m, block_n, block_k, num_warps, num_stages[, w_is_a])); block_m 0
 # selects the GEMV.
 _WIDE_N = 8192
@@ -472,17 +447,7 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     return out
 
 
-_QUANT_BLOCK_K = 1024  # elements per step when a row is read twice (amax, then codes)
-_QUANT_ONE_PASS_MAX_K = 16384  # rows up to this long are held in registers and read once
-
-
-def _quant_launch(x, q, s, amax, mode: int, fp8: bool):
-    m, k = x.shape
-    one_pass = k <= _QUANT_ONE_PASS_MAX_K
-    block = max(16, 1 << (k - 1).bit_length()) if one_pass else _QUANT_BLOCK_K
-    warps = 1 if block <= 256 else 4 if block <= 2048 else 8 if block <= 8192 else 16
-    _launch("quant_rows", x.device, (m,), x, q, s, amax, k, x.stride(0), MODE=mode, FP8=fp8, BLOCK_K=block,
-            ONE_PASS=one_pass, EMULATE_E4M3=_interpreting(), num_warps=warps)
+_QUANT_BLOCK_K = 1024  # elements per step of a row; the row is read twice (amax, codes)
 
 
 def quantize_rows(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -493,24 +458,10 @@ def quantize_rows(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tenso
     q = torch.empty((m, k), dtype=torch.uint8 if fp8 else torch.int8, device=x.device)
     s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m:
-        _quant_launch(x, q, s, s, 0, fp8)
+        block = min(_QUANT_BLOCK_K, max(16, 1 << (k - 1).bit_length()))
+        _launch("quant_rows", x.device, (m,), x, q, s, k, x.stride(0), FP8=fp8, BLOCK_K=block, EMULATE_E4M3=_interpreting(),
+                num_warps=4 if block >= 512 else 1)
     return (q.view(torch.float8_e4m3fn) if fp8 else q), s
-
-
-def quantize_tensor_float8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """e4m3 codes with one float32 scale [1, 1] (max |x| of the whole tensor -> 448)."""
-    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
-    x = x.contiguous()
-    m, k = x.shape
-    q = torch.empty((m, k), dtype=torch.uint8, device=x.device)
-    s = torch.empty((1, 1), dtype=torch.float32, device=x.device)
-    if m:
-        row_amax = torch.empty((m,), dtype=torch.float32, device=x.device)
-        _quant_launch(x, q, row_amax, row_amax, 1, True)
-        _quant_launch(x, q, s, row_amax.amax(), 2, True)
-    else:
-        s.fill_(torch.finfo(torch.float32).eps)
-    return q.view(torch.float8_e4m3fn), s
 
 
 # ---------------------------------------------------------------------- torch.library ops
