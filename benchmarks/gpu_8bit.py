@@ -194,8 +194,8 @@ def _overhead_table(rows) -> str:
 
 
 def _sweep_configs():
-    from lowbit.ops.triton_int8 import A8W8Config as A
-    from lowbit.ops.triton_int8 import W8A16Config as W
+    from lowbit.ops.triton_int8 import BlockConfig as A
+    from lowbit.ops.triton_int8 import BlockConfig as W  # same class; W for weight-only rows
 
     gemv = [W(0, 4, 512), W(0, 8, 512), W(0, 16, 256), W(0, 4, 1024), W(0, 8, 1024, num_warps=8),
             W(0, 2, 2048), W(0, 2, 4096, num_warps=8), W(0, 1, 4096)]
@@ -273,6 +273,8 @@ def thresholds_from_sweep(res) -> dict:
     out = {}
     for kind, (other, name) in _THRESHOLDS.items():
         rows = [r for r in res if r["kind"] == kind]
+        if not rows:
+            continue
         top = 0
         for m in sorted({r["M"] for r in rows}):
             at_m = [r for r in rows if r["M"] == m]
@@ -317,10 +319,7 @@ def tables_from_sweep(res) -> dict:
                         best = (score, cfg)
                 if best is not None:
                     c = best[1]
-                    cfg_row = [c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages]
-                    if hasattr(c, "w_is_a"):
-                        cfg_row.append(int(c.w_is_a))
-                    entries.append([m, cfg_row])
+                    entries.append([m, [c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages, int(c.w_is_a)]])
             if entries:
                 entries[-1][0] = 1 << 62  # the largest M measured serves every larger M
                 tables.setdefault(kind, {})[cls_name] = entries
@@ -344,7 +343,7 @@ def _cfg_desc(c) -> str:
     if isinstance(c, str):
         return c
     return (f"m{c.block_m} n{c.block_n} k{c.block_k} w{c.num_warps} s{c.num_stages}"
-            + ("" if getattr(c, "w_is_a", True) else " x-first"))
+            + ("" if c.w_is_a else " x-first"))
 
 
 def _profile_eager() -> int:
@@ -352,7 +351,7 @@ def _profile_eager() -> int:
     import cProfile
     import pstats
 
-    w, q = _weights(4096, 4096)
+    _, q = _weights(4096, 4096)
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     for name in ("int8-wo", "fp8-dyn-row"):
         t = q[name]

@@ -39,8 +39,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 __all__ = [
-    "A8W8Config",
-    "W8A16Config",
+    "BlockConfig",
     "a8w8_linear",
     "dequantize_rows",
     "pick_a8w8",
@@ -280,25 +279,19 @@ def _cdiv(a: int, b: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class W8A16Config:
-    """Block sizes of the weight-only kernels; ``block_m == 0`` selects the GEMV."""
+class BlockConfig:
+    """Block sizes and launch settings of one kernel call.
+
+    Weight-only (``w8a16_linear``): ``block_m == 0`` selects the GEMV; ``w_is_a`` picks the
+    tile kernel's operand order (see ``_w8a16_mm``). The 8-bit x 8-bit kernel ignores ``w_is_a``.
+    """
 
     block_m: int
     block_n: int
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
-    w_is_a: bool = True  # the weight tile is the MMA's first operand (see _w8a16_mm)
-    group_n: int = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class A8W8Config:
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int = 4
-    num_stages: int = 3
+    w_is_a: bool = True
     group_n: int = 8
 
 
@@ -337,15 +330,14 @@ def _pick(kind: str, m: int, n: int) -> tuple:
     return next(cfg for top, cfg in table if m <= top)
 
 
-def pick_w8a16(m: int, n: int, k: int) -> W8A16Config:
+def pick_w8a16(m: int, n: int, k: int) -> BlockConfig:
     """The weight-only kernel config for an [m, k] x [n, k]^T product."""
-    return W8A16Config(*_pick("w8a16", m, n))
+    return BlockConfig(*_pick("w8a16", m, n))
 
 
-def pick_a8w8(m: int, n: int, k: int, fp8: bool = False) -> A8W8Config:
+def pick_a8w8(m: int, n: int, k: int, fp8: bool = False) -> BlockConfig:
     """The 8-bit x 8-bit kernel config for an [m, k] x [n, k]^T product."""
-    bm, bn, bk, warps, stages = _pick("a8w8_fp8" if fp8 else "a8w8_int8", m, n)
-    return A8W8Config(bm, bn, bk, warps, stages)
+    return BlockConfig(*_pick("a8w8_fp8" if fp8 else "a8w8_int8", m, n))
 
 
 def _set_tables(tables: dict) -> None:
@@ -380,7 +372,7 @@ def _codes_view(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return codes, False
 
 
-def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, config: W8A16Config | None = None) -> torch.Tensor:
+def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, config: BlockConfig | None = None) -> torch.Tensor:
     """``x @ (codes * scale)^T`` in x's dtype; codes int8 or e4m3 [N, K], scale float32 [N] or [N, 1]."""
     _check_2d(x, codes, scale)
     x = x.contiguous()
@@ -404,7 +396,7 @@ def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, conf
 
 
 def a8w8_linear(xq: torch.Tensor, x_scale: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor,
-                out_dtype: torch.dtype, config: A8W8Config | None = None) -> torch.Tensor:
+                out_dtype: torch.dtype, config: BlockConfig | None = None) -> torch.Tensor:
     """``(xq @ codes^T) * x_scale * w_scale`` in ``out_dtype``: int8 x int8 or e4m3 x e4m3.
 
     ``x_scale`` is [M] / [M, 1], or one element for all rows; ``w_scale`` likewise [N] or one.

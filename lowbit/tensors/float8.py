@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import ops
+from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..ops.library import kernel
 from ..ops.reference import FLOAT8_E4M3_MAX
 from .base import (

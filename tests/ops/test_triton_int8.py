@@ -56,10 +56,10 @@ def _wo_reference(x, q, s):
 
 # Small configs: the GEMV, a tile kernel whose blocks leave partial tiles in M, N and K.
 _W8A16_CONFIGS = {
-    "gemv": T.W8A16Config(0, 8, 64),
-    "tile16": T.W8A16Config(16, 16, 32),
-    "tile32x64": T.W8A16Config(32, 64, 64, group_n=2),
-    "tile32x64-x-first": T.W8A16Config(32, 64, 64, w_is_a=False, group_n=2),
+    "gemv": T.BlockConfig(0, 8, 64),
+    "tile16": T.BlockConfig(16, 16, 32),
+    "tile32x64": T.BlockConfig(32, 64, 64, group_n=2),
+    "tile32x64-x-first": T.BlockConfig(32, 64, 64, w_is_a=False, group_n=2),
 }
 
 
@@ -90,7 +90,7 @@ def test_w8a16_other_activation_dtypes(device, act_dtype):
         assert lowbit.sqnr(_wo_reference(x, q, s).float(), y.float()) > 45, cfg
 
 
-_A8W8_CONFIGS = {"tile16": T.A8W8Config(16, 16, 32), "tile32x64": T.A8W8Config(32, 64, 64, group_n=2)}
+_A8W8_CONFIGS = {"tile16": T.BlockConfig(16, 16, 32), "tile32x64": T.BlockConfig(32, 64, 64, group_n=2)}
 
 
 @pytest.mark.parametrize("device", DEVICES)
