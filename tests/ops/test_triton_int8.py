@@ -66,7 +66,7 @@ _W8A16_CONFIGS = {
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("codes", CODES)
 @pytest.mark.parametrize("cfg", list(_W8A16_CONFIGS), ids=list(_W8A16_CONFIGS))
-@pytest.mark.parametrize("m", [1, 5, 33])
+@pytest.mark.parametrize("m", [1, 33])  # one row; more rows than one M block
 def test_w8a16_matches_reference(device, codes, cfg, m):
     _device_or_skip(device)
     n, k = 72, 200  # neither a multiple of the blocks
