@@ -17,6 +17,8 @@ from . import autoquant, granularity, primitives  # noqa: E402  (autoquant is ca
 from .api import FqnToConfig, QuantizeReport, quantize_  # noqa: E402
 from .config import BaseConfig  # noqa: E402
 from .configs import (  # noqa: E402
+    Float8DynamicActivationFloat8WeightConfig,
+    Float8WeightOnlyConfig,
     FloatCastConfig,
     Int4Packing,
     Int4WeightOnlyConfig,
@@ -30,6 +32,9 @@ from .primitives import sqnr  # noqa: E402
 from .tune import tune  # noqa: E402
 from .serialization import load_file, load_into, save_file  # noqa: E402
 from .tensors import (  # noqa: E402
+    Float8DynActPerTensorTensor,
+    Float8DynActTensor,
+    Float8Tensor,
     FloatCastTensor,
     Int4MarlinTensor,
     Int4PlainTensor,
@@ -57,6 +62,8 @@ __all__ = [
     "Int4Packing",
     "Int8DynamicActivationInt4WeightConfig",
     "FloatCastConfig",
+    "Float8WeightOnlyConfig",
+    "Float8DynamicActivationFloat8WeightConfig",
     "LowbitTensor",
     "Int8Tensor",
     "Int8DynActTensor",
@@ -68,6 +75,9 @@ __all__ = [
     "Int4XpuFloatZpTensor",
     "Int4VnniCpuTensor",
     "FloatCastTensor",
+    "Float8Tensor",
+    "Float8DynActTensor",
+    "Float8DynActPerTensorTensor",
     "UnsupportedError",
     "UnsupportedOpError",
     "sqnr",

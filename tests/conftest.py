@@ -1,7 +1,14 @@
 """Parametrizes conformance suites from their class attributes; device fixtures."""
 
+import os
+
 import pytest
 import torch
+
+# Without CUDA, Triton kernels can only run in Triton's interpreter; the flag must be set
+# before triton is first imported (tests/ops/test_triton_int8.py checks the kernels there).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _dtype_id(d):

@@ -19,6 +19,8 @@ import torch
 
 from ..config import BaseConfig
 from ..configs import (
+    Float8DynamicActivationFloat8WeightConfig,
+    Float8WeightOnlyConfig,
     FloatCastConfig,
     Int4WeightOnlyConfig,
     Int8DynamicActivationInt4WeightConfig,
@@ -199,5 +201,20 @@ register_candidate(
     "da8w4_g128",
     Int8DynamicActivationInt4WeightConfig(group_size=128),
     sets=("da8w4", "all"),
+    dynamic_activation=True,
+)
+# Float8 (e4m3): CUDA sm89+ only (supports() skips them elsewhere with the reason, before
+# any timing). Row-wise dynamic is the fastest 8-bit format at large M on H100/H200.
+register_candidate("float8_weight_only", Float8WeightOnlyConfig(), sets=("default", "float8", "all"))
+register_candidate(
+    "float8_dynamic_row",
+    Float8DynamicActivationFloat8WeightConfig(granularity="row"),
+    sets=("default", "float8", "all"),
+    dynamic_activation=True,
+)
+register_candidate(
+    "float8_dynamic_tensor",
+    Float8DynamicActivationFloat8WeightConfig(granularity="tensor"),
+    sets=("float8", "all"),
     dynamic_activation=True,
 )

@@ -2,63 +2,153 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
 
+from ..errors import UnsupportedError
 from .library import register_device_kernel
-from .reference import quantize_per_token_int8
+from .reference import quantize_per_tensor_float8
 
 aten = torch.ops.aten
 
-# torch._int_mm on CUDA needs M > 16 (and K, N multiples of 8); smaller batches are
-# padded with zero rows up to this (the padded rows are dropped from the output).
-CUDA_INT_MM_MIN_M = 17
+# ---------------------------------------------------------------------- 8-bit: int8 and float8
+# Kernels: lowbit/ops/triton_int8.py (Triton, imported on first use) plus cuBLAS paths.
+# Dispatch by batch rows M. Thresholds measured on an H200 (sm90) with
+# benchmarks/gpu_8bit.py (benchmarks/results/gpu_8bit_h200.md); other architectures
+# (sm80, sm89) use the sm90 values until measured there.
+#
+# Weight-only (int8 and e4m3): Triton (GEMV, then the tile kernel) up to this M; above it
+# the codes are dequantized into a scratch weight (one Triton pass) and cuBLAS multiplies.
+# H200, 4 LLM shapes: dequantize + cuBLAS 0.50-0.61x bf16 at M=256, 0.76-0.93x at
+# M=1024..4096; the tile kernel 0.66x at M=256 with its tuned blocks (sweep, 14336x4096).
+CUDA_W8A16_TRITON_MAX_M = {"sm90": 256}
+# Above this M weight-only 8-bit is slower than the bf16 GEMM on some shapes (H200 int8:
+# 0.57-0.95x at M=64, 0.42-0.93x above): no mixed-input tensor-core kernel reaches cuBLAS
+# yet, so the user is told once.
+CUDA_W8A16_SLOWER_THAN_BF16_M = {"sm90": 16}
+# int8 dynamic always runs lowbit's Triton int8 GEMM (scales in its epilogue): at the 16
+# measured (shape, M >= 64) cells it beat torch._int_mm + a scale pass in 15 (H200: Triton
+# 0.44-1.34x bf16 with the first block tables, _int_mm 0.46-1.02x), and _int_mm cannot take
+# M <= 16 without padding.
+# float8 row-wise dynamic: lowbit's Triton e4m3 GEMM up to this M, torch._scaled_mm above
+# (H200: Triton ahead at M <= 16 on 3 of 4 shapes, _scaled_mm on all 4 from M = 64).
+CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M = {"sm90": 16}
+_MEASURED_ARCH = "sm90"
 
-# Measured on an H100 (benchmarks/results/linear_cuda_h100.md, eager, cold weights):
-# ATen's CUDA int8 GEMV (`_weight_int8pack_mm`) runs at ~3% of memory bandwidth (165 us
-# at 4096x4096, M=1, vs 33 us for bf16), slower than dequantize + cuBLAS at every M, so
-# lowbit does not use it on CUDA. Int8 on CUDA then still trails bf16 in eager mode
-# (0.2-0.75x); the user is told once. A fused int8 GEMV is future work.
-_warned_slow_int8 = False
+
+@functools.cache
+def _arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm{major}{minor}"
 
 
-def _warn_slow_int8() -> None:
-    global _warned_slow_int8
-    if not _warned_slow_int8:
-        _warned_slow_int8 = True
-        warnings.warn(
-            "lowbit: int8 linears on CUDA save memory but run slower than bf16 F.linear (H100, "
-            "eager: 0.2-0.75x; lowbit has no fused CUDA int8 GEMV yet). Use lowbit.autoquant to "
-            "keep layers in bf16 where int8 loses, or keep float weights if speed matters.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+def _threshold(table: dict, device: torch.device) -> int:
+    return table.get(_arch(device.index if device.index is not None else torch.cuda.current_device()),
+                     table[_MEASURED_ARCH])
+
+
+@functools.cache
+def _triton_int8():
+    """lowbit/ops/triton_int8.py, or a clear error where triton is not installed."""
+    try:
+        from . import triton_int8
+    except ImportError as e:
+        raise UnsupportedError(
+            f"lowbit's CUDA int8/float8 kernels are written in Triton, which is not importable here ({e}); "
+            "install it (pip install triton; it ships with CUDA builds of torch on Linux)"
+        ) from e
+    triton_int8.register_triton_ops()
+    return triton_int8
+
+
+@functools.cache
+def _check_float8_device(index: int) -> None:
+    from ..tensors.float8 import float8_device_reason
+
+    reason = float8_device_reason(torch.device("cuda", index))
+    if reason is not None:
+        raise UnsupportedError(f"lowbit float8 linear on cuda:{index}: {reason}")
+
+
+def _float8_kernels(x):
+    _check_float8_device(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    return _triton_int8()
 
 
 def _register(name):
     return register_device_kernel(name, "cuda")
 
 
+_warned_slow_weight_only = False
+
+
+def _warn_slow_weight_only(m: int) -> None:
+    global _warned_slow_weight_only
+    if not _warned_slow_weight_only:
+        _warned_slow_weight_only = True
+        warnings.warn(
+            f"lowbit: int8/float8 weight-only linear on CUDA ran a {m}-row batch; above "
+            f"{CUDA_W8A16_SLOWER_THAN_BF16_M[_MEASURED_ARCH]} rows weight-only 8-bit is slower than bf16 "
+            "F.linear on some shapes on H200 (0.4-0.95x; it saves memory, not time). For prefill or large batches use "
+            "Int8DynamicActivationInt8WeightConfig or Float8DynamicActivationFloat8WeightConfig (faster than "
+            "bf16 there), or lowbit.autoquant to choose per layer.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _weight_only(x, qdata, scale):
+    t8 = _triton_int8()
+    m = x.shape[0]
+    if m > _threshold(CUDA_W8A16_SLOWER_THAN_BF16_M, x.device):
+        _warn_slow_weight_only(m)
+    if m <= _threshold(CUDA_W8A16_TRITON_MAX_M, x.device):
+        return t8.w8a16_linear(x, qdata, scale)
+    return torch.mm(x, t8.dequantize_rows(qdata, scale, x.dtype).t())
+
+
 @_register("int8_weight_only_linear")
 def int8_weight_only_linear(x, qdata, scale):
-    _warn_slow_int8()
-    return torch.mm(x, qdata.to(x.dtype).t()) * scale.reshape(1, -1).to(x.dtype)
+    return _weight_only(x, qdata, scale)
+
+
+@_register("float8_weight_only_linear")
+def float8_weight_only_linear(x, qdata, scale):
+    _float8_kernels(x)
+    return _weight_only(x, qdata, scale)
 
 
 @_register("int8_dynamic_linear")
 def int8_dynamic_linear(x, qdata, scale):
-    _warn_slow_int8()
-    xq, xs = quantize_per_token_int8(x)
-    m, k = xq.shape
-    n = qdata.shape[0]
-    if k % 8 or n % 8:
-        # torch._int_mm's shape rule; an fp32 GEMM over the integer values is exact here.
-        acc = torch.mm(xq.to(torch.float32), qdata.to(torch.float32).t())
-    else:
-        xp = xq if m >= CUDA_INT_MM_MIN_M else torch.nn.functional.pad(xq, (0, 0, 0, CUDA_INT_MM_MIN_M - m))
-        acc = torch._int_mm(xp, qdata.t())[:m].to(torch.float32)
-    return (acc * xs * scale.reshape(1, -1)).to(x.dtype)
+    t8 = _triton_int8()
+    xq, xs = t8.quantize_rows(x, fp8=False)
+    return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
+
+
+@_register("float8_dynamic_linear")
+def float8_dynamic_linear(x, qdata, scale):
+    t8 = _float8_kernels(x)
+    xq, xs = t8.quantize_rows(x, fp8=True)
+    if x.shape[0] <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
+        return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
+    # Row-wise scaling: scale_a [M, 1], scale_b [1, N] float32, bf16 output (the only
+    # output dtype torch 2.11 allows with row-wise scales); the weight goes in as
+    # qdata.t(), the column-major [K, N] operand _scaled_mm wants.
+    y = torch._scaled_mm(xq, qdata.t(), scale_a=xs, scale_b=scale.reshape(1, -1),
+                         out_dtype=torch.bfloat16, use_fast_accum=True)
+    return y.to(x.dtype)
+
+
+@_register("float8_dynamic_per_tensor_linear")
+def float8_dynamic_per_tensor_linear(x, qdata, scale):
+    t8 = _float8_kernels(x)
+    xq, xs = quantize_per_tensor_float8(x)
+    if x.shape[0] <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
+        return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
+    return torch._scaled_mm(xq, qdata.t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),
+                            out_dtype=x.dtype, use_fast_accum=True)
 
 
 # ---------------------------------------------------------------------- int4 tensor-core tiled

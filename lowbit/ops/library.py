@@ -140,3 +140,20 @@ def _int4_tinygemm_cpu_linear_fake(x, qdata, scale_and_zero, group_size, out_fea
     )
     torch._check(out_features <= qdata.shape[0], lambda: f"out_features {out_features} > packed rows {qdata.shape[0]}")
     return _linear_out(x, out_features)
+
+
+# ---------------------------------------------------------------------- float8 (e4m3) formats
+# lowbit/tensors/float8.py. x [M, K] float; qdata float8_e4m3fn [N, K] -> [M, N] in x.dtype.
+# Weight-only: scale float32 [N, 1]. Dynamic row-wise: x quantized per token to e4m3 inside
+# the op, scale [N, 1]. Dynamic per-tensor: x quantized with one scale, scale [1, 1].
+
+
+def _float8_linear_fake(x, qdata, scale):
+    torch._check(x.dim() == 2 and qdata.dim() == 2, lambda: "x and qdata must be 2-D")
+    torch._check(x.shape[1] == qdata.shape[1], lambda: f"K mismatch: x {x.shape}, qdata {qdata.shape}")
+    torch._check(qdata.dtype == torch.float8_e4m3fn, lambda: f"qdata must be float8_e4m3fn, got {qdata.dtype}")
+    return _linear_out(x, qdata.shape[0])
+
+
+for _name in ("float8_weight_only_linear", "float8_dynamic_linear", "float8_dynamic_per_tensor_linear"):
+    define(f"{_name}(Tensor x, Tensor qdata, Tensor scale) -> Tensor")(_float8_linear_fake)

@@ -180,3 +180,59 @@ def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features,
     sz = scale_and_zero[:, :out_features]
     w = int4_float_zp_dequantize(codes, sz[..., 0].t(), sz[..., 1].t(), group_size)
     return (x.to(torch.float32) @ w.t()).to(x.dtype)
+
+
+# ---------------------------------------------------------------------- float8 (e4m3)
+
+__all__ += [
+    "quantize_per_token_float8",
+    "quantize_per_tensor_float8",
+    "float8_weight_only_linear",
+    "float8_dynamic_linear",
+    "float8_dynamic_per_tensor_linear",
+]
+
+FLOAT8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn magnitude
+
+
+def _to_e4m3(xf: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # Clamp first: the cast saturates nothing, it would turn |x| > 448 into NaN.
+    return (xf / scale).clamp(-FLOAT8_E4M3_MAX, FLOAT8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def quantize_per_token_float8(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row e4m3 codes and float32 scales [M, 1] (max |x| maps to 448)."""
+    xf = x2d.to(torch.float32)
+    scale = (xf.abs().amax(dim=1, keepdim=True) / FLOAT8_E4M3_MAX).clamp(min=torch.finfo(torch.float32).eps)
+    return _to_e4m3(xf, scale), scale
+
+
+def quantize_per_tensor_float8(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric e4m3 codes with one float32 scale [1, 1] for the whole tensor."""
+    xf = x2d.to(torch.float32)
+    scale = (xf.abs().amax().reshape(1, 1) / FLOAT8_E4M3_MAX).clamp(min=torch.finfo(torch.float32).eps)
+    return _to_e4m3(xf, scale), scale
+
+
+@_impl("float8_weight_only_linear")
+def float8_weight_only_linear(x, qdata, scale):
+    w = qdata.to(torch.float32) * scale.to(torch.float32)
+    return (x.to(torch.float32) @ w.t()).to(x.dtype)
+
+
+def _float8_scaled_product(xq, xs, x, qdata, scale):
+    # e4m3 x e4m3 products and their sums are exact in float64 for any K lowbit meets.
+    acc = xq.to(torch.float64) @ qdata.to(torch.float64).t()
+    return (acc * xs.to(torch.float64) * scale.reshape(1, -1).to(torch.float64)).to(x.dtype)
+
+
+@_impl("float8_dynamic_linear")
+def float8_dynamic_linear(x, qdata, scale):
+    xq, xs = quantize_per_token_float8(x)
+    return _float8_scaled_product(xq, xs, x, qdata, scale)
+
+
+@_impl("float8_dynamic_per_tensor_linear")
+def float8_dynamic_per_tensor_linear(x, qdata, scale):
+    xq, xs = quantize_per_tensor_float8(x)
+    return _float8_scaled_product(xq, xs, x, qdata, scale)

@@ -1,6 +1,7 @@
 """Packed weight formats: one tensor subclass per format."""
 
 from .base import LowbitTensor, UnsupportedOpError, format_registry
+from .float8 import Float8DynActPerTensorTensor, Float8DynActTensor, Float8Tensor
 from .float_cast import FloatCastTensor
 from .int4_marlin import Int4MarlinTensor
 from .int4_plain import Int4PlainTensor
@@ -25,4 +26,7 @@ __all__ = [
     "Int4XpuTensor",
     "Int4XpuFloatZpTensor",
     "Int4VnniCpuTensor",
+    "Float8Tensor",
+    "Float8DynActTensor",
+    "Float8DynActPerTensorTensor",
 ]

@@ -1,0 +1,67 @@
+"""Float8 (e4m3) configs: weight-only and dynamic float8 activation x float8 weight."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import BaseConfig, register_handler
+from ..errors import UnsupportedError
+from ..tensors.float8 import (
+    Float8DynActPerTensorTensor,
+    Float8DynActTensor,
+    Float8Tensor,
+)
+
+__all__ = ["FLOAT8_GRANULARITIES", "Float8DynamicActivationFloat8WeightConfig", "Float8WeightOnlyConfig"]
+
+# granularity -> the tensor class that stores (and the kernel that reads) it.
+_DYNAMIC_CLASSES = {"row": Float8DynActTensor, "tensor": Float8DynActPerTensorTensor}
+FLOAT8_GRANULARITIES = tuple(_DYNAMIC_CLASSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Float8WeightOnlyConfig(BaseConfig):
+    """Per-output-channel float8 e4m3 weights; activations stay float.
+
+    Needs an NVIDIA GPU with compute capability >= 8.9 (Ada, Hopper); other devices are
+    skipped with the reason (``Float8Tensor.supports``).
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Float8DynamicActivationFloat8WeightConfig(BaseConfig):
+    """Float8 e4m3 activations (quantized at run time) x float8 e4m3 weights.
+
+    Args:
+        granularity: ``"row"`` (default): one scale per activation row (token) and per
+            weight output channel, ``torch._scaled_mm`` row-wise; ``"tensor"``: one scale
+            for the whole activation and one for the weight.
+
+    Needs compute capability >= 8.9 and in/out features that are multiples of 16.
+    """
+
+    granularity: str = "row"
+
+    def __post_init__(self):
+        if self.granularity not in _DYNAMIC_CLASSES:
+            raise ValueError(
+                f"Float8DynamicActivationFloat8WeightConfig.granularity must be one of "
+                f"{FLOAT8_GRANULARITIES}, got {self.granularity!r}"
+            )
+
+
+def _make(cls, weight, fqn):
+    reason = cls.supports(weight, weight.device)
+    if reason is not None:
+        raise UnsupportedError(f"{cls.__name__} cannot serve {fqn or 'this layer'}: {reason}")
+    return cls.from_float(weight)
+
+
+@register_handler(Float8WeightOnlyConfig)
+def _float8_weight_only(weight, config, fqn):
+    return _make(Float8Tensor, weight, fqn)
+
+
+@register_handler(Float8DynamicActivationFloat8WeightConfig)
+def _float8_dynamic(weight, config, fqn):
+    return _make(_DYNAMIC_CLASSES[config.granularity], weight, fqn)
