@@ -7,7 +7,7 @@ import torch
 import lowbit
 from lowbit.hqq import hqq_int4_qparams
 from lowbit.tensors import Int4PlainTensor
-from lowbit.tensors.int4_plain import quantize_int4
+from lowbit.tensors.int4_common import quantize_int4
 from lowbit.testing import make_weight
 
 

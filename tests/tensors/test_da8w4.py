@@ -22,7 +22,7 @@ from lowbit.granularity import per_group
 from lowbit.ops import _ext, reference
 from lowbit.tensors import Int4VnniCpuTensor
 from lowbit.tensors.base import UnsupportedOpError
-from lowbit.tensors.int4_vnni_cpu import pack_vnni_int4, unpack_vnni_int4
+from lowbit.packing.int4_vnni import pack_vnni_int4, unpack_vnni_int4
 from lowbit.testing import FormatConformance, assert_same_tensor, make_weight
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from lowbit.errors import UnsupportedError
 from lowbit.packing import pack_int4_nibbles, unpack_int4_nibbles
 from lowbit.tensors import Int4PlainTensor, Int4TinygemmCpuTensor
 from lowbit.tensors.base import UnsupportedOpError
-from lowbit.tensors.int4_plain import quantize_int4
+from lowbit.tensors.int4_common import quantize_int4
 from lowbit.testing import FormatConformance, assert_same_tensor, make_weight
 
 

@@ -14,7 +14,7 @@ from lowbit.ops import reference
 from lowbit.packing.int4 import TINYGEMM_CPU_LAYOUTS, pack_tinygemm_cpu, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from lowbit.tensors import Int4PlainTensor, Int4TinygemmCpuTensor
 from lowbit.tensors.base import UnsupportedOpError
-from lowbit.tensors.int4_plain import quantize_int4
+from lowbit.tensors.int4_common import quantize_int4
 from lowbit.testing import FormatConformance, assert_same_tensor, make_weight
 
 BIG_M = cpu_ops.CPU_INT4_TINYGEMM_MAX_M + 1  # first batch size on the dequantize + GEMM path
