@@ -79,7 +79,7 @@ class LowbitTensor(torch.Tensor):
         cls._op_table = {}
         if cls.format_name is not None and "format_name" in cls.__dict__:
             if cls.format_name in format_registry:
-                raise RuntimeError(
+                raise TypeError(
                     f"format_name {cls.format_name!r} is used by both "
                     f"{format_registry[cls.format_name].__qualname__} and {cls.__qualname__}"
                 )
