@@ -23,7 +23,7 @@ Three stages, all per group of ``group_size`` weights, starting from min-max qpa
 Every candidate is scored by the plain L2 error of its group and each group keeps its
 best, so the result is never worse than min-max in L2 (SQNR) for any group.
 
-Speed: the groups are processed in chunks of about ``_CHUNK_ELEMS`` weights, so each
+Speed: the groups are processed in chunks of 2^18 weights per CPU thread, so each
 stage's chain of elementwise ops stays in the CPU's cache instead of streaming the whole
 layer through memory per op, and stages 1 and 2 stop once an iteration lowers the
 chunk's total L2 error by less than ``tol`` (relative). It runs on the weight's device.
@@ -44,12 +44,12 @@ _MIN_SCALE = 2.0**-20  # same floor as lowbit.tensors.int4_common's min-max scal
 # Four are enough: the refit below moves each group to its own optimum from any of them
 # (ten candidates measured the same SQNR, +0.000 dB, at 1.7x the time).
 _RANGE_SHRINK = (0.04, 0.1, 0.16, 0.25)
-# Weights per chunk: 2^18 float32 = 1 MiB per temporary, within a core's L2 on current
-# x86 server CPUs; on GPUs larger chunks only cut launch overhead.
-_CHUNK_ELEMS = {"cpu": 1 << 18}
+# Weights per chunk and CPU thread: 2^18 float32 = 1 MiB per temporary, within a core's L2
+# on current x86 server CPUs; on GPUs larger chunks only cut launch overhead.
+_CPU_CHUNK_ELEMS_PER_THREAD = 1 << 18
+_GPU_CHUNK_ELEMS = 1 << 24
 # Stage 2 rounds: (zero shift in codes, scale factor) nudges tried before each refit.
 _NUDGE_ROUNDS = ((), ((0.5, 1.0), (-0.5, 1.0), (0.0, 1.02), (0.0, 0.98)))
-_GPU_CHUNK_ELEMS = 1 << 24
 
 
 def _shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -187,7 +187,8 @@ def hqq_int4_qparams(
     round_z = kind is P.ZeroPointKind.INT
     n, k = w.shape
     wg = w.reshape(-1, group_size)  # one row per group
-    chunk = max(1, _CHUNK_ELEMS.get(w.device.type, _GPU_CHUNK_ELEMS) // group_size)
+    elems = _CPU_CHUNK_ELEMS_PER_THREAD * torch.get_num_threads() if w.device.type == "cpu" else _GPU_CHUNK_ELEMS
+    chunk = max(1, elems // group_size)
     scales, zeros = [], []
     for g0 in range(0, wg.shape[0], chunk):
         s, z = _optimize_chunk(wg[g0:g0 + chunk].to(torch.float32), round_z, iters, lp, beta, kappa,

@@ -48,7 +48,7 @@ def int8_dynamic_linear(x, qdata, scale):
         # output to bf16 (~55 dB vs the exact integer sum). With fp32 inputs the same
         # kernel runs 13-18x slower on AVX2, so bf16 is the fast exact-input form.
         ones = torch.ones(qdata.shape[0], dtype=torch.bfloat16)
-        acc = aten._weight_int8pack_mm(xq.to(torch.bfloat16), qdata, ones).to(torch.float32)
+        acc = aten._weight_int8pack_mm(xq.to(torch.bfloat16).contiguous(), qdata, ones).to(torch.float32)
     else:
         # torch._int_mm on CPU is a slow reference loop (1.4 s at 256x4096x4096 on a
         # 2-core Zen3). An fp32 GEMM over the integer values is exact while |sum| < 2^24.

@@ -26,6 +26,8 @@ class TestInt4TiledCuda(FormatConformance):
     act_dtypes = [torch.bfloat16, torch.float16, torch.float32]
     batch_sizes = [1, 7, 32, 33, 100]  # both sides of CUDA_INT4_TILED_MAX_M
     min_linear_sqnr = 45.0
+    fuzz_group_sizes = (32, 64, 128, 256)
+    fuzz_n_multiple = 8  # N_TILE
 
 
 class TestInt4TiledCudaStoredOnCpu(FormatConformance):
@@ -33,12 +35,11 @@ class TestInt4TiledCudaStoredOnCpu(FormatConformance):
 
     tensor_cls = Int4TiledCudaTensor
     devices = ["cpu"]
+    kernel_devices = ("cuda",)
     batch_sizes = [1, 7]
     min_linear_sqnr = 45.0
-
-    def build(self, shape, device, dtype=None):
-        w = make_weight(shape, dtype or self.weight_dtype, device)
-        return w, self.make(w)
+    fuzz_group_sizes = (32, 64, 128, 256)
+    fuzz_n_multiple = 8  # N_TILE
 
 
 # ---------------------------------------------------------------------- packing on CPU

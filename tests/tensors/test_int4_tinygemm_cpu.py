@@ -27,6 +27,7 @@ class TestInt4TinygemmCpu(FormatConformance):
     devices = ["cpu"]
     batch_sizes = [1, 7, 33, BIG_M, 130]  # both sides of the tinygemm / GEMM switch
     min_linear_sqnr = 40.0
+    fuzz_group_sizes = (32, 64, 128, 256)
 
     def make(self, w):
         return Int4TinygemmCpuTensor.from_float(w, group_size=64)
