@@ -18,10 +18,9 @@ import types
 import torch
 
 import lowbit
+from lowbit.autoquant.bench import _cpu_model_name
 from lowbit.hqq import hqq_int4_qparams
 from lowbit.tensors.int4_common import quantize_int4
-
-from lowbit.autoquant.bench import _cpu_model_name
 
 
 def _old_hqq():

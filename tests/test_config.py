@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lowbit  # noqa: F401  (imports every config module, filling the registry)
-from lowbit import FqnToConfig, LowbitTensor, Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+from lowbit import FqnToConfig, Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, LowbitTensor
 from lowbit.config import _CONFIG_CLASSES, BaseConfig, config_from_dict, register_handler
 
 # lowbit's own configs only (tests register throw-away configs in the same registry).

@@ -2,7 +2,8 @@
 autoquant candidates. ``__all__`` is the union of the modules' own ``__all__``.
 """
 
-# isort: off  (import order = autoquant candidate registration order, which reports and ties follow)
+# Import order = autoquant candidate registration order (reports and ties follow it).
+# isort: off
 from . import int8, float_cast, int4, da8w4
 from .int8 import *  # noqa: F403
 from .float_cast import *  # noqa: F403

@@ -32,7 +32,9 @@ class Int8DynamicActivationInt4WeightConfig(BaseConfig):
 
     def __post_init__(self):
         if not isinstance(self.group_size, int) or self.group_size <= 0 or self.group_size % 16:
-            raise ValueError(f"group_size must be a positive multiple of 16 (e.g. 32, 64, 128, 256), got {self.group_size!r}")
+            raise ValueError(
+                f"group_size must be a positive multiple of 16 (e.g. 32, 64, 128, 256), got {self.group_size!r}"
+            )
         if self.act_mapping not in ACT_MAPPINGS:
             raise ValueError(f"act_mapping must be one of {ACT_MAPPINGS}, got {self.act_mapping!r}")
 

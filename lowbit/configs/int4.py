@@ -94,7 +94,9 @@ class Int4WeightOnlyConfig(BaseConfig):
 
     def __post_init__(self):
         if self.group_size not in INT4_GROUP_SIZES:
-            raise ValueError(f"Int4WeightOnlyConfig.group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
+            raise ValueError(
+                f"Int4WeightOnlyConfig.group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}"
+            )
         zp = self.zero_point.value if isinstance(self.zero_point, ZeroPointKind) else self.zero_point
         if zp not in ("float", "int"):
             raise ValueError(f"Int4WeightOnlyConfig.zero_point must be 'float' or 'int', got {self.zero_point!r}")

@@ -21,7 +21,7 @@ class Int8WeightOnlyConfig(BaseConfig):
     """Symmetric per-output-channel int8 weights; activations stay float.
 
     Kernels: ``aten._weight_int8pack_mm`` for small batches (CPU, CUDA), a GEMM on the
-    dequantized weight above ``lowbit.tensors.int8.CPU_INT8_GEMV_MAX_M`` rows.
+    dequantized weight above ``lowbit.ops.cpu.CPU_INT8_GEMV_MAX_M`` rows (CPU).
     """
 
 

@@ -166,7 +166,8 @@ def _linear(func, types, args, kwargs):
             "w.from_checkpoint(torch.device('cpu')), or save/load through lowbit.save_file/load_file"
         )
     n, k = w.shape
-    y = kernel("int4_tinygemm_cpu_linear", x.device.type)(x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout)
+    mm = kernel(torch.ops.lowbit.int4_tinygemm_cpu_linear, x.device.type)
+    y = mm(x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout)
     y = y.reshape(*x.shape[:-1], n)
     if bias is not None:
         y = y + bias.to(y.dtype)

@@ -173,7 +173,7 @@ def _linear(func, types, args, kwargs):
     if x.device != qdata.device:
         raise ValueError(f"input is on {x.device} but the weight is on {qdata.device}; move one of them")
     x2 = x if x.ndim == 2 else x.reshape(-1, k)
-    y = kernel("da8w4_linear", x.device.type)(
+    y = kernel(torch.ops.lowbit.da8w4_linear, x.device.type)(
         x2.contiguous(), qdata, w.scale, w.zero_point, w.qsum, w.group_size, w.act_mapping
     )
     if x.ndim != 2:

@@ -59,5 +59,6 @@ class Int4XpuFloatZpTensor(XpuInt4Layout, PortableInt4Mixin, LowbitTensor):
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
     check_linear_input(x, w)
-    y = kernel("int4_xpu_float_zp_mm", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
+    mm = kernel(torch.ops.lowbit.int4_xpu_float_zp_mm, x.device.type)
+    y = mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
     return finish_linear(y, x, w, bias)

@@ -89,8 +89,8 @@ def missing_conformance(tests_dir) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
                 for stmt in node.body:
-                    if (isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "tensor_cls" for t in stmt.targets)
-                            and isinstance(stmt.value, ast.Name)):
+                    names = [getattr(t, "id", None) for t in stmt.targets] if isinstance(stmt, ast.Assign) else []
+                    if "tensor_cls" in names and isinstance(stmt.value, ast.Name):
                         covered.add(stmt.value.id)
     return sorted(c.__name__ for c in format_registry.values()
                   if c.__module__.startswith("lowbit.") and c.__name__ not in covered)

@@ -20,9 +20,9 @@ import lowbit
 from lowbit import primitives as P
 from lowbit.granularity import per_group
 from lowbit.ops import _ext, reference
+from lowbit.packing.int4_vnni import pack_vnni_int4, unpack_vnni_int4
 from lowbit.tensors import Int4VnniCpuTensor
 from lowbit.tensors.base import UnsupportedOpError
-from lowbit.packing.int4_vnni import pack_vnni_int4, unpack_vnni_int4
 from lowbit.testing import FormatConformance, assert_same_tensor, make_weight
 
 logger = logging.getLogger(__name__)
