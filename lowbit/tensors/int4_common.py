@@ -39,6 +39,7 @@ __all__ = [
     "int4_class_for",
     "int4_formats",
     "int4_from_codes",
+    "int4_supports_reason",
     "int4_weight_reason",
     "int_to_float_zero_point",
     "quantize_int4",
@@ -70,12 +71,26 @@ class Int4Packing(str, enum.Enum):
 # ---------------------------------------------------------------------- weights and codes
 
 
-def int4_weight_reason(weight) -> str | None:
-    """Why ``weight`` is not a 2-D float weight an int4 format can take (None: it is)."""
+def int4_weight_reason(weight, k_multiple: int = 1) -> str | None:
+    """Why ``weight`` is not a 2-D float weight with K % ``k_multiple`` == 0 (None: it is)."""
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         return f"needs a 2-D weight, got {getattr(weight, 'ndim', type(weight).__name__)}-D"
     if weight.dtype not in FLOAT_DTYPES:
         return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
+    if weight.shape[1] % k_multiple:
+        return f"needs in_features K % {k_multiple} == 0, got K={weight.shape[1]}"
+    return None
+
+
+def int4_supports_reason(cls, weight, device, group_size: int, where: str) -> str | None:
+    """The shared ``supports`` of int4 layouts: a 2-D float weight, ``cls._layout_reason``
+    (N, K, group) and ``cls.kernel_device`` (``where`` names the kernel in the message)."""
+    reason = int4_weight_reason(weight) or cls._layout_reason(*weight.shape, group_size)
+    if reason:
+        return reason
+    dev = torch.device(device) if device is not None else weight.device
+    if dev.type != cls.kernel_device:
+        return f"runs on {where} only, got device {dev}"
     return None
 
 
@@ -375,13 +390,7 @@ class XpuInt4Layout:
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
-        reason = int4_weight_reason(weight) or cls._layout_reason(*weight.shape, group_size)
-        if reason:
-            return reason
-        dev = torch.device(device) if device is not None else weight.device
-        if dev.type != "xpu":
-            return f"runs on Intel GPUs (xpu) only, got device {dev}"
-        return None
+        return int4_supports_reason(cls, weight, device, group_size, "Intel GPUs (xpu)")
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 128, qparams: str = "minmax"):

@@ -23,7 +23,7 @@ from .int4_common import (
     PortableInt4Mixin,
     check_int4_codes,
     check_int4_weight,
-    int4_weight_reason,
+    int4_supports_reason,
     quantize_int4,
     scale_dtype_for,
 )
@@ -82,13 +82,7 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
-        reason = int4_weight_reason(weight) or cls._layout_reason(*weight.shape, group_size)
-        if reason:
-            return reason
-        dev = torch.device(device) if device is not None else weight.device
-        if dev.type != "cuda":
-            return f"is a CUDA layout (Marlin), got device {dev}"
-        return None
+        return int4_supports_reason(cls, weight, device, group_size, "CUDA (the Marlin layout)")
 
     @classmethod
     def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):

@@ -15,6 +15,7 @@ from .int4_common import (
     check_int4_codes,
     int4_class_for,
     int4_from_codes,
+    int4_weight_reason,
     quantize_int4,
     slice_codes,
 )
@@ -57,13 +58,7 @@ class Int4PlainTensor(LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128):
-        if weight.ndim != 2:
-            return f"needs a 2-D weight, got {weight.ndim}-D"
-        if weight.dtype not in FLOAT_DTYPES:
-            return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
-        if weight.shape[1] % min(INT4_GROUP_SIZES):
-            return f"needs in_features K % {min(INT4_GROUP_SIZES)} == 0, got K={weight.shape[1]}"
-        return None
+        return int4_weight_reason(weight, k_multiple=min(INT4_GROUP_SIZES))
 
     @classmethod
     def from_float(cls, w, group_size: int = 128, zero_point_kind="float", qparams: str = "minmax"):

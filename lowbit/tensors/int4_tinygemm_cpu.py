@@ -20,12 +20,13 @@ from ..errors import UnsupportedError
 from ..ops.library import kernel
 from ..ops.reference import dequantize_int4_float_zp
 from ..packing.int4 import TINYGEMM_CPU_N_ALIGN, tinygemm_cpu_layout, unpack_tinygemm_cpu
-from .base import FLOAT_DTYPES, LowbitTensor, UnsupportedOpError, check_linear_input, linear_args, slice_args
+from .base import LowbitTensor, UnsupportedOpError, check_linear_input, linear_args, slice_args
 from .int4_common import (
     INT4_GROUP_SIZES,
     Int4Packing,
     PortableInt4Mixin,
     check_int4_codes,
+    int4_weight_reason,
     quantize_int4,
     scale_dtype_for,
     slice_codes,
@@ -75,12 +76,9 @@ class Int4TinygemmCpuTensor(PortableInt4Mixin, LowbitTensor):
         device = torch.device(device) if device is not None else weight.device
         if device.type != "cpu":
             return f"runs on CPU only, got device {device}"
-        if weight.ndim != 2:
-            return f"needs a 2-D weight, got {weight.ndim}-D"
-        if weight.dtype not in FLOAT_DTYPES:
-            return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
-        if weight.shape[1] % min(INT4_GROUP_SIZES):
-            return f"needs in_features K % {min(INT4_GROUP_SIZES)} == 0, got K={weight.shape[1]}"
+        reason = int4_weight_reason(weight, k_multiple=min(INT4_GROUP_SIZES))
+        if reason:
+            return reason
         if tinygemm_cpu_layout() is None:
             return (
                 f"this torch {torch.__version__} packs int4 CPU weights in a layout lowbit does not "
