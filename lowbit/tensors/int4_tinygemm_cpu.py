@@ -164,9 +164,12 @@ def _linear(func, types, args, kwargs):
             "w.from_checkpoint(torch.device('cpu')), or save/load through lowbit.save_file/load_file"
         )
     n, k = w.shape
-    mm = kernel(torch.ops.lowbit.int4_tinygemm_cpu_linear, x.device.type)
-    y = mm(x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout)
-    y = y.reshape(*x.shape[:-1], n)
+    x2 = x.reshape(-1, k)
+    if x2.shape[0] == 0:  # an empty batch: the C++ GEMV refuses M = 0
+        y = x.new_empty((*x.shape[:-1], n))
+    else:
+        mm = kernel(torch.ops.lowbit.int4_tinygemm_cpu_linear, x.device.type)
+        y = mm(x2, w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout).reshape(*x.shape[:-1], n)
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y

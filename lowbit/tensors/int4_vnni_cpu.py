@@ -15,7 +15,7 @@ from ..ops.library import kernel
 from ..ops.reference import dequantize_int4_int_zp
 from ..packing.int4_vnni import VNNI_BLOCK_N, VNNI_OCTET, pack_vnni_int4, unpack_vnni_int4
 from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
-from .int4_common import check_int4_weight, quantize_int4, slice_codes
+from .int4_common import check_int4_codes, check_int4_weight, quantize_int4, slice_codes
 
 aten = torch.ops.aten
 
@@ -113,11 +113,7 @@ class Int4VnniCpuTensor(LowbitTensor):
         reason = _shape_reason(n, k, group_size)
         if reason is not None:
             raise UnsupportedError(f"{cls.__name__} {reason}")
-        g = k // group_size
-        if tuple(scale.shape) != (n, g) or tuple(zero_point.shape) != (n, g):
-            raise ValueError(
-                f"scale and zero_point must be [{n}, {g}], got {tuple(scale.shape)} and {tuple(zero_point.shape)}"
-            )
+        check_int4_codes(cls.__name__, codes, scale, zero_point, group_size, (n, k), "int", None)
         qdata, s, z, qsum = pack_vnni_int4(codes, scale, zero_point)
         return cls(qdata, s, z, qsum, group_size=group_size, act_mapping=act_mapping, shape=(n, k), dtype=dtype)
 

@@ -4,7 +4,7 @@ On top of the suite's round trips, a format class is checked for:
 
 * ``torch.library.opcheck`` of the custom op its ``F.linear`` calls (schema, fake impl,
   AOT dispatch) and that op's presence in the ``torch.compile(fullgraph=True)`` graph;
-* 1-D, 3-D and non-contiguous inputs, in each supported activation dtype;
+* M = 0, 1-D, 3-D and non-contiguous inputs, in each supported activation dtype;
 * save / load in a fresh process, bit-exact;
 * ``.to()`` to every device present and back, codes preserved;
 * fuzzed shapes (hypothesis: M 1..300, K a multiple of the group, N a multiple of the
@@ -183,6 +183,8 @@ class ContractMixin:
         x2 = torch.randn(5, k).to(act_dtype).to(device)
         y1 = F.linear(x2[0], t)  # 1-D input -> 1-D output, same numbers as one row
         assert y1.shape == (n,) and torch.equal(y1, F.linear(x2[:1], t)[0])
+        y0 = F.linear(x2[:0], t)  # an empty batch (M = 0)
+        assert y0.shape == (0, n) and y0.dtype == act_dtype
         strided = torch.randn(5, 2 * k).to(act_dtype).to(device)[:, ::2]  # non-contiguous rows
         transposed = torch.randn(k, 5).to(act_dtype).to(device).t()
         x3 = torch.randn(2, k, 3).to(act_dtype).to(device).transpose(1, 2)  # non-contiguous 3-D
