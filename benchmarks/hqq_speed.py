@@ -39,14 +39,14 @@ def _sqnr(w, codes, scale, zero, group, kind):
     return lowbit.sqnr(w.float(), d)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=2, default=(4096, 11008), metavar=("N", "K"))
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--kind", default="float", choices=("float", "int"))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-old", action="store_true", help="skip the (slow) pre-speed-up HQQ row")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
