@@ -6,5 +6,6 @@ from lowbit.testing.contract import missing_conformance
 
 
 def test_every_registered_format_has_a_conformance_suite():
-    missing = missing_conformance(pathlib.Path(__file__).parent)
+    tests_dir = next(p for p in pathlib.Path(__file__).resolve().parents if p.name == "tests")
+    missing = missing_conformance(tests_dir)
     assert not missing, f"formats without a FormatConformance test class (tensor_cls = ...): {missing}"
