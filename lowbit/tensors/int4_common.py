@@ -17,7 +17,6 @@ and ``int4_class_for`` derives the device -> format table from those attributes 
 from __future__ import annotations
 
 import enum
-import logging
 
 import torch
 
@@ -46,8 +45,6 @@ __all__ = [
     "scale_dtype_for",
     "slice_codes",
 ]
-
-log = logging.getLogger(__name__)
 
 INT4_QMIN, INT4_QMAX = 0, 15  # uint4 codes; the FLOAT zero point is centred on code 8
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what every int4 kernel we target accepts
