@@ -20,7 +20,7 @@ case "${1:-tests}" in
     python3 -m pytest -q -p no:cacheprovider --maxfail=25 tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
     ;;
   bench)
-    python3 -m pytest -q -p no:cacheprovider tests/tensors/test_int4_marlin.py tests/tensors/test_int4_tinygemm_cpu.py tests/test_int4_portable.py tests/tensors/test_int4_tiled_cuda.py 2>&1 | tail -4
+    python3 -m pytest -q -p no:cacheprovider tests/tensors/test_int4_marlin.py tests/tensors/test_int4_tinygemm_cpu.py tests/tensors/test_int4_common.py tests/tensors/test_int4_tiled_cuda.py 2>&1 | tail -4
     python3 -m benchmarks.gpu_int4 --check 2>&1 | tee "$OUT/gpu_int4_check.txt" | tail -8
     python3 -m benchmarks.gpu_int4 --out "$OUT/gpu_int4.md" 2>&1 | tail -40
     python3 benchmarks/linear.py --device cuda --gpu-shapes --out "$OUT/linear_cuda.md" 2>&1 | tail -40

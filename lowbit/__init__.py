@@ -13,41 +13,16 @@ if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2]) < _min
         "upgrade torch (CPU: pip install torch==2.13.0)"
     )
 
-from . import autoquant, granularity, primitives  # noqa: E402  (autoquant is callable)
+from . import autoquant, configs, granularity, primitives, tensors  # noqa: E402  (autoquant is callable)
 from .api import FqnToConfig, QuantizeReport, quantize_  # noqa: E402
 from .config import BaseConfig  # noqa: E402
-from .configs import (  # noqa: E402
-    Float8DynamicActivationFloat8WeightConfig,
-    Float8WeightOnlyConfig,
-    FloatCastConfig,
-    Int4Packing,
-    Int4WeightOnlyConfig,
-    Int8DynamicActivationInt4WeightConfig,
-    Int8DynamicActivationInt8WeightConfig,
-    Int8WeightOnlyConfig,
-)
+from .configs import *  # noqa: E402,F403
 from .env import env_report  # noqa: E402
 from .errors import UnsupportedError  # noqa: E402
 from .primitives import sqnr  # noqa: E402
-from .tune import tune  # noqa: E402
 from .serialization import load_file, load_into, save_file  # noqa: E402
-from .tensors import (  # noqa: E402
-    Float8DynActPerTensorTensor,
-    Float8DynActTensor,
-    Float8Tensor,
-    FloatCastTensor,
-    Int4MarlinTensor,
-    Int4PlainTensor,
-    Int4TiledCudaTensor,
-    Int4TinygemmCpuTensor,
-    Int4VnniCpuTensor,
-    Int4XpuFloatZpTensor,
-    Int4XpuTensor,
-    Int8DynActTensor,
-    Int8Tensor,
-    LowbitTensor,
-    UnsupportedOpError,
-)
+from .tensors import *  # noqa: E402,F403
+from .tune import tune  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -56,30 +31,9 @@ __all__ = [
     "FqnToConfig",
     "QuantizeReport",
     "BaseConfig",
-    "Int8WeightOnlyConfig",
-    "Int8DynamicActivationInt8WeightConfig",
-    "Int4WeightOnlyConfig",
-    "Int4Packing",
-    "Int8DynamicActivationInt4WeightConfig",
-    "FloatCastConfig",
-    "Float8WeightOnlyConfig",
-    "Float8DynamicActivationFloat8WeightConfig",
-    "LowbitTensor",
-    "Int8Tensor",
-    "Int8DynActTensor",
-    "Int4PlainTensor",
-    "Int4TinygemmCpuTensor",
-    "Int4TiledCudaTensor",
-    "Int4MarlinTensor",
-    "Int4XpuTensor",
-    "Int4XpuFloatZpTensor",
-    "Int4VnniCpuTensor",
-    "FloatCastTensor",
-    "Float8Tensor",
-    "Float8DynActTensor",
-    "Float8DynActPerTensorTensor",
+    *configs.__all__,
+    *tensors.__all__,
     "UnsupportedError",
-    "UnsupportedOpError",
     "sqnr",
     "env_report",
     "tune",

@@ -12,6 +12,7 @@ from torch import nn
 
 from .config import BaseConfig, handler_for
 from .errors import UnsupportedError
+from .progress import Progress
 from .tensors.base import LowbitTensor
 
 __all__ = ["quantize_", "FqnToConfig", "QuantizeReport", "default_filter"]
@@ -133,9 +134,11 @@ def quantize_(
     report = QuantizeReport()
     report.params_total = sum(p.numel() for p in model.parameters())
     pending: list[tuple[nn.Module, str, torch.Tensor]] = []
+    progress = Progress("quantize_", sum(1 for fqn, m in model.named_modules() if filter_fn(m, fqn)))
     for fqn, module in model.named_modules():
         if not filter_fn(module, fqn):
             continue
+        progress.step(fqn)
         cfg = config.config_for(fqn) if isinstance(config, FqnToConfig) else config
         if cfg is None:
             continue

@@ -35,6 +35,13 @@ class BaseConfig:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        other = _CONFIG_CLASSES.get(cls.__name__)
+        if other is not None:
+            raise TypeError(
+                f"config name {cls.__name__!r} is already registered by {other.__module__}.{other.__qualname__}; "
+                f"to_dict/from_dict find configs by class name, so give {cls.__module__}.{cls.__qualname__} "
+                "another name"
+            )
         _CONFIG_CLASSES[cls.__name__] = cls
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +133,11 @@ def register_handler(config_cls: type[BaseConfig]) -> Callable:
     """Register ``fn(weight, config, fqn) -> new weight`` for ``config_cls``."""
 
     def decorator(fn):
+        if config_cls in _HANDLERS:
+            raise TypeError(
+                f"{config_cls.__name__} already has a handler ({_HANDLERS[config_cls].__qualname__}); "
+                "a config registers exactly one"
+            )
         _HANDLERS[config_cls] = fn
         return fn
 

@@ -78,7 +78,7 @@ def _call_copy(kernel, argsets, x, c):
 def _time_us(fn, xs: list[torch.Tensor], copies: int, reps: int) -> float:
     fn(xs[0], 0)  # warm-up (builds/JITs kernels)
     times = []
-    for r in range(reps):
+    for _ in range(reps):
         for c in range(copies):
             t0 = time.perf_counter()
             fn(xs[0], c)

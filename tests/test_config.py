@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import lowbit  # noqa: F401  (imports every config module, filling the registry)
-from lowbit import FqnToConfig, Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
-from lowbit.config import _CONFIG_CLASSES, BaseConfig, config_from_dict
+from lowbit import FqnToConfig, Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, LowbitTensor
+from lowbit.config import _CONFIG_CLASSES, BaseConfig, config_from_dict, register_handler
 
 # lowbit's own configs only (tests register throw-away configs in the same registry).
 _LOWBIT_CONFIGS = sorted(
@@ -158,3 +158,24 @@ def test_fqn_to_config_round_trips_through_json():
 def test_fqn_to_config_from_dict_rejects_bad_entries():
     with pytest.raises(ValueError, match="unknown config type 'Nope'"):
         FqnToConfig.from_dict({"head": {"type": "Nope"}})
+
+
+def test_registering_a_config_name_twice_raises():
+    with pytest.raises(TypeError, match="already registered"):
+
+        @dataclasses.dataclass(frozen=True)
+        class Int8WeightOnlyConfig(BaseConfig):  # same name as lowbit's
+            pass
+
+
+def test_registering_a_second_handler_raises():
+    with pytest.raises(TypeError, match="already has a handler"):
+        register_handler(lowbit.Int8WeightOnlyConfig)(lambda w, c, fqn: w)
+
+
+def test_registering_a_format_name_twice_raises():
+    with pytest.raises(TypeError, match="format_name 'int8_weight_only' is used by both"):
+
+        class _Clash(LowbitTensor):
+            data_fields = ("qdata",)
+            format_name = "int8_weight_only"

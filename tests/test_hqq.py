@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import pathlib
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 import lowbit
 from lowbit.hqq import hqq_int4_qparams
 from lowbit.tensors import Int4PlainTensor
-from lowbit.tensors.int4_plain import quantize_int4
+from lowbit.tensors.int4_common import quantize_int4
 from lowbit.testing import make_weight
 
 
@@ -68,3 +69,14 @@ def test_q4_1_weights_reproduced_by_float_zero_point_minmax_group_32():
     assert torch.equal(codes, q_gguf)
     t4 = Int4PlainTensor.from_codes(codes, scale, zero, group_size=32, shape=w.shape, dtype=w.dtype)
     assert lowbit.sqnr(w, t4.dequantize(torch.float32)) > 100
+
+
+def test_speed_benchmark_runs_and_prints_its_table(capsys):
+    # benchmarks/hqq_speed.py in-process on a tiny layer (a smoke test, no timing asserts).
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "hqq_speed.py"
+    spec = importlib.util.spec_from_file_location("hqq_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--shape", "32", "256", "--no-old"])
+    out = capsys.readouterr().out
+    assert "| min-max |" in out and "| HQQ (new" in out and "threads" in out

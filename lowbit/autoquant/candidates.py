@@ -1,8 +1,8 @@
 """The registry of autoquant candidates: named configs grouped into named sets.
 
 A candidate is a config (or ``None``: keep the layer's float weight as it is) with a
-stable name and the sets it belongs to. Formats register their candidates next to this
-module's built-ins, so a new format needs one ``register_candidate`` call::
+stable name and the sets it belongs to. Each format registers its candidates next to its
+config (``lowbit/configs/*.py``), so a new format needs one ``register_candidate`` call::
 
     register_candidate("int4_wo_g128", Int4WeightOnlyConfig(group_size=128), sets=("int4", "all"))
 
@@ -18,15 +18,6 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..config import BaseConfig
-from ..configs import (
-    Float8DynamicActivationFloat8WeightConfig,
-    Float8WeightOnlyConfig,
-    FloatCastConfig,
-    Int4WeightOnlyConfig,
-    Int8DynamicActivationInt4WeightConfig,
-    Int8DynamicActivationInt8WeightConfig,
-    Int8WeightOnlyConfig,
-)
 
 __all__ = [
     "Candidate",
@@ -160,61 +151,3 @@ def resolve_candidates(spec) -> list[Candidate]:
                 f"lowbit.autoquant.register_candidate(name, config, sets=...)"
             )
     return list(out.values())
-
-
-# ---------------------------------------------------------------------- built-ins
-
-
-def _int8_dynamic_matmul_only(weight: torch.Tensor, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """The int8 matmul on activations that are already int8 (their quantization excluded).
-
-    Estimated with the weight-only int8 kernel on the integer-valued activation, which
-    runs the same int8-weight product without the per-token quantization step.
-    """
-    from ..ops.reference import quantize_per_token_int8
-
-    xq, _ = quantize_per_token_int8(x.reshape(-1, x.shape[-1]))
-    xq = xq.to(x.dtype)
-    qdata, scale = weight.qdata, weight.scale
-    op = torch.ops.lowbit.int8_weight_only_linear
-    return lambda: op(xq, qdata, scale)
-
-
-register_candidate("int8_weight_only", Int8WeightOnlyConfig(), sets=("default", "int8", "all"))
-register_candidate(
-    "int8_dynamic",
-    Int8DynamicActivationInt8WeightConfig(),
-    sets=("default", "int8", "all"),
-    dynamic_activation=True,
-    matmul_only=_int8_dynamic_matmul_only,
-)
-register_candidate("cast_float32", FloatCastConfig(torch.float32), sets=("default", "float", "all"))
-register_candidate("cast_bfloat16", FloatCastConfig(torch.bfloat16), sets=("default", "float", "all"))
-register_candidate("cast_float16", FloatCastConfig(torch.float16), sets=("float", "all"))
-# Int4 weight-only (group sizes are config fields, one candidate each) and DA8W4. Not in
-# "default": groupwise int4 measures ~18-25 dB output SQNR per layer, under the default
-# 30 dB bar, so those candidates would only cost build and SQNR time there; ask for them
-# with candidates="int4" / "da8w4" / "all" and a lower min_sqnr.
-for _gs in (32, 64, 128, 256):
-    register_candidate(f"int4_wo_g{_gs}", Int4WeightOnlyConfig(group_size=_gs), sets=("int4", "all"))
-register_candidate(
-    "da8w4_g128",
-    Int8DynamicActivationInt4WeightConfig(group_size=128),
-    sets=("da8w4", "all"),
-    dynamic_activation=True,
-)
-# Float8 (e4m3): CUDA sm89+ only (supports() skips them elsewhere with the reason, before
-# any timing). Row-wise dynamic is the fastest 8-bit format at large M on H100/H200.
-register_candidate("float8_weight_only", Float8WeightOnlyConfig(), sets=("default", "float8", "all"))
-register_candidate(
-    "float8_dynamic_row",
-    Float8DynamicActivationFloat8WeightConfig(granularity="row"),
-    sets=("default", "float8", "all"),
-    dynamic_activation=True,
-)
-register_candidate(
-    "float8_dynamic_tensor",
-    Float8DynamicActivationFloat8WeightConfig(granularity="tensor"),
-    sets=("float8", "all"),
-    dynamic_activation=True,
-)

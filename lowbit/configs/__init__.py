@@ -1,19 +1,15 @@
-"""Concrete configs, one module per format family; each registers its handler."""
+"""Concrete configs, one module per format family; each registers its handler and its
+autoquant candidates. ``__all__`` is the union of the modules' own ``__all__``.
+"""
 
-from .da8w4 import Int8DynamicActivationInt4WeightConfig
-from .float8 import Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig
-from .float_cast import FloatCastConfig
-from .int4 import Int4Packing, Int4WeightOnlyConfig, int4_class_for
-from .int8 import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+# Import order = autoquant candidate registration order (reports and ties follow it).
+# isort: off
+from . import int8, float_cast, int4, da8w4, float8
+from .int8 import *  # noqa: F403
+from .float_cast import *  # noqa: F403
+from .int4 import *  # noqa: F403
+from .da8w4 import *  # noqa: F403
+from .float8 import *  # noqa: F403
+# isort: on
 
-__all__ = [
-    "Int8WeightOnlyConfig",
-    "Int8DynamicActivationInt8WeightConfig",
-    "Int4WeightOnlyConfig",
-    "Int4Packing",
-    "int4_class_for",
-    "Int8DynamicActivationInt4WeightConfig",
-    "FloatCastConfig",
-    "Float8WeightOnlyConfig",
-    "Float8DynamicActivationFloat8WeightConfig",
-]
+__all__ = [*int8.__all__, *float_cast.__all__, *int4.__all__, *da8w4.__all__, *float8.__all__]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..autoquant.candidates import register_candidate
 from ..config import BaseConfig, register_handler
 from ..errors import UnsupportedError
 from ..tensors.float8 import (
@@ -65,3 +66,20 @@ def _float8_weight_only(weight, config, fqn):
 @register_handler(Float8DynamicActivationFloat8WeightConfig)
 def _float8_dynamic(weight, config, fqn):
     return _make(_DYNAMIC_CLASSES[config.granularity], weight, fqn)
+
+
+# Float8 (e4m3): CUDA sm89+ only (supports() skips them elsewhere with the reason, before
+# any timing). Row-wise dynamic is the fastest 8-bit format at large M on H100/H200.
+register_candidate("float8_weight_only", Float8WeightOnlyConfig(), sets=("default", "float8", "all"))
+register_candidate(
+    "float8_dynamic_row",
+    Float8DynamicActivationFloat8WeightConfig(granularity="row"),
+    sets=("default", "float8", "all"),
+    dynamic_activation=True,
+)
+register_candidate(
+    "float8_dynamic_tensor",
+    Float8DynamicActivationFloat8WeightConfig(granularity="tensor"),
+    sets=("float8", "all"),
+    dynamic_activation=True,
+)

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from ..autoquant.candidates import register_candidate
 from ..config import BaseConfig, register_handler
 from ..errors import UnsupportedError
 from ..tensors.float_cast import FloatCastTensor
@@ -41,3 +42,8 @@ def _float_cast(weight, config, fqn):
     if reason is not None:
         raise UnsupportedError(f"FloatCastTensor cannot serve {fqn or 'this layer'}: {reason}")
     return FloatCastTensor.from_float(weight, config.dtype)
+
+
+register_candidate("cast_float32", FloatCastConfig(torch.float32), sets=("default", "float", "all"))
+register_candidate("cast_bfloat16", FloatCastConfig(torch.bfloat16), sets=("default", "float", "all"))
+register_candidate("cast_float16", FloatCastConfig(torch.float16), sets=("float", "all"))

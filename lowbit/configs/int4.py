@@ -1,10 +1,10 @@
 """Int4 weight-only config: one request ("int4, group 128"), one packed format per device.
 
-Format choice is a table, not a chain of conditions: ``_PACKING_CLASSES`` says which
-tensor class implements a packing, ``_AUTO_PACKING`` which packing ``"auto"`` means on a
-device type for a zero-point kind. ``int4_class_for`` reads both, and every path that
-builds an int4 weight (``quantize_``, checkpoint loading, ``model.to(device)``) goes
-through it.
+Format choice is a table, not a chain of conditions, and the table is derived from the
+format classes' own declarations (``int4_packing``, ``kernel_device``,
+``zero_point_kind``, ``scale_dtypes``, ``int4_auto``; see ``lowbit/tensors/int4_common.py``).
+``int4_class_for`` reads it, and every path that builds an int4 weight (``quantize_``,
+checkpoint loading, ``model.to(device)``) goes through it.
 
 Policies (decided here, documented for users):
 
@@ -29,143 +29,28 @@ Policies (decided here, documented for users):
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 
 import torch
 
+from ..autoquant.candidates import register_candidate
 from ..config import BaseConfig, register_handler
 from ..errors import UnsupportedError
 from ..primitives import ZeroPointKind, _enum
 from ..tensors.base import LowbitTensor
-from ..tensors.int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, int_to_float_zero_point, quantize_int4
-from ..tensors.int4_marlin import Int4MarlinTensor
-from ..tensors.int4_tiled_cuda import Int4TiledCudaTensor
-from ..tensors.int4_tinygemm_cpu import Int4TinygemmCpuTensor
-from ..tensors.int4_xpu import Int4XpuTensor
-from ..tensors.int4_xpu_float_zp import Int4XpuFloatZpTensor
+from ..tensors.int4_common import (
+    INT4_GROUP_SIZES,
+    Int4Packing,
+    int4_class_for,
+    int4_formats,
+    int4_from_codes,
+    quantize_int4,
+    scale_dtype_for,
+)
 
 __all__ = ["Int4WeightOnlyConfig", "Int4Packing", "int4_class_for", "int4_from_codes", "int4_group_size_for"]
 
 log = logging.getLogger(__name__)
-
-
-class Int4Packing(str, enum.Enum):
-    """Packed int4 layouts. Values are stable strings (configs and checkpoints store them)."""
-
-    AUTO = "auto"  # the format of the weight's device (table below)
-    TINYGEMM_CPU = "tinygemm_cpu"  # Int4TinygemmCpuTensor
-    TILED_CUDA = "tiled_cuda"  # Int4TiledCudaTensor (tensor-core tiled, float zero point)
-    MARLIN = "marlin"  # Int4MarlinTensor
-    XPU = "xpu"  # Int4XpuTensor (int zero point)
-    XPU_FLOAT_ZP = "xpu_float_zp"  # Int4XpuFloatZpTensor (float zero point)
-    PLAIN = "plain"  # Int4PlainTensor: portable storage, no kernel
-
-
-# packing -> tensor class. Each class has ``from_codes``/``to_codes`` (the int4 "codes"
-# interface, see int4_plain.py) and ``supports``.
-_PACKING_CLASSES: dict[Int4Packing, type[LowbitTensor]] = {
-    Int4Packing.TINYGEMM_CPU: Int4TinygemmCpuTensor,
-    Int4Packing.TILED_CUDA: Int4TiledCudaTensor,
-    Int4Packing.MARLIN: Int4MarlinTensor,
-    Int4Packing.XPU: Int4XpuTensor,
-    Int4Packing.XPU_FLOAT_ZP: Int4XpuFloatZpTensor,
-    Int4Packing.PLAIN: Int4PlainTensor,
-}
-
-# Device type each kernel format runs on (PLAIN: any).
-_PACKING_DEVICE: dict[Int4Packing, str] = {
-    Int4Packing.TINYGEMM_CPU: "cpu",
-    Int4Packing.TILED_CUDA: "cuda",
-    Int4Packing.MARLIN: "cuda",
-    Int4Packing.XPU: "xpu",
-    Int4Packing.XPU_FLOAT_ZP: "xpu",
-}
-
-# Zero-point kind each kernel format applies (PLAIN stores either and records which).
-_PACKING_KIND: dict[Int4Packing, ZeroPointKind] = {
-    Int4Packing.TINYGEMM_CPU: ZeroPointKind.FLOAT,
-    Int4Packing.TILED_CUDA: ZeroPointKind.FLOAT,
-    Int4Packing.MARLIN: ZeroPointKind.INT,
-    Int4Packing.XPU: ZeroPointKind.INT,
-    Int4Packing.XPU_FLOAT_ZP: ZeroPointKind.FLOAT,
-}
-
-# (device type, zero-point kind) -> what packing="auto" picks. Only formats with a real
-# kernel: Marlin's linear is a pure-PyTorch reference until its kernel lands, so "auto"
-# serves int zero points on CUDA with the tiled tinygemm kernel (zero point converted
-# exactly as on CPU, see module doc); ask for packing="marlin" to get the Marlin layout.
-_AUTO_PACKING: dict[tuple[str, ZeroPointKind], Int4Packing] = {
-    ("cpu", ZeroPointKind.FLOAT): Int4Packing.TINYGEMM_CPU,
-    ("cpu", ZeroPointKind.INT): Int4Packing.TINYGEMM_CPU,  # int zero point converted, see module doc
-    ("cuda", ZeroPointKind.FLOAT): Int4Packing.TILED_CUDA,
-    ("cuda", ZeroPointKind.INT): Int4Packing.TILED_CUDA,  # int zero point converted, see module doc
-    ("xpu", ZeroPointKind.INT): Int4Packing.XPU,
-    ("xpu", ZeroPointKind.FLOAT): Int4Packing.XPU_FLOAT_ZP,
-}
-
-
-
-
-def _kind_of(cls) -> ZeroPointKind | None:
-    """The zero-point kind a class's kernel applies (None: stores either, e.g. PLAIN)."""
-    for packing, klass in _PACKING_CLASSES.items():
-        if klass is cls:
-            return _PACKING_KIND.get(packing)
-    raise ValueError(f"{cls.__name__} is not an int4 format known to lowbit.configs.int4")
-
-
-def int4_class_for(device_type: str, zero_point_kind, packing=Int4Packing.AUTO) -> type[LowbitTensor]:
-    """The int4 tensor class that serves ``packing`` on ``device_type`` for ``zero_point_kind``.
-
-    Raises:
-        UnsupportedError: no int4 format runs there (message says what would).
-        ValueError: ``packing`` or ``zero_point_kind`` is not a known value.
-    """
-    kind = _enum(ZeroPointKind, zero_point_kind, "zero_point_kind")
-    packing = _enum(Int4Packing, packing, "packing")
-    if packing is Int4Packing.AUTO:
-        packing = _AUTO_PACKING.get((device_type, kind))
-        if packing is None:
-            served = sorted({d for d, _ in _AUTO_PACKING})
-            raise UnsupportedError(
-                f"no int4 format with a {kind.value} zero point runs on {device_type!r} in this lowbit "
-                f"(packing='auto' knows {served}); quantize on one of those devices, or use "
-                "packing='plain' to store the weight without a kernel"
-            )
-    cls = _PACKING_CLASSES.get(packing)
-    if cls is None:
-        raise UnsupportedError(
-            f"int4 packing {packing.value!r} is not available in this lowbit build; "
-            f"available: {sorted(p.value for p in _PACKING_CLASSES)}"
-        )
-    want = _PACKING_DEVICE.get(packing)
-    if want is not None and want != device_type:
-        raise UnsupportedError(
-            f"int4 packing {packing.value!r} runs on {want!r}, the weight is on {device_type!r}; "
-            f"use packing='auto' or move the model to {want!r} before quantizing"
-        )
-    ckind = _kind_of(cls)
-    if ckind is not None and ckind is not kind and not (ckind is ZeroPointKind.FLOAT and kind is ZeroPointKind.INT):
-        raise UnsupportedError(
-            f"int4 packing {packing.value!r} applies {ckind.value} zero points and cannot represent "
-            f"{kind.value} ones exactly; use zero_point={ckind.value!r} or another packing"
-        )
-    return cls
-
-
-def int4_from_codes(cls, codes, scale, zero_point, zero_point_kind, *, group_size, shape, dtype) -> LowbitTensor:
-    """``cls.from_codes`` after converting the zero point to the kind ``cls`` applies."""
-    kind = _enum(ZeroPointKind, zero_point_kind, "zero_point_kind")
-    if cls is Int4PlainTensor:
-        return cls.from_codes(codes, scale, zero_point, group_size=group_size, shape=shape, dtype=dtype,
-                              zero_point_kind=kind)
-    ckind = _kind_of(cls)
-    if ckind is ZeroPointKind.FLOAT and kind is ZeroPointKind.INT:
-        zero_point = int_to_float_zero_point(scale, zero_point)
-    elif ckind is not kind:
-        raise UnsupportedError(f"{cls.__name__} applies {ckind.value} zero points, got {kind.value} ones")
-    return cls.from_codes(codes, scale, zero_point, group_size=group_size, shape=shape, dtype=dtype)
 
 
 def int4_group_size_for(in_features: int, group_size: int, fqn: str = "") -> int:
@@ -209,7 +94,9 @@ class Int4WeightOnlyConfig(BaseConfig):
 
     def __post_init__(self):
         if self.group_size not in INT4_GROUP_SIZES:
-            raise ValueError(f"Int4WeightOnlyConfig.group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
+            raise ValueError(
+                f"Int4WeightOnlyConfig.group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}"
+            )
         zp = self.zero_point.value if isinstance(self.zero_point, ZeroPointKind) else self.zero_point
         if zp not in ("float", "int"):
             raise ValueError(f"Int4WeightOnlyConfig.zero_point must be 'float' or 'int', got {self.zero_point!r}")
@@ -217,6 +104,17 @@ class Int4WeightOnlyConfig(BaseConfig):
         if self.qparams not in ("minmax", "hqq"):
             raise ValueError(f"Int4WeightOnlyConfig.qparams must be 'minmax' or 'hqq', got {self.qparams!r}")
         object.__setattr__(self, "packing", _enum(Int4Packing, self.packing, "Int4WeightOnlyConfig.packing"))
+        if self.packing is not Int4Packing.AUTO:
+            # The packing's class is known now: a zero-point kind its kernel cannot apply is
+            # a config error, not a per-layer skip (int zero points run on float-zero-point
+            # kernels exactly; float ones cannot become int ones).
+            cls = int4_formats().get(self.packing)
+            if cls is not None and cls.zero_point_kind == "int" and zp == "float":
+                raise ValueError(
+                    f"Int4WeightOnlyConfig(packing={self.packing.value!r}) applies integer zero points "
+                    f"(x = (q - zero) * scale), got zero_point='float'; use zero_point='int' with this "
+                    "packing, or a float-zero-point packing ('auto')"
+                )
 
 
 @register_handler(Int4WeightOnlyConfig)
@@ -235,5 +133,12 @@ def _int4_weight_only(weight: torch.Tensor, config: Int4WeightOnlyConfig, fqn: s
         raise UnsupportedError(f"{cls.__name__} cannot serve {where}: {reason}")
     # Quantize against the qparams as the format stores them (e.g. bf16), so the codes are
     # the nearest ones for the stored values.
-    codes, scale, zero = quantize_int4(weight, group, kind, config.qparams, getattr(cls, "scale_dtype", None))
+    codes, scale, zero = quantize_int4(weight, group, kind, config.qparams, scale_dtype_for(cls, weight.dtype))
     return int4_from_codes(cls, codes, scale, zero, kind, group_size=group, shape=weight.shape, dtype=weight.dtype)
+
+
+# One autoquant candidate per group size. Not in "default": groupwise int4 measures ~18-25
+# dB output SQNR per layer, under the default 30 dB bar, so they would only cost build and
+# SQNR time there; ask for them with candidates="int4" / "all" and a lower min_sqnr.
+for _gs in INT4_GROUP_SIZES:
+    register_candidate(f"int4_wo_g{_gs}", Int4WeightOnlyConfig(group_size=_gs), sets=("int4", "all"))

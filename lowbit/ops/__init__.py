@@ -2,9 +2,9 @@
 
 ``library.py`` defines every schema and fake impl, ``reference.py`` the pure-PyTorch
 implementation of every op (registered for all devices), and ``cpu.py`` / ``cuda.py`` /
-``xpu.py`` the per-device kernels, which the dispatcher picks by the inputs' device.
+``xpu.py`` the per-device kernels (xpu: untested on hardware), which the dispatcher picks
+by the inputs' device. Each device module imports ``library`` and ``reference`` first, so
+every op is defined before any kernel registers for it.
 """
 
-from . import library, reference  # noqa: F401  (define ops, then the default kernels)
-from . import cpu, cuda  # noqa: F401,E402  (device kernels override the reference)
-from . import xpu  # noqa: F401,E402  (Intel GPU kernels; untested on hardware)
+from . import cpu, cuda, library, reference, xpu  # noqa: F401  (registering is the import's effect)

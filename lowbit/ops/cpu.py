@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..device_caps import cpu_has_native_bf16
+from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, tinygemm_cpu_layout, unpack_tinygemm_cpu
+from . import reference as _reference
+from ._ext import load_cpu_extension, warn_fallback_once
 from .cpu_paths import choose_path
 from .library import register_device_kernel
 from .reference import quantize_per_token_int8
@@ -55,7 +60,7 @@ def int8_dynamic_linear(x, qdata, scale):
         # output to bf16 (~55 dB vs the exact integer sum). With fp32 inputs the same
         # kernel runs 13-18x slower on AVX2, so bf16 is the fast exact-input form.
         ones = torch.ones(qdata.shape[0], dtype=torch.bfloat16)
-        acc = aten._weight_int8pack_mm(xq.to(torch.bfloat16), qdata, ones).to(torch.float32)
+        acc = aten._weight_int8pack_mm(xq.to(torch.bfloat16).contiguous(), qdata, ones).to(torch.float32)
     else:
         # torch._int_mm on CPU is a slow reference loop (1.4 s at 256x4096x4096 on a
         # 2-core Zen3). An fp32 GEMM over the integer values is exact while |sum| < 2^24.
@@ -64,9 +69,6 @@ def int8_dynamic_linear(x, qdata, scale):
 
 
 # ---------------------------------------------------------------------- DA8W4
-
-from . import reference as _reference  # noqa: E402
-from ._ext import load_cpu_extension, warn_fallback_once  # noqa: E402
 
 
 @_register("da8w4_linear")
@@ -94,8 +96,6 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     return _reference.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping)
 # ---------------------------------------------------------------------- int4 tinygemm (CPU)
 
-import functools  # noqa: E402
-
 # Batch rows up to which `aten._weight_int4pack_mm_for_cpu` (tinygemm) runs; above it
 # the weight is dequantized (in its packed block order) into an fp32 batched GEMM on
 # CPUs without native bf16. Measured on the 2-core AVX2 Zen3 while shared with other
@@ -117,8 +117,6 @@ def _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, dtype)
     [nb, M, B], instead of being transposed into [K, N] first (2x slower on a Zen3).
     Other layouts unpack to [Np, K] first.
     """
-    from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, unpack_tinygemm_cpu
-
     n_pad, half_k = qdata.shape
     k = 2 * half_k
     n_groups = k // group_size
@@ -162,23 +160,15 @@ def _int4_gemv_available() -> bool:
     The GEMV (lowbit/csrc/int4_tinygemm_gemv.cpp) computes the same function as
     tinygemm, ~3x faster at M = 1 (ATen's kernel pays for 4 rows at M = 1). It ships with
     the extension that ops/_ext.py builds; without that extension, tinygemm runs.
-    Measured at M = 1, 4096x4096 g128, 1 thread on the shared Zen3: GEMV 0.84-0.87 ms
-    (~10 GB/s of packed weights), ATen tinygemm 2.3-2.4 ms, bf16 F.linear 3.3 ms. 2 threads
-    did not help then because the extension was built without -fopenmp (at::parallel_for
-    ran serially; fixed in ops/_ext.py). Now (byte/low-nibble accumulation, see the .cpp),
-    cold, idle machine: 0.70 ms at 1 thread, 0.38 ms at 2 threads (22 GB/s).
+    Measured at M = 1, 4096x4096 g128, cold, idle 2-core Zen3: 0.70 ms at 1 thread,
+    0.38 ms at 2 threads (22 GB/s of packed weights); ATen tinygemm 2.3-2.4 ms, bf16
+    F.linear 3.3 ms at 1 thread.
     """
-    try:
-        from ._ext import load_cpu_extension  # the C++ extension's lazy builder
-    except ImportError:
-        return False
     return bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_gemv")
 
 
 @_register("int4_tinygemm_cpu_linear")
 def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
-    from ..packing.int4 import tinygemm_cpu_layout
-
     native = tinygemm_cpu_layout()
     torch._check(
         layout == native,

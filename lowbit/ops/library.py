@@ -1,4 +1,8 @@
-"""Schemas and fake (meta) implementations of lowbit's custom ops, in one place."""
+"""Schemas and fake (meta) implementations of lowbit's custom ops, in one place.
+
+One section per op family (int8, int4 weight-only, DA8W4). Each op's pure-PyTorch
+implementation is in ``reference.py``, its device kernels in ``cpu.py``/``cuda.py``/``xpu.py``.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ def define(schema: str):
     return decorator
 
 
-# (op name, device type) -> the Python kernel registered for it (ops/cpu.py, cuda.py, xpu.py).
-_DEVICE_KERNELS: dict[tuple[str, str], object] = {}
+# (op, device type) -> the Python kernel registered for it (ops/cpu.py, cuda.py, xpu.py),
+# keyed by the op handle (``torch.ops.lowbit.<name>``) the tensors call.
+_DEVICE_KERNELS: dict[tuple[object, str], object] = {}
 
 
 def register_device_kernel(name: str, device_type: str):
@@ -30,27 +35,32 @@ def register_device_kernel(name: str, device_type: str):
 
     def decorator(fn):
         torch.library.register_kernel(f"lowbit::{name}", device_type)(fn)
-        _DEVICE_KERNELS[(name, device_type)] = fn
+        _DEVICE_KERNELS[(getattr(torch.ops.lowbit, name), device_type)] = fn
         return fn
 
     return decorator
 
 
-def kernel(name: str, device_type: str):
-    """What a packed tensor's linear calls: the custom op under torch.compile (its fake impl
-    lets the graph capture it), the device's Python kernel directly in eager mode, which
-    skips 20-35 us of dispatcher hops per call (measured on a 2-core Zen3; a third of a
-    small layer's time at M=1)."""
-    op = getattr(torch.ops.lowbit, name)
+def kernel(op, device_type: str):
+    """What a packed tensor's linear calls for ``op`` (``torch.ops.lowbit.<name>``; a name
+    string also works): the custom op under torch.compile (its fake impl lets the graph
+    capture it), the device's Python kernel directly in eager mode, which skips 20-35 us
+    of dispatcher hops per call (measured on a 2-core Zen3; a third of a small layer's
+    time at M=1)."""
+    if isinstance(op, str):
+        op = getattr(torch.ops.lowbit, op)
     # Any tracing (dynamo, or AOT's fake/proxy/functional dispatch modes, which on torch
     # 2.11 re-run the subclass code with is_compiling() False) must see the custom op.
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
         return op
-    return _DEVICE_KERNELS.get((name, device_type), op)
+    return _DEVICE_KERNELS.get((op, device_type), op)
 
 
 def _linear_out(x, n):
     return x.new_empty((x.shape[0], n))
+
+
+# ---------------------------------------------------------------------- int8
 
 
 # x [M, K] float, qdata [N, K] int8, scale [N, 1] float32 -> [M, N] in x.dtype
@@ -69,9 +79,9 @@ def _int8_dynamic_linear_fake(x, qdata, scale):
     return _linear_out(x, qdata.shape[0])
 
 
-# ---------------------------------------------------------------------- int4 GPU formats
+# ---------------------------------------------------------------------- int4 weight-only
 # All take x [M, K] float and return [M, N] in x.dtype; the weight layouts are in
-# lowbit/packing/int4_tiled.py, int4_marlin.py and int4_xpu.py.
+# lowbit/packing/int4.py, int4_tiled.py, int4_marlin.py and int4_xpu.py.
 
 
 def _int4_out(x, n, k):
@@ -106,24 +116,8 @@ def _int4_xpu_mm_fake(x, qdata, scale, zero_point, group_size):
 def _int4_xpu_float_zp_mm_fake(x, qdata, scale_and_zero, group_size):
     torch._check(qdata.dim() == 2, lambda: "qdata must be 2-D [N, K/8]")
     return _int4_out(x, qdata.shape[0], qdata.shape[1] * 8)
-# DA8W4 (lowbit/tensors/int4_vnni_cpu.py): x [M, K] float32/bfloat16 is quantized per
-# token to 8 bits inside the op; qdata uint8 [N/16, K/8, 64] packed int4 codes; scale
-# float32, zero_point uint8, qsum int32, each [N/16, K/group_size, 16]. -> [M, N] in x.dtype
-@define(
-    "da8w4_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, Tensor qsum, "
-    "int group_size, str act_mapping) -> Tensor"
-)
-def _da8w4_linear_fake(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
-    torch._check(x.dim() == 2 and qdata.dim() == 3, lambda: f"x must be 2-D and qdata 3-D, got {x.dim()}, {qdata.dim()}")
-    torch._check(
-        x.dtype in (torch.float32, torch.bfloat16), lambda: f"x must be float32 or bfloat16, got {x.dtype}"
-    )
-    torch._check(x.shape[1] == qdata.shape[1] * 8, lambda: f"K mismatch: x {x.shape}, qdata {qdata.shape}")
-    torch._check(
-        act_mapping in ("asymmetric", "symmetric"),
-        lambda: f"act_mapping must be 'asymmetric' or 'symmetric', got {act_mapping!r}",
-    )
-    return x.new_empty((x.shape[0], qdata.shape[0] * 16))
+
+
 # Groupwise int4, float zero point, tinygemm CPU layout (lowbit/tensors/int4_tinygemm_cpu.py).
 # x [M, K] float; qdata uint8 [Np, K // 2] packed for `layout` (Np = N rounded up to 16);
 # scale_and_zero [K // group_size, Np, 2] float -> [M, out_features] in x.dtype.
@@ -140,6 +134,31 @@ def _int4_tinygemm_cpu_linear_fake(x, qdata, scale_and_zero, group_size, out_fea
     )
     torch._check(out_features <= qdata.shape[0], lambda: f"out_features {out_features} > packed rows {qdata.shape[0]}")
     return _linear_out(x, out_features)
+
+
+# ---------------------------------------------------------------------- DA8W4
+
+
+# DA8W4 (lowbit/tensors/int4_vnni_cpu.py): x [M, K] float32/bfloat16 is quantized per
+# token to 8 bits inside the op; qdata uint8 [N/16, K/8, 64] packed int4 codes; scale
+# float32, zero_point uint8, qsum int32, each [N/16, K/group_size, 16]. -> [M, N] in x.dtype
+@define(
+    "da8w4_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, Tensor qsum, "
+    "int group_size, str act_mapping) -> Tensor"
+)
+def _da8w4_linear_fake(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
+    torch._check(
+        x.dim() == 2 and qdata.dim() == 3, lambda: f"x must be 2-D and qdata 3-D, got {x.dim()}, {qdata.dim()}"
+    )
+    torch._check(
+        x.dtype in (torch.float32, torch.bfloat16), lambda: f"x must be float32 or bfloat16, got {x.dtype}"
+    )
+    torch._check(x.shape[1] == qdata.shape[1] * 8, lambda: f"K mismatch: x {x.shape}, qdata {qdata.shape}")
+    torch._check(
+        act_mapping in ("asymmetric", "symmetric"),
+        lambda: f"act_mapping must be 'asymmetric' or 'symmetric', got {act_mapping!r}",
+    )
+    return x.new_empty((x.shape[0], qdata.shape[0] * 16))
 
 
 # ---------------------------------------------------------------------- float8 (e4m3) formats

@@ -1,14 +1,35 @@
 """Pure-PyTorch implementations of every lowbit op: the numerics the kernels must match.
 
-Registered as the default kernel (any device); device kernels in cpu.py/cuda.py override
-them where they exist. Tests call these functions directly as the reference.
+Registered as the default kernel (any device); device kernels in cpu.py/cuda.py/xpu.py
+override them where they exist. Tests call these functions directly as the reference.
+One section per op family; one dequantize per int4 zero-point kind.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["int8_weight_only_linear", "int8_dynamic_linear", "quantize_per_token_int8"]
+from ..packing.int4 import unpack_tinygemm_cpu
+from ..packing.int4_marlin import unpack_marlin_int4, unpack_marlin_scales, unpack_marlin_zero_points
+from ..packing.int4_tiled import unpack_int4_tiled, unpack_tinygemm_scale_and_zero
+from ..packing.int4_vnni import unpack_vnni_int4
+from ..packing.int4_xpu import unpack_int4_xpu
+
+__all__ = [
+    "int8_weight_only_linear",
+    "int8_dynamic_linear",
+    "quantize_per_token_int8",
+    "dequantize_int4_float_zp",
+    "dequantize_int4_int_zp",
+    "int4_tinygemm_cpu_linear",
+    "int4_tiled_cuda_mm",
+    "int4_marlin_mm",
+    "int4_xpu_mm",
+    "int4_xpu_float_zp_mm",
+    "da8w4_quantize_act",
+    "da8w4_group_acc",
+    "da8w4_linear",
+]
 
 
 def _impl(name):
@@ -17,6 +38,9 @@ def _impl(name):
         return fn
 
     return decorator
+
+
+# ---------------------------------------------------------------------- int8
 
 
 @_impl("int8_weight_only_linear")
@@ -41,7 +65,7 @@ def int8_dynamic_linear(x, qdata, scale):
     return (acc * xs.to(torch.float64) * scale.reshape(1, -1).to(torch.float64)).to(x.dtype)
 
 
-# ---------------------------------------------------------------------- int4 GPU formats
+# ---------------------------------------------------------------------- int4 weight-only
 # Reference numerics: unpack the codes, dequantize in float32, float32 matmul, cast.
 
 _INT4_MID = 8  # float-zero-point formats read codes as q - 8 (tinygemm convention)
@@ -67,16 +91,12 @@ def _linear_f32(x, w):
 
 @_impl("int4_tiled_cuda_mm")
 def int4_tiled_cuda_mm(x, qdata, scale_and_zero, group_size):
-    from ..packing.int4_tiled import unpack_int4_tiled, unpack_tinygemm_scale_and_zero
-
     s, z = unpack_tinygemm_scale_and_zero(scale_and_zero)
     return _linear_f32(x, dequantize_int4_float_zp(unpack_int4_tiled(qdata), s, z, group_size))
 
 
 @_impl("int4_marlin_mm")
 def int4_marlin_mm(x, qdata, scale, zero_point, group_size):
-    from ..packing.int4_marlin import unpack_marlin_int4, unpack_marlin_scales, unpack_marlin_zero_points
-
     w = dequantize_int4_int_zp(
         unpack_marlin_int4(qdata), unpack_marlin_scales(scale), unpack_marlin_zero_points(zero_point), group_size
     )
@@ -85,22 +105,25 @@ def int4_marlin_mm(x, qdata, scale, zero_point, group_size):
 
 @_impl("int4_xpu_mm")
 def int4_xpu_mm(x, qdata, scale, zero_point, group_size):
-    from ..packing.int4_xpu import unpack_int4_xpu
-
     w = dequantize_int4_int_zp(unpack_int4_xpu(qdata), scale.t(), zero_point.t(), group_size)
     return _linear_f32(x, w)
 
 
 @_impl("int4_xpu_float_zp_mm")
 def int4_xpu_float_zp_mm(x, qdata, scale_and_zero, group_size):
-    from ..packing.int4_tiled import unpack_tinygemm_scale_and_zero
-    from ..packing.int4_xpu import unpack_int4_xpu
-
     s, z = unpack_tinygemm_scale_and_zero(scale_and_zero)
     return _linear_f32(x, dequantize_int4_float_zp(unpack_int4_xpu(qdata), s, z, group_size))
-# ---------------------------------------------------------------------- DA8W4
 
-__all__ += ["da8w4_quantize_act", "da8w4_group_acc", "da8w4_linear"]
+
+@_impl("int4_tinygemm_cpu_linear")
+def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
+    codes = unpack_tinygemm_cpu(qdata, layout)[:out_features]
+    sz = scale_and_zero[:, :out_features]
+    w = dequantize_int4_float_zp(codes, sz[..., 0].t(), sz[..., 1].t(), group_size)
+    return _linear_f32(x, w)
+
+
+# ---------------------------------------------------------------------- DA8W4
 
 _DA8W4_SYM_SHIFT = 128  # symmetric int8 codes are stored as uint8 code + 128 (zero point 128)
 
@@ -138,8 +161,6 @@ def da8w4_quantize_act(x2d: torch.Tensor, group_size: int, act_mapping: str):
 
 def da8w4_group_acc(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     """int32 [M, N, G]: sum over each group of (a - za)(q - z), the kernel's integer accumulators."""
-    from ..tensors.int4_vnni_cpu import unpack_vnni_int4  # lazy: tensors import ops
-
     a, _, za, _ = da8w4_quantize_act(x, group_size, act_mapping)
     q, _, z = unpack_vnni_int4(qdata, scale, zero_point)
     m, k = a.shape
@@ -155,31 +176,9 @@ def da8w4_group_acc(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
 def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     acc = da8w4_group_acc(x, qdata, scale, zero_point, qsum, group_size, act_mapping)
     _, sa, _, _ = da8w4_quantize_act(x, group_size, act_mapping)
-    from ..tensors.int4_vnni_cpu import unpack_vnni_int4
-
     _, s, _ = unpack_vnni_int4(qdata, scale, zero_point)
     y = (acc.to(torch.float32) * s[None]).sum(-1) * sa[:, None]
     return y.to(x.dtype)
-__all__ += ["int4_float_zp_dequantize", "int4_tinygemm_cpu_linear"]
-
-
-def int4_float_zp_dequantize(codes, scale, zero, group_size):
-    """float32 [N, K] from uint8 codes [N, K] and [N, K // group_size] scale/zero: (q - 8) * s + z."""
-    n, k = codes.shape
-    q = codes.to(torch.float32).reshape(n, k // group_size, group_size)
-    s = scale.to(torch.float32).reshape(n, -1, 1)
-    z = zero.to(torch.float32).reshape(n, -1, 1)
-    return ((q - 8) * s + z).reshape(n, k)
-
-
-@_impl("int4_tinygemm_cpu_linear")
-def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
-    from ..packing.int4 import unpack_tinygemm_cpu
-
-    codes = unpack_tinygemm_cpu(qdata, layout)[:out_features]
-    sz = scale_and_zero[:, :out_features]
-    w = int4_float_zp_dequantize(codes, sz[..., 0].t(), sz[..., 1].t(), group_size)
-    return (x.to(torch.float32) @ w.t()).to(x.dtype)
 
 
 # ---------------------------------------------------------------------- float8 (e4m3)

@@ -8,6 +8,7 @@ from .int4 import (
     unpack_int4_nibbles,
     unpack_tinygemm_cpu,
 )
+from .int4_vnni import pack_vnni_int4, unpack_vnni_int4
 
 __all__ = [
     "TINYGEMM_CPU_LAYOUTS",
@@ -16,4 +17,6 @@ __all__ = [
     "pack_tinygemm_cpu",
     "unpack_tinygemm_cpu",
     "tinygemm_cpu_layout",
+    "pack_vnni_int4",
+    "unpack_vnni_int4",
 ]

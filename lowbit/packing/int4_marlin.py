@@ -139,7 +139,9 @@ def pack_marlin_int4(codes: torch.Tensor) -> torch.Tensor:
 def unpack_marlin_int4(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of ``pack_marlin_int4``: int32 ``[K / 16, N * 2]`` -> uint8 codes ``[N, K]``."""
     if packed.ndim != 2 or packed.dtype != torch.int32 or packed.shape[1] % (2 * MARLIN_N_CHUNK):
-        raise ValueError(f"packed must be int32 [K / 16, N * 2] with N % 64 == 0, got {packed.dtype} {tuple(packed.shape)}")
+        raise ValueError(
+            f"packed must be int32 [K / 16, N * 2] with N % 64 == 0, got {packed.dtype} {tuple(packed.shape)}"
+        )
     t = MARLIN_TILE
     k, n = packed.shape[0] * t, packed.shape[1] // 2
     w = _unpack_cols(packed)

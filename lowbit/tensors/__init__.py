@@ -1,32 +1,23 @@
-"""Packed weight formats: one tensor subclass per format."""
+"""Packed weight formats: one tensor subclass per format, one module per format.
 
+``__all__`` is derived: the base names plus every class the format modules registered in
+``format_registry`` (a format is public by being defined).
+"""
+
+from . import (  # noqa: F401  (each module defines and registers its formats)
+    float8,
+    float_cast,
+    int4_marlin,
+    int4_plain,
+    int4_tiled_cuda,
+    int4_tinygemm_cpu,
+    int4_vnni_cpu,
+    int4_xpu,
+    int4_xpu_float_zp,
+    int8,
+)
 from .base import LowbitTensor, UnsupportedOpError, format_registry
-from .float8 import Float8DynActPerTensorTensor, Float8DynActTensor, Float8Tensor
-from .float_cast import FloatCastTensor
-from .int4_marlin import Int4MarlinTensor
-from .int4_plain import Int4PlainTensor
-from .int4_tiled_cuda import Int4TiledCudaTensor
-from .int4_tinygemm_cpu import Int4TinygemmCpuTensor
-from .int4_vnni_cpu import Int4VnniCpuTensor
-from .int4_xpu import Int4XpuTensor
-from .int4_xpu_float_zp import Int4XpuFloatZpTensor
-from .int8 import Int8DynActTensor, Int8Tensor
 
-__all__ = [
-    "LowbitTensor",
-    "UnsupportedOpError",
-    "format_registry",
-    "Int8Tensor",
-    "Int8DynActTensor",
-    "FloatCastTensor",
-    "Int4PlainTensor",
-    "Int4TinygemmCpuTensor",
-    "Int4TiledCudaTensor",
-    "Int4MarlinTensor",
-    "Int4XpuTensor",
-    "Int4XpuFloatZpTensor",
-    "Int4VnniCpuTensor",
-    "Float8Tensor",
-    "Float8DynActTensor",
-    "Float8DynActPerTensorTensor",
-]
+globals().update({cls.__name__: cls for cls in format_registry.values()})
+
+__all__ = ["LowbitTensor", "UnsupportedOpError", "format_registry", *(c.__name__ for c in format_registry.values())]

@@ -21,7 +21,16 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 
 aten = torch.ops.aten
 
-__all__ = ["LowbitTensor", "UnsupportedOpError", "linear_args", "slice_args", "slice_blocked", "format_registry"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "LowbitTensor",
+    "UnsupportedOpError",
+    "linear_args",
+    "slice_args",
+    "slice_blocked",
+    "slice_bounds",
+    "format_registry",
+]
 
 # format_name -> class; filled by __init_subclass__, read by serialization.
 format_registry: dict[str, type[LowbitTensor]] = {}
@@ -70,7 +79,7 @@ class LowbitTensor(torch.Tensor):
         cls._op_table = {}
         if cls.format_name is not None and "format_name" in cls.__dict__:
             if cls.format_name in format_registry:
-                raise RuntimeError(
+                raise TypeError(
                     f"format_name {cls.format_name!r} is used by both "
                     f"{format_registry[cls.format_name].__qualname__} and {cls.__qualname__}"
                 )
@@ -325,12 +334,12 @@ def _linear_not_implemented(func, types, args, kwargs):
     raise UnsupportedOpError(f"{type(w).__name__} does not implement F.linear")
 
 
-_FLOAT_ACTS = (torch.float32, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # weights and activations formats take
 
 
 def check_linear_input(x, w: LowbitTensor) -> None:
     """Raise a clear error unless ``x`` can go through ``F.linear`` with packed ``w``."""
-    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_ACTS:
+    if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {got}")
     if x.shape[-1] != w.shape[1]:
@@ -359,6 +368,17 @@ def slice_args(args, kwargs) -> tuple:
     return tuple(vals.get(n, defaults.get(n)) for n in names)
 
 
+def slice_bounds(size: int, start, end, step, name: str) -> tuple[int, int]:
+    """``aten.slice``'s (start, end) on a dim of ``size``: negatives wrap, both clamp to
+    [0, size], end >= start. Packed formats take step 1 only."""
+    if step != 1:
+        raise UnsupportedOpError(f"{name} slicing needs step 1, got {step}")
+    start = 0 if start is None else (start + size if start < 0 else start)
+    end = size if end is None else min(end + size if end < 0 else end, size)
+    start = max(0, min(start, size))
+    return start, max(start, end)
+
+
 def slice_blocked(w: LowbitTensor, data: str, params: tuple[str, ...], dim, start, end, step) -> LowbitTensor:
     """Slice a tensor whose ``data`` field is unpacked (one element per weight entry) and
     whose ``params`` hold one entry per block along each dim.
@@ -366,14 +386,9 @@ def slice_blocked(w: LowbitTensor, data: str, params: tuple[str, ...], dim, star
     A slice must start and end on block boundaries of ``dim`` unless the block spans the
     whole dim (then the block's parameters apply to any part of it).
     """
-    if step != 1:
-        raise UnsupportedOpError(f"{type(w).__name__} slicing needs step 1, got {step}")
     dim = dim % 2
     size = w.shape[dim]
-    start = 0 if start is None else (start + size if start < 0 else start)
-    end = size if end is None else min(end + size if end < 0 else end, size)
-    start = max(0, min(start, size))
-    end = max(start, end)
+    start, end = slice_bounds(size, start, end, step, type(w).__name__)
     new = {data: getattr(w, data).narrow(dim, start, end - start).contiguous()}
     for p in params:
         t = getattr(w, p)

@@ -7,7 +7,6 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..ops.library import kernel
 from ..packing.int4_marlin import (
     MARLIN_N_CHUNK,
@@ -19,13 +18,14 @@ from ..packing.int4_marlin import (
     unpack_marlin_zero_points,
 )
 from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
-from .int4_plain import PortableInt4Mixin
-from .int4_tiled_cuda import (
-    _check_codes,
-    _check_weight,
-    _device_of,
-    _quantize_to_codes,
-    _weight_shape_reason,
+from .int4_common import (
+    Int4Packing,
+    PortableInt4Mixin,
+    check_int4_codes,
+    check_int4_weight,
+    int4_supports_reason,
+    quantize_int4,
+    scale_dtype_for,
 )
 
 aten = torch.ops.aten
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Int4MarlinTensor"]
 
 _MARLIN_MIN_K = 128  # Marlin kernels' smallest K tile (vLLM GPTQ_MARLIN_MIN_THREAD_K)
-_PARAM_DTYPES = (torch.float16, torch.bfloat16)  # scale dtypes Marlin kernels take
 
 
 class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
@@ -59,8 +58,11 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
     ``to_codes()`` returns the plain codes to repack for another device's format.
     """
 
+    int4_packing = Int4Packing.MARLIN
     zero_point_kind = "int"
     kernel_device = "cuda"
+    scale_dtypes = (torch.float16, torch.bfloat16)  # scale dtypes Marlin kernels take
+    int4_auto = False  # linear is the reference until the kernel lands: ask for packing="marlin"
     data_fields = ("qdata", "scale", "zero_point")
     meta_fields = ("group_size",)
     format_name = "int4_marlin"
@@ -80,16 +82,7 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
-        reason = _weight_shape_reason(weight)
-        if reason:
-            return reason
-        reason = cls._layout_reason(*weight.shape, group_size)
-        if reason:
-            return reason
-        dev = _device_of(weight, device)
-        if dev.type != "cuda":
-            return f"is a CUDA layout (Marlin), got device {dev}"
-        return None
+        return int4_supports_reason(cls, weight, device, group_size, "CUDA (the Marlin layout)")
 
     @classmethod
     def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
@@ -99,7 +92,7 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
         The scale keeps its dtype (float16/bfloat16 for the Marlin kernels); ``to_codes``
         returns it bit-exactly and the zero point as int8.
         """
-        n, k = _check_codes(cls.__name__, codes, scale, zero_point, group_size, shape, int_zero_point=True)
+        n, k = check_int4_codes(cls.__name__, codes, scale, zero_point, group_size, shape, "int", None)
         reason = cls._layout_reason(n, k, group_size)
         if reason:
             raise ValueError(f"{cls.__name__} {reason}; use another int4 packing for this layer")
@@ -122,14 +115,13 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
         )
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, group_size: int = 128) -> Int4MarlinTensor:
-        """Min-max asymmetric int4 quantization (integer zero point) of a float ``[N, K]`` weight."""
-        _check_weight(w, cls.__name__)
+    def from_float(cls, w: torch.Tensor, group_size: int = 128, qparams: str = "minmax") -> Int4MarlinTensor:
+        """Asymmetric int4 quantization (integer zero point) of a float ``[N, K]`` weight."""
+        check_int4_weight(w, group_size, cls.__name__ + ".from_float", None)
         reason = cls._layout_reason(*w.shape, group_size)
         if reason:
             raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
-        param_dtype = w.dtype if w.dtype in _PARAM_DTYPES else torch.bfloat16
-        codes, scale, zero = _quantize_to_codes(w, group_size, True, param_dtype)
+        codes, scale, zero = quantize_int4(w, group_size, "int", qparams, scale_dtype_for(cls, w.dtype), None)
         return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
 
 

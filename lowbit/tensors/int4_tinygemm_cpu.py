@@ -16,22 +16,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
-from ..ops.library import kernel
 from ..errors import UnsupportedError
+from ..ops.library import kernel
+from ..ops.reference import dequantize_int4_float_zp
 from ..packing.int4 import TINYGEMM_CPU_N_ALIGN, tinygemm_cpu_layout, unpack_tinygemm_cpu
-from ..primitives import ZeroPointKind
 from .base import LowbitTensor, UnsupportedOpError, check_linear_input, linear_args, slice_args
-from .int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, check_int4_codes, quantize_int4, slice_codes
+from .int4_common import (
+    INT4_GROUP_SIZES,
+    Int4Packing,
+    PortableInt4Mixin,
+    check_int4_codes,
+    int4_weight_reason,
+    quantize_int4,
+    scale_dtype_for,
+    slice_codes,
+)
 
 aten = torch.ops.aten
 
 __all__ = ["Int4TinygemmCpuTensor"]
 
-_FLOAT_ACTS = (torch.float32, torch.float16, torch.bfloat16)
 
-
-class Int4TinygemmCpuTensor(LowbitTensor):
+class Int4TinygemmCpuTensor(PortableInt4Mixin, LowbitTensor):
     """Groupwise asymmetric uint4 weight, float zero point, packed for CPU tinygemm.
 
     qdata           uint8 [Np, K // 2]             ATen ``_convert_weight_to_int4pack_for_cpu``
@@ -59,20 +65,20 @@ class Int4TinygemmCpuTensor(LowbitTensor):
     meta_fields = ("group_size", "cpu_layout", "transposed")
     format_name = "int4_tinygemm_cpu"
     format_version = 1
-    zero_point_kind = ZeroPointKind.FLOAT
-    scale_dtype = torch.bfloat16  # what from_codes stores; quantize with it for nearest codes
+    int4_packing = Int4Packing.TINYGEMM_CPU
+    zero_point_kind = "float"
+    kernel_device = "cpu"
+    scale_dtypes = (torch.bfloat16,)  # what ATen's vectorized kernel reads
+    int4_auto = True
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128):
         device = torch.device(device) if device is not None else weight.device
         if device.type != "cpu":
             return f"runs on CPU only, got device {device}"
-        if weight.ndim != 2:
-            return f"needs a 2-D weight, got {weight.ndim}-D"
-        if weight.dtype not in _FLOAT_ACTS:
-            return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
-        if weight.shape[1] % min(INT4_GROUP_SIZES):
-            return f"needs in_features K % {min(INT4_GROUP_SIZES)} == 0, got K={weight.shape[1]}"
+        reason = int4_weight_reason(weight, k_multiple=min(INT4_GROUP_SIZES))
+        if reason:
+            return reason
         if tinygemm_cpu_layout() is None:
             return (
                 f"this torch {torch.__version__} packs int4 CPU weights in a layout lowbit does not "
@@ -83,7 +89,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 128, qparams: str = "minmax") -> Int4TinygemmCpuTensor:
         """Quantize a float [N, K] CPU weight (asymmetric uint4 per group, float zero point)."""
-        codes, scale, zero = quantize_int4(w, group_size, ZeroPointKind.FLOAT, qparams, cls.scale_dtype)
+        codes, scale, zero = quantize_int4(w, group_size, "float", qparams, scale_dtype_for(cls, w.dtype))
         return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
 
     @classmethod
@@ -93,12 +99,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
         Scale and zero are stored in bf16 (exact if they are bf16 already, as
         ``from_float`` and ``quantize_int4(..., scale_dtype=torch.bfloat16)`` make them).
         """
-        check_int4_codes(codes, scale, zero_point, group_size, shape, cls.__name__)
-        if not zero_point.dtype.is_floating_point:
-            raise ValueError(
-                f"{cls.__name__} takes a float zero point (x = (q - 8) * scale + zero), got {zero_point.dtype}; "
-                "convert int zero points with lowbit.tensors.int4_plain.int_to_float_zero_point"
-            )
+        check_int4_codes(cls.__name__, codes, scale, zero_point, group_size, shape, "float")
         if codes.device.type != "cpu":
             raise UnsupportedError(f"{cls.__name__} packs CPU tensors, got codes on {codes.device}")
         layout = tinygemm_cpu_layout()
@@ -106,7 +107,7 @@ class Int4TinygemmCpuTensor(LowbitTensor):
             raise UnsupportedError(cls.supports(torch.empty(0, 32), "cpu"))
         n, k = codes.shape
         n_pad = -(-n // TINYGEMM_CPU_N_ALIGN) * TINYGEMM_CPU_N_ALIGN
-        sz = torch.stack((scale, zero_point), dim=-1).to(cls.scale_dtype).transpose(0, 1)  # [K/g, N, 2]
+        sz = torch.stack((scale, zero_point), dim=-1).to(torch.bfloat16).transpose(0, 1)  # [K/g, N, 2]
         if n_pad != n:
             codes = F.pad(codes, (0, 0, 0, n_pad - n))
             sz = F.pad(sz, (0, 0, 0, n_pad - n))
@@ -128,18 +129,10 @@ class Int4TinygemmCpuTensor(LowbitTensor):
         return codes, sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()
 
     def dequantize(self, dtype=None):
-        from ..ops.reference import int4_float_zp_dequantize
-
         w = self.t() if self.transposed else self
         codes, scale, zero = w.to_codes()
-        d = int4_float_zp_dequantize(codes, scale, zero, self.group_size).to(dtype or self.dtype)
+        d = dequantize_int4_float_zp(codes, scale, zero, self.group_size).to(dtype or self.dtype)
         return d.t() if self.transposed else d
-
-    def to_checkpoint(self) -> Int4PlainTensor:
-        """The portable form (``Int4PlainTensor``, float zero point): loads on any device."""
-        codes, scale, zero = self.to_codes()
-        return Int4PlainTensor.from_codes(codes, scale, zero, group_size=self.group_size, shape=self.shape,
-                                          dtype=self.dtype, zero_point_kind="float")
 
     def from_checkpoint(self, device):
         device = torch.device(device)
@@ -147,16 +140,10 @@ class Int4TinygemmCpuTensor(LowbitTensor):
             return self
         return self.to_checkpoint().from_checkpoint(device)
 
-
-def _to_device(self, device: torch.device) -> LowbitTensor:
-    # The packed layout is CPU-specific: go through the portable codes and let the
-    # device's int4 format repack them (or raise UnsupportedError naming why it cannot).
-    return self.to_checkpoint().from_checkpoint(device)
-
-
-Int4TinygemmCpuTensor._to_device = _to_device
-
-
+    def _to_device(self, device: torch.device) -> LowbitTensor:
+        # The packed layout is CPU-specific: go through the portable codes and let the
+        # device's int4 format repack them (or raise UnsupportedError naming why it cannot).
+        return self.to_checkpoint().from_checkpoint(device)
 
 
 @Int4TinygemmCpuTensor.implements(F.linear, aten.linear.default)
@@ -177,8 +164,12 @@ def _linear(func, types, args, kwargs):
             "w.from_checkpoint(torch.device('cpu')), or save/load through lowbit.save_file/load_file"
         )
     n, k = w.shape
-    y = kernel("int4_tinygemm_cpu_linear", x.device.type)(x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout)
-    y = y.reshape(*x.shape[:-1], n)
+    x2 = x.reshape(-1, k)
+    if x2.shape[0] == 0:  # an empty batch: the C++ GEMV refuses M = 0
+        y = x.new_empty((*x.shape[:-1], n))
+    else:
+        mm = kernel(torch.ops.lowbit.int4_tinygemm_cpu_linear, x.device.type)
+        y = mm(x2, w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout).reshape(*x.shape[:-1], n)
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y

@@ -10,24 +10,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
-from ..ops.library import kernel
-from .. import primitives as P
 from ..errors import UnsupportedError
-from ..granularity import per_group
+from ..ops.library import kernel
+from ..ops.reference import dequantize_int4_int_zp
+from ..packing.int4_vnni import VNNI_BLOCK_N, VNNI_OCTET, pack_vnni_int4, unpack_vnni_int4
 from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
+from .int4_common import check_int4_codes, check_int4_weight, quantize_int4, slice_codes
 
 aten = torch.ops.aten
 
-__all__ = ["Int4VnniCpuTensor", "pack_vnni_int4", "unpack_vnni_int4", "ACT_MAPPINGS"]
+__all__ = ["Int4VnniCpuTensor", "ACT_MAPPINGS"]
 
 ACT_MAPPINGS = ("asymmetric", "symmetric")
 
-# Layout constants, shared with lowbit/csrc/da8w4_cpu.cpp (kBlockN, kOctet, kBlockBytes).
-_BLOCK_N = 16  # output columns per block: the 16 int32 lanes of one vpdpbusd
-_LANE_K = 4  # consecutive k per int32 lane (one u8 x s8 quad)
-_OCTET = 2 * _LANE_K  # k per 64-byte row: low nibbles hold k 0-3, high nibbles k 4-7
-_QMIN, _QMAX = 0, 15  # int4 codes, unsigned, with an integer zero point
 _GROUP_MULTIPLE = 16  # the AVX2 loop consumes 16 k per step
 # Largest group: a group's integer sum of (a - za)(q - z) stays below 2^24 (exact in the
 # float32 reference) for 4096 * 255 * 15.
@@ -38,51 +33,6 @@ _ACT_DTYPES = (torch.float32, torch.bfloat16)
 _WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def pack_vnni_int4(
-    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pack int4 codes [N, K] (uint8, 0..15) with per-group scale/zero point [N, G].
-
-    Returns ``(qdata uint8 [N/16, K/8, 64], scale float32 [N/16, G, 16],
-    zero_point uint8 [N/16, G, 16], qsum int32 [N/16, G, 16])`` where
-    ``qsum = sum_k codes - group_size * zero_point`` per group, the compensation term the
-    kernel subtracts once per group (times the activation zero point).
-    """
-    n, k = codes.shape
-    g = scale.shape[1]
-    gs = k // g
-    # [N, K] -> [N/16, 16 (column c), K/8 (octet o), 2 (nibble), 4 (j)]
-    q = codes.to(torch.uint8).reshape(n // _BLOCK_N, _BLOCK_N, k // _OCTET, 2, _LANE_K)
-    # Byte (c, j) of octet o: low nibble k = 8o + j, high nibble k = 8o + 4 + j.
-    byte = q[:, :, :, 0, :] | (q[:, :, :, 1, :] << 4)
-    # [N/16, c, o, j] -> [N/16, o, c, j]: one octet's 64 bytes are 16 columns x 4 bytes.
-    qdata = byte.permute(0, 2, 1, 3).reshape(n // _BLOCK_N, k // _OCTET, _BLOCK_N * _LANE_K).contiguous()
-
-    def blocked(t, dtype):
-        return t.to(dtype).reshape(n // _BLOCK_N, _BLOCK_N, g).permute(0, 2, 1).contiguous()
-
-    zp = zero_point.to(torch.int32)
-    qsum = codes.to(torch.int32).reshape(n, g, gs).sum(-1, dtype=torch.int32) - gs * zp
-    return qdata, blocked(scale, torch.float32), blocked(zp, torch.uint8), blocked(qsum, torch.int32)
-
-
-def unpack_vnni_int4(
-    qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact inverse of :func:`pack_vnni_int4`: ``(codes uint8 [N, K], scale float32 [N, G],
-    zero_point int32 [N, G])``."""
-    nb, octets, _ = qdata.shape
-    g = scale.shape[1]
-    byte = qdata.reshape(nb, octets, _BLOCK_N, _LANE_K).permute(0, 2, 1, 3)  # [N/16, c, o, j]
-    codes = torch.stack((byte & 0x0F, byte >> 4), dim=3)  # [N/16, c, o, nibble, j]
-    codes = codes.reshape(nb * _BLOCK_N, octets * _OCTET)
-
-    def unblocked(t, dtype):
-        return t.permute(0, 2, 1).reshape(nb * _BLOCK_N, g).to(dtype)
-
-    return codes, unblocked(scale, torch.float32), unblocked(zero_point, torch.int32)
-
-
 def _shape_reason(n: int, k: int, group_size: int) -> str | None:
     if group_size <= 0 or group_size % _GROUP_MULTIPLE or group_size > _MAX_GROUP:
         return f"needs group_size a multiple of {_GROUP_MULTIPLE} in [16, {_MAX_GROUP}], got {group_size}"
@@ -90,8 +40,8 @@ def _shape_reason(n: int, k: int, group_size: int) -> str | None:
         return f"needs a non-empty weight, got [{n}, {k}]"
     if k % group_size:
         return f"needs in_features K % group_size == 0, got K={k}, group_size={group_size}"
-    if n % _BLOCK_N:
-        return f"needs out_features N % {_BLOCK_N} == 0, got N={n}"
+    if n % VNNI_BLOCK_N:
+        return f"needs out_features N % {VNNI_BLOCK_N} == 0, got N={n}"
     return None
 
 
@@ -147,19 +97,13 @@ class Int4VnniCpuTensor(LowbitTensor):
     ) -> Int4VnniCpuTensor:
         """Quantize a float [N, K] weight groupwise (asymmetric, int zero point) to int4 and pack it."""
         if not isinstance(w, torch.Tensor) or w.ndim != 2:
-            got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-            raise ValueError(f"{cls.__name__}.from_float needs a 2-D [out_features, in_features] weight, got {got}")
+            check_int4_weight(w, group_size, cls.__name__ + ".from_float", None)
         if act_mapping not in ACT_MAPPINGS:
             raise ValueError(f"act_mapping must be one of {ACT_MAPPINGS}, got {act_mapping!r}")
         reason = cls.supports(w, w.device, group_size)
         if reason is not None:
             raise UnsupportedError(f"{cls.__name__} {reason}")
-        block = per_group(w.shape, group_size)
-        scale, zp = P.choose_qparams_affine(
-            w, P.MappingType.ASYMMETRIC, block, torch.uint8, _QMIN, _QMAX,
-            scale_dtype=torch.float32, zero_point_kind=P.ZeroPointKind.INT,
-        )
-        codes = P._quantize_affine(w, block, scale, zp, torch.uint8, _QMIN, _QMAX, P.ZeroPointKind.INT)
+        codes, scale, zp = quantize_int4(w, group_size, "int", "minmax", torch.float32, None)
         return cls.from_codes(codes, scale, zp, group_size, act_mapping, dtype=w.dtype)
 
     @classmethod
@@ -169,11 +113,7 @@ class Int4VnniCpuTensor(LowbitTensor):
         reason = _shape_reason(n, k, group_size)
         if reason is not None:
             raise UnsupportedError(f"{cls.__name__} {reason}")
-        g = k // group_size
-        if tuple(scale.shape) != (n, g) or tuple(zero_point.shape) != (n, g):
-            raise ValueError(
-                f"scale and zero_point must be [{n}, {g}], got {tuple(scale.shape)} and {tuple(zero_point.shape)}"
-            )
+        check_int4_codes(cls.__name__, codes, scale, zero_point, group_size, (n, k), "int", None)
         qdata, s, z, qsum = pack_vnni_int4(codes, scale, zero_point)
         return cls(qdata, s, z, qsum, group_size=group_size, act_mapping=act_mapping, shape=(n, k), dtype=dtype)
 
@@ -183,10 +123,7 @@ class Int4VnniCpuTensor(LowbitTensor):
 
     def dequantize(self, dtype=None):
         codes, s, z = self.unpack()
-        block = per_group(self.shape, self.group_size)
-        return P._dequantize_affine(
-            codes, block, s, z, _QMIN, _QMAX, P.ZeroPointKind.INT, dtype or self.dtype
-        )
+        return dequantize_int4_int_zp(codes, s, z, self.group_size).to(dtype or self.dtype)
 
     def _to_device(self, device: torch.device) -> Int4VnniCpuTensor:
         if device.type != "cpu":
@@ -223,7 +160,7 @@ def _linear(func, types, args, kwargs):
     # Sizes and device from the plain stored tensors: each attribute read on the wrapper
     # itself goes through __torch_function__ (~3 us each, visible at M = 1).
     qdata = w.qdata
-    n, k = qdata.shape[0] * _BLOCK_N, qdata.shape[1] * _OCTET
+    n, k = qdata.shape[0] * VNNI_BLOCK_N, qdata.shape[1] * VNNI_OCTET
     if x.ndim == 0 or x.shape[-1] != k:
         raise ValueError(
             f"linear input has {x.shape[-1] if x.ndim else 0} features but the weight expects {k} "
@@ -232,7 +169,7 @@ def _linear(func, types, args, kwargs):
     if x.device != qdata.device:
         raise ValueError(f"input is on {x.device} but the weight is on {qdata.device}; move one of them")
     x2 = x if x.ndim == 2 else x.reshape(-1, k)
-    y = kernel("da8w4_linear", x.device.type)(
+    y = kernel(torch.ops.lowbit.da8w4_linear, x.device.type)(
         x2.contiguous(), qdata, w.scale, w.zero_point, w.qsum, w.group_size, w.act_mapping
     )
     if x.ndim != 2:
@@ -246,26 +183,7 @@ def _linear(func, types, args, kwargs):
 def _slice(func, types, args, kwargs):
     # Unpack, cut, repack: rows at multiples of 16 (a block), columns at group boundaries.
     w, dim, start, end, step = slice_args(args, kwargs)
-    if step != 1:
-        raise UnsupportedOpError(f"{type(w).__name__} slicing needs step 1, got {step}")
-    dim = dim % 2
-    size = w.shape[dim]
-    start = 0 if start is None else (start + size if start < 0 else start)
-    end = size if end is None else (end + size if end < 0 else end)
-    start, end = max(0, min(start, size)), max(0, min(end, size))
-    end = max(start, end)
-    unit = _BLOCK_N if dim == 0 else w.group_size
-    if start % unit or end % unit:
-        raise UnsupportedOpError(
-            f"{type(w).__name__} can slice dim {dim} only at multiples of {unit} "
-            f"({'16-row blocks' if dim == 0 else 'the group size'}), got [{start}, {end})"
-        )
-    if end == start:
-        raise UnsupportedOpError(f"{type(w).__name__} cannot hold an empty slice [{start}, {end}) of dim {dim}")
-    codes, s, z = w.unpack()
-    pdim = dim  # scale/zero point are [N, G]: rows match, columns are groups
-    codes = codes.narrow(dim, start, end - start)
-    gstart, glen = (start, end - start) if dim == 0 else (start // unit, (end - start) // unit)
-    s = s.narrow(pdim, gstart, glen)
-    z = z.narrow(pdim, gstart, glen)
+    codes, s, z = slice_codes(*w.unpack(), w.group_size, dim, start, end, step, w, row_multiple=VNNI_BLOCK_N)
+    if codes.numel() == 0:
+        raise UnsupportedOpError(f"{type(w).__name__} cannot hold an empty slice of dim {dim % 2}")
     return type(w).from_codes(codes, s, z, w.group_size, w.act_mapping, dtype=w.dtype)

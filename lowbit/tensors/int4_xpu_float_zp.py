@@ -5,27 +5,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..ops.library import kernel
 from ..packing.int4_tiled import pack_tinygemm_scale_and_zero, unpack_tinygemm_scale_and_zero
 from ..packing.int4_xpu import pack_int4_xpu, unpack_int4_xpu
 from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
-from .int4_plain import PortableInt4Mixin
-from .int4_tiled_cuda import (
-    _check_codes,
-    _check_group_size,
-    _device_of,
-    _weight_shape_reason,
-)
-from .int4_xpu import _layout_reason, xpu_from_float
+from .int4_common import Int4Packing, PortableInt4Mixin, XpuInt4Layout
 
 aten = torch.ops.aten
 
 __all__ = ["Int4XpuFloatZpTensor"]
 
 
-
-class Int4XpuFloatZpTensor(PortableInt4Mixin, LowbitTensor):
+class Int4XpuFloatZpTensor(XpuInt4Layout, PortableInt4Mixin, LowbitTensor):
     """Groupwise asymmetric int4 weight with a float zero point, for Intel GPUs.
 
     qdata           int32 [N, K / 8]   same plain layout as ``Int4XpuTensor``
@@ -43,34 +34,18 @@ class Int4XpuFloatZpTensor(PortableInt4Mixin, LowbitTensor):
     CPU (where ``F.linear`` runs the reference).
     """
 
+    int4_packing = Int4Packing.XPU_FLOAT_ZP
     zero_point_kind = "float"
-    kernel_device = "xpu"
     data_fields = ("qdata", "scale_and_zero")
     meta_fields = ("group_size",)
     format_name = "int4_xpu_float_zp"
     format_version = 1
 
-    GROUP_SIZES = (16, 32, 64, 128, 256)  # XPU aten._weight_int4pack_mm's accepted sizes
-
-    @classmethod
-    def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
-        reason = _weight_shape_reason(weight) or _layout_reason(*weight.shape, group_size)
-        if reason:
-            return reason
-        dev = _device_of(weight, device)
-        if dev.type != "xpu":
-            return f"runs on Intel GPUs (xpu) only, got device {dev}"
-        return None
-
     @classmethod
     def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
         """Pack codes ``[N, K]`` with float ``scale``/``zero_point`` ``[N, K // group_size]``
         (stored in the scale's dtype; to_codes returns them bit-exactly)."""
-        _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
-        n, k = _check_codes(cls.__name__, codes, scale, zero_point, group_size, shape, int_zero_point=False)
-        reason = _layout_reason(n, k, group_size)
-        if reason:
-            raise ValueError(f"{cls.__name__} {reason}")
+        cls._check_codes(codes, scale, zero_point, group_size, shape)
         sz = pack_tinygemm_scale_and_zero(scale, zero_point.to(scale.dtype))
         return cls(pack_int4_xpu(codes), sz, group_size=group_size, shape=tuple(shape), dtype=dtype)
 
@@ -79,15 +54,11 @@ class Int4XpuFloatZpTensor(PortableInt4Mixin, LowbitTensor):
         s, z = unpack_tinygemm_scale_and_zero(self.scale_and_zero)
         return unpack_int4_xpu(self.qdata), s, z
 
-    @classmethod
-    def from_float(cls, w: torch.Tensor, group_size: int = 128) -> Int4XpuFloatZpTensor:
-        """Min-max asymmetric int4 quantization (float zero point) of a float ``[N, K]`` weight."""
-        return xpu_from_float(cls, w, group_size)
-
 
 @Int4XpuFloatZpTensor.implements(F.linear, aten.linear.default)
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
     check_linear_input(x, w)
-    y = kernel("int4_xpu_float_zp_mm", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
+    mm = kernel(torch.ops.lowbit.int4_xpu_float_zp_mm, x.device.type)
+    y = mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
     return finish_linear(y, x, w, bias)

@@ -50,7 +50,7 @@ class Int8Tensor(LowbitTensor):
     qdata  int8    [N, K]  codes in [-127, 127]         lowbit::int8_weight_only_linear
     scale  float32 [N, 1]  one scale per output channel
 
-    Kernels (ops/cpu.py, ops/cuda.py): ``aten._weight_int8pack_mm`` up to 16 rows (on
+    Kernels (ops/cpu.py, ops/cuda.py): ``aten._weight_int8pack_mm`` up to ``CPU_INT8_GEMV_MAX_M`` rows (on
     CPU fed bf16 activations, the only dtype it vectorizes), a GEMM on the dequantized
     weight above (fp32 on CPUs without native bf16).
 

@@ -17,7 +17,7 @@ from lowbit.ops import reference
 
 triton = pytest.importorskip("triton")
 
-from lowbit.ops import triton_int8 as T
+from lowbit.ops import triton_int8 as T  # noqa: E402  (after the triton importorskip)
 
 
 def _device_or_skip(device):

@@ -20,9 +20,9 @@ import lowbit
 from lowbit import primitives as P
 from lowbit.granularity import per_group
 from lowbit.ops import _ext, reference
+from lowbit.packing.int4_vnni import pack_vnni_int4, unpack_vnni_int4
 from lowbit.tensors import Int4VnniCpuTensor
 from lowbit.tensors.base import UnsupportedOpError
-from lowbit.tensors.int4_vnni_cpu import pack_vnni_int4, unpack_vnni_int4
 from lowbit.testing import FormatConformance, assert_same_tensor, make_weight
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,13 @@ class TestDA8W4Asymmetric(FormatConformance):
     act_dtypes = [torch.bfloat16, torch.float32]
     min_linear_sqnr = 40.0
     group_size, act_mapping = 128, "asymmetric"
+    fuzz_group_sizes = (32, 64, 128, 256)
 
     def make(self, w):
         return Int4VnniCpuTensor.from_float(w, self.group_size, self.act_mapping)
+
+    def make_grouped(self, w, group_size):
+        return Int4VnniCpuTensor.from_float(w, group_size, self.act_mapping)
 
     def reference_linear(self, x, t, bias=None):
         # The format's numerics include the per-token activation quantization.
@@ -68,6 +72,7 @@ class TestDA8W4Asymmetric(FormatConformance):
 
 class TestDA8W4SymmetricG32(TestDA8W4Asymmetric):
     group_size, act_mapping = 32, "symmetric"
+    fresh_process_check = False  # TestDA8W4Asymmetric runs it
 
 
 # ---------------------------------------------------------------------- packing

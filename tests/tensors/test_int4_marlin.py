@@ -25,6 +25,9 @@ class TestInt4MarlinCuda(FormatConformance):
     devices = ["cuda"]
     act_dtypes = [torch.bfloat16, torch.float16, torch.float32]
     min_linear_sqnr = 45.0
+    fuzz_group_sizes = (32, 64, 128)
+    fuzz_n_multiple = 64  # MARLIN_N_CHUNK
+    fuzz_k_multiple = 128  # Marlin's smallest K tile
 
 
 class TestInt4MarlinStoredOnCpu(FormatConformance):
@@ -33,12 +36,12 @@ class TestInt4MarlinStoredOnCpu(FormatConformance):
     tensor_cls = Int4MarlinTensor
     shapes = [(64, 256), (128, 512)]
     devices = ["cpu"]
+    kernel_devices = ("cuda",)
     batch_sizes = [1, 7]
     min_linear_sqnr = 45.0
-
-    def build(self, shape, device, dtype=None):
-        w = make_weight(shape, dtype or self.weight_dtype, device)
-        return w, self.make(w)
+    fuzz_group_sizes = (32, 64, 128)
+    fuzz_n_multiple = 64  # MARLIN_N_CHUNK
+    fuzz_k_multiple = 128  # Marlin's smallest K tile
 
 
 # ---------------------------------------------------------------------- layout meaning

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import lowbit
+from lowbit.configs.int4 import int4_from_codes
 from lowbit.errors import UnsupportedError
 from lowbit.ops import reference
 from lowbit.packing.int4_tiled import (
@@ -15,6 +16,7 @@ from lowbit.packing.int4_tiled import (
     unpack_tinygemm_scale_and_zero,
 )
 from lowbit.tensors import Int4TiledCudaTensor
+from lowbit.tensors.int4_common import quantize_int4, scale_dtype_for
 from lowbit.testing import FormatConformance, make_weight, skip_unless_supported
 
 
@@ -24,6 +26,8 @@ class TestInt4TiledCuda(FormatConformance):
     act_dtypes = [torch.bfloat16, torch.float16, torch.float32]
     batch_sizes = [1, 7, 32, 33, 100]  # both sides of CUDA_INT4_TILED_MAX_M
     min_linear_sqnr = 45.0
+    fuzz_group_sizes = (32, 64, 128, 256)
+    fuzz_n_multiple = 8  # N_TILE
 
 
 class TestInt4TiledCudaStoredOnCpu(FormatConformance):
@@ -31,12 +35,11 @@ class TestInt4TiledCudaStoredOnCpu(FormatConformance):
 
     tensor_cls = Int4TiledCudaTensor
     devices = ["cpu"]
+    kernel_devices = ("cuda",)
     batch_sizes = [1, 7]
     min_linear_sqnr = 45.0
-
-    def build(self, shape, device, dtype=None):
-        w = make_weight(shape, dtype or self.weight_dtype, device)
-        return w, self.make(w)
+    fuzz_group_sizes = (32, 64, 128, 256)
+    fuzz_n_multiple = 8  # N_TILE
 
 
 # ---------------------------------------------------------------------- packing on CPU
@@ -189,3 +192,17 @@ def test_cuda_fast_dequantize_is_bit_exact(group_size):
     fast = lowbit_cuda._dequantize_int4_tiled_bf16(t.qdata, t.scale_and_zero, group_size)
     assert torch.equal(fast, lowbit_cuda._dequantize_int4_tiled_torch(t.qdata, t.scale_and_zero, group_size))
     assert torch.equal(fast.cpu(), t.dequantize(torch.float32).to(torch.bfloat16).cpu())
+
+
+@pytest.mark.parametrize("k", [576, 1024], ids=["K576", "K1024"])
+def test_from_float_matches_the_config_path(k):
+    # One quantizer, one tiling rule: from_float and Int4WeightOnlyConfig's handler build
+    # the same tensor (same inner_k_tiles, epsilon and stored scale dtype).
+    w = make_weight((64, k), torch.float32)
+    via_config = int4_from_codes(
+        Int4TiledCudaTensor, *quantize_int4(w, 64, "float", "minmax", scale_dtype_for(Int4TiledCudaTensor, w.dtype)),
+        "float", group_size=64, shape=w.shape, dtype=w.dtype,
+    )
+    t = Int4TiledCudaTensor.from_float(w, group_size=64)
+    assert t.inner_k_tiles == via_config.inner_k_tiles
+    assert torch.equal(t.qdata, via_config.qdata) and torch.equal(t.scale_and_zero, via_config.scale_and_zero)

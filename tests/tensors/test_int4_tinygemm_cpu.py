@@ -14,7 +14,7 @@ from lowbit.ops import reference
 from lowbit.packing.int4 import TINYGEMM_CPU_LAYOUTS, pack_tinygemm_cpu, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from lowbit.tensors import Int4PlainTensor, Int4TinygemmCpuTensor
 from lowbit.tensors.base import UnsupportedOpError
-from lowbit.tensors.int4_plain import quantize_int4
+from lowbit.tensors.int4_common import quantize_int4
 from lowbit.testing import FormatConformance, assert_same_tensor, make_weight
 
 BIG_M = cpu_ops.CPU_INT4_TINYGEMM_MAX_M + 1  # first batch size on the dequantize + GEMM path
@@ -27,6 +27,7 @@ class TestInt4TinygemmCpu(FormatConformance):
     devices = ["cpu"]
     batch_sizes = [1, 7, 33, BIG_M, 130]  # both sides of the tinygemm / GEMM switch
     min_linear_sqnr = 40.0
+    fuzz_group_sizes = (32, 64, 128, 256)
 
     def make(self, w):
         return Int4TinygemmCpuTensor.from_float(w, group_size=64)

@@ -21,12 +21,11 @@ _CLASSES = [Int4XpuTensor, Int4XpuFloatZpTensor]
 
 class _StoredOnCpu(FormatConformance):
     devices = ["cpu"]
+    kernel_devices = ("xpu",)
     batch_sizes = [1, 7]
     min_linear_sqnr = 45.0
-
-    def build(self, shape, device, dtype=None):
-        w = make_weight(shape, dtype or self.weight_dtype, device)
-        return w, self.make(w)
+    fuzz_group_sizes = (16, 32, 64, 128, 256)
+    fuzz_k_multiple = 8
 
 
 class TestInt4XpuOnXpu(FormatConformance):

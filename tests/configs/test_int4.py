@@ -10,7 +10,7 @@ import lowbit
 from lowbit import Int4Packing, Int4WeightOnlyConfig
 from lowbit.configs.int4 import int4_class_for, int4_group_size_for
 from lowbit.errors import UnsupportedError
-from lowbit.tensors import Int4PlainTensor, Int4TinygemmCpuTensor
+from lowbit.tensors import Int4MarlinTensor, Int4PlainTensor, Int4TinygemmCpuTensor
 
 
 class _SmolBlock(nn.Module):
@@ -125,20 +125,31 @@ def test_plain_packing_stores_without_kernel_and_loads_repacked():
     assert torch.equal(fresh.weight.dequantize(), m.weight.dequantize())
 
 
-def test_int_only_format_refuses_float_zero_points(monkeypatch):
-    # Stand-in for an int-zero-point GPU format (Marlin/XPU live on another branch).
+def test_int_only_format_refuses_float_zero_points():
     from lowbit.configs import int4 as cfg_mod
 
-    class _FakeIntFormat:
-        @classmethod
-        def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
-            return (codes, scale, zero_point)
-
-    monkeypatch.setitem(cfg_mod._PACKING_CLASSES, Int4Packing.MARLIN, _FakeIntFormat)
-    assert int4_class_for("cuda", "int", "marlin") is _FakeIntFormat
+    assert int4_class_for("cuda", "int", "marlin") is Int4MarlinTensor
     with pytest.raises(UnsupportedError, match="cannot represent float"):
         int4_class_for("cuda", "float", "marlin")
-    codes = torch.zeros(16, 32, dtype=torch.uint8)
+    codes = torch.zeros(64, 128, dtype=torch.uint8)
     with pytest.raises(UnsupportedError, match="applies int zero points"):
-        cfg_mod.int4_from_codes(_FakeIntFormat, codes, torch.ones(16, 1), torch.zeros(16, 1), "float",
-                                group_size=32, shape=(16, 32), dtype=torch.float32)
+        cfg_mod.int4_from_codes(Int4MarlinTensor, codes, torch.ones(64, 1), torch.zeros(64, 1), "float",
+                                group_size=128, shape=(64, 128), dtype=torch.float32)
+
+
+def test_marlin_with_float_zero_point_is_a_config_error():
+    with pytest.raises(ValueError, match="zero_point='int'"):
+        Int4WeightOnlyConfig(packing="marlin")
+    assert Int4WeightOnlyConfig(packing="marlin", zero_point="int").packing is Int4Packing.MARLIN
+
+
+def test_format_table_is_derived_from_class_declarations():
+    from lowbit.tensors.int4_common import int4_formats
+
+    table = int4_formats()
+    assert set(table) == set(Int4Packing) - {Int4Packing.AUTO}
+    for packing, cls in table.items():
+        assert cls.int4_packing is packing
+        if cls.int4_auto:
+            kind = cls.zero_point_kind
+            assert int4_class_for(cls.kernel_device, kind, "auto") is cls, (packing, kind)

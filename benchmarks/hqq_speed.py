@@ -1,0 +1,85 @@
+"""Time and error of int4 qparam choice: min-max vs HQQ before/after its speed-up.
+
+    python benchmarks/hqq_speed.py [--shape 4096 11008] [--group 128] [--threads 2] [--no-old]
+
+Prints a markdown table: seconds to choose the qparams of one layer and the weight SQNR
+(dB) of the resulting codes. "HQQ (old)" is lowbit/hqq.py as of the `main` branch, read
+with `git show` (skipped outside a git checkout). Weights: Student-t (heavy tails, like
+LLM weights), bf16, fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+import types
+
+import torch
+
+import lowbit
+from lowbit.autoquant.bench import _cpu_model_name
+from lowbit.hqq import hqq_int4_qparams
+from lowbit.tensors.int4_common import quantize_int4
+
+
+def _old_hqq():
+    try:
+        src = subprocess.run(["git", "show", "main:lowbit/hqq.py"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    mod = types.ModuleType("lowbit._hqq_old")
+    mod.__package__ = "lowbit"
+    exec(compile(src, "main:lowbit/hqq.py", "exec"), mod.__dict__)
+    return mod.hqq_int4_qparams
+
+
+def _sqnr(w, codes, scale, zero, group, kind):
+    d = lowbit.primitives.dequantize_affine(codes, (1, group), scale, zero, 0, 15, kind, torch.float32)
+    return lowbit.sqnr(w.float(), d)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=2, default=(4096, 11008), metavar=("N", "K"))
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--kind", default="float", choices=("float", "int"))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-old", action="store_true", help="skip the (slow) pre-speed-up HQQ row")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    w = (torch.distributions.StudentT(torch.tensor(4.0)).sample(tuple(args.shape)) * 0.02).to(torch.bfloat16)
+    kind = args.kind
+    rows = []
+
+    t0 = time.perf_counter()
+    codes, scale, zero = quantize_int4(w, args.group, kind, "minmax", torch.float32)
+    rows.append(("min-max", time.perf_counter() - t0, _sqnr(w, codes, scale, zero, args.group, kind)))
+
+    variants = [("HQQ (new: chunked, early stop)", hqq_int4_qparams)]
+    old = None if args.no_old else _old_hqq()
+    if old is not None:
+        variants.insert(0, ("HQQ (old, main)", old))
+    for name, fn in variants:
+        t0 = time.perf_counter()
+        s, z = fn(w, args.group, kind)
+        dt = time.perf_counter() - t0
+        s = s.clamp(min=2.0**-20)
+        zz = z.to(torch.int32) if kind == "int" else z
+        block = (1, args.group)
+        codes = lowbit.primitives.quantize_affine(w, block, s, zz, torch.uint8, 0, 15, kind)
+        rows.append((name, dt, _sqnr(w, codes, s, zz, args.group, kind)))
+
+    cpu = _cpu_model_name()
+    print(f"\nint4 qparams, {args.shape[0]}x{args.shape[1]} bf16 Student-t weight, group {args.group}, "
+          f"{kind} zero point; {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| method | seconds | weight SQNR dB |")
+    print("|---|---:|---:|")
+    for name, dt, q in rows:
+        print(f"| {name} | {dt:.2f} | {q:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
