@@ -7,10 +7,11 @@ them inside a compiled ``linear`` cost no graph break.
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "cpu_has_vnni", "cpu_has_avx512", "cpu_has_avx2"]
+__all__ = ["float8_device_reason", "SM89", "cpu_has_native_bf16", "cpu_has_vnni", "cpu_has_avx512", "cpu_has_avx2"]
 
 
 @torch._dynamo.assume_constant_result
@@ -41,3 +42,27 @@ def cpu_has_avx512() -> bool:
 @functools.cache
 def cpu_has_avx2() -> bool:
     return bool(torch.cpu._is_avx2_supported())
+
+
+SM89 = (8, 9)  # first compute capability with float8 tensor cores (Ada, Hopper)
+
+
+def float8_device_reason(device) -> str | None:
+    """None if ``device`` runs lowbit's float8 kernels, else why not (probes only that GPU)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return (
+            f"float8 kernels need an NVIDIA GPU with compute capability >= 8.9 (Ada/Hopper), got a "
+            f"{dev.type} device; use Int8WeightOnlyConfig / Int8DynamicActivationInt8WeightConfig there"
+        )
+    if not torch.cuda.is_available():
+        return "float8 kernels need CUDA, and torch.cuda.is_available() is False"
+    cap = torch.cuda.get_device_capability(dev)
+    if cap < SM89:
+        return (
+            f"float8 kernels need compute capability >= 8.9 (Ada/Hopper), {torch.cuda.get_device_name(dev)} "
+            f"has {cap[0]}.{cap[1]}; use the int8 configs on this GPU"
+        )
+    if importlib.util.find_spec("triton") is None:
+        return "float8 kernels need triton (it ships with CUDA builds of torch); pip install triton"
+    return None

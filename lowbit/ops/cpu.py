@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..device_caps import cpu_has_native_bf16
 from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from . import reference as _reference
 from ._ext import load_cpu_extension, warn_fallback_once
-from .cpu_paths import choose_path
+from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from here)
+    CPU_INT4_GEMV_MAX_M,
+    CPU_INT4_TINYGEMM_MAX_M,
+    CPU_INT8_GEMV_MAX_M,
+    choose_path,
+)
+from .cpu_paths import int4_gemv_available as _int4_gemv_available  # noqa: F401
 from .library import register_device_kernel
 from .reference import quantize_per_token_int8
 
 aten = torch.ops.aten
 
-# Batch rows up to which the int8 GEMV kernel (`aten._weight_int8pack_mm`) beats
-# dequantize + fp32 GEMM on CPU. benchmarks/results/amd-epyc-2t.md (2-core AVX2 Zen3):
-# 4096x4096 GEMV 24.6 ms vs 44 ms at M=64, 97 ms vs 82 ms at M=256; 11008x4096 71 vs
-# 155 ms at M=64, 373 vs 235 ms at M=256. The crossover lies between 64 and 256.
-CPU_INT8_GEMV_MAX_M = 128
 
 
 def _register(name):
@@ -96,15 +95,6 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     return _reference.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping)
 # ---------------------------------------------------------------------- int4 tinygemm (CPU)
 
-# Batch rows up to which `aten._weight_int4pack_mm_for_cpu` (tinygemm) runs; above it
-# the weight is dequantized (in its packed block order) into an fp32 batched GEMM on
-# CPUs without native bf16. Measured on the 2-core AVX2 Zen3 while shared with other
-# jobs (4096x4096, g=128, bf16 activations; numbers noisy, +-50%): tinygemm costs about
-# the same per 4-row block at any M (~1.5 ms / 4 rows at 2 threads, compute-bound), the
-# dequantize + GEMM path costs ~60 ms of dequantization plus the fp32 GEMM. 1 thread:
-# M=64 tinygemm 101-124 ms vs 195-244; M=128 249-254 vs 295-300; M=256 510 vs 444.
-# The crossover is between 128 and 256; both paths beat emulated-bf16 F.linear 3-5x there.
-CPU_INT4_TINYGEMM_MAX_M = 128
 
 
 def _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, dtype):
@@ -145,26 +135,8 @@ def _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, dtype)
 # Layouts lowbit/csrc/int4_tinygemm_gemv.cpp reads, with their row-block size.
 _INT4_GEMV_BLOCK_N = {"avx2": 32, "avx512": 64}
 
-# Batch rows up to which the C++ GEMV (shared weight conversion, 4-row tiles) runs instead
-# of ATen's tinygemm. Measured on the 2-core Zen3 (otherwise idle), 4096x4096 g128 bf16,
-# 2 threads, cold weights (40 copies rotated), median of 5, op alone: M=1 0.38 ms vs ATen
-# 1.18; M=2 0.59 vs 1.21; M=4 0.88 vs 1.57; M=8 1.74 vs 3.14; M=16 3.4 vs 6.5; M=32 6.6
-# vs 12.4; M=64 13.1 vs 25.0 (1 thread: M=1 0.70 ms, M=4 1.65 ms). Not measured above 64.
-CPU_INT4_GEMV_MAX_M = 64
 
 
-@functools.cache
-def _int4_gemv_available() -> bool:
-    """True once lowbit's C++ CPU extension is built with the M = 1 int4 GEMV in it.
-
-    The GEMV (lowbit/csrc/int4_tinygemm_gemv.cpp) computes the same function as
-    tinygemm, ~3x faster at M = 1 (ATen's kernel pays for 4 rows at M = 1). It ships with
-    the extension that ops/_ext.py builds; without that extension, tinygemm runs.
-    Measured at M = 1, 4096x4096 g128, cold, idle 2-core Zen3: 0.70 ms at 1 thread,
-    0.38 ms at 2 threads (22 GB/s of packed weights); ATen tinygemm 2.3-2.4 ms, bf16
-    F.linear 3.3 ms at 1 thread.
-    """
-    return bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_gemv")
 
 
 @_register("int4_tinygemm_cpu_linear")

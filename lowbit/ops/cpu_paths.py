@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ._ext import cache_dir, load_cpu_extension
+
 __all__ = [
     "DEFAULT_TABLES",
     "OPS",
@@ -55,26 +57,65 @@ PATHS: dict[str, tuple[str, ...]] = {
 }
 OPS = tuple(PATHS)
 
+# ---------------------------------------------------------------------- generic (non-AMX) thresholds
+
+# Batch rows up to which the int8 GEMV kernel (`aten._weight_int8pack_mm`) beats
+# dequantize + fp32 GEMM on CPU. benchmarks/results/amd-epyc-2t.md (2-core AVX2 Zen3):
+# 4096x4096 GEMV 24.6 ms vs 44 ms at M=64, 97 ms vs 82 ms at M=256; 11008x4096 71 vs
+# 155 ms at M=64, 373 vs 235 ms at M=256. The crossover lies between 64 and 256.
+CPU_INT8_GEMV_MAX_M = 128
+
+
+# Batch rows up to which `aten._weight_int4pack_mm_for_cpu` (tinygemm) runs; above it
+# the weight is dequantized (in its packed block order) into an fp32 batched GEMM on
+# CPUs without native bf16. Measured on the 2-core AVX2 Zen3 while shared with other
+# jobs (4096x4096, g=128, bf16 activations; numbers noisy, +-50%): tinygemm costs about
+# the same per 4-row block at any M (~1.5 ms / 4 rows at 2 threads, compute-bound), the
+# dequantize + GEMM path costs ~60 ms of dequantization plus the fp32 GEMM. 1 thread:
+# M=64 tinygemm 101-124 ms vs 195-244; M=128 249-254 vs 295-300; M=256 510 vs 444.
+# The crossover is between 128 and 256; both paths beat emulated-bf16 F.linear 3-5x there.
+CPU_INT4_TINYGEMM_MAX_M = 128
+
+
+# Batch rows up to which the C++ GEMV (shared weight conversion, 4-row tiles) runs instead
+# of ATen's tinygemm. Measured on the 2-core Zen3 (otherwise idle), 4096x4096 g128 bf16,
+# 2 threads, cold weights (40 copies rotated), median of 5, op alone: M=1 0.38 ms vs ATen
+# 1.18; M=2 0.59 vs 1.21; M=4 0.88 vs 1.57; M=8 1.74 vs 3.14; M=16 3.4 vs 6.5; M=32 6.6
+# vs 12.4; M=64 13.1 vs 25.0 (1 thread: M=1 0.70 ms, M=4 1.65 ms). Not measured above 64.
+CPU_INT4_GEMV_MAX_M = 64
+
+
+@functools.cache
+def int4_gemv_available() -> bool:
+    """True once lowbit's C++ CPU extension is built with the M = 1 int4 GEMV in it.
+
+    The GEMV (lowbit/csrc/int4_tinygemm_gemv.cpp) computes the same function as
+    tinygemm, ~3x faster at M = 1 (ATen's kernel pays for 4 rows at M = 1). It ships with
+    the extension that ops/_ext.py builds; without that extension, tinygemm runs.
+    Measured at M = 1, 4096x4096 g128, cold, idle 2-core Zen3: 0.70 ms at 1 thread,
+    0.38 ms at 2 threads (22 GB/s of packed weights); ATen tinygemm 2.3-2.4 ms, bf16
+    F.linear 3.3 ms at 1 thread.
+    """
+    return bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_gemv")
+
+
 _INF = None  # max_m of a table's last entry
 
 
 def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
-    """The table for CPUs without AMX, from ops/cpu.py's measured thresholds.
+    """The table for CPUs without AMX, from the measured thresholds above.
 
-    Built when asked (not frozen at import) so tests that move ops/cpu.py's thresholds
-    move this table with them. Measured on a 2-core AVX2 Zen3 (benchmarks/results/
+    Built when asked from the thresholds above. Measured on a 2-core AVX2 Zen3 (benchmarks/results/
     amd-epyc-2t.md and the comments at the thresholds in ops/cpu.py).
     """
-    from . import cpu
-
     return {
         "int4_tinygemm_cpu_linear": [
-            (cpu.CPU_INT4_GEMV_MAX_M, "gemv"),
-            (cpu.CPU_INT4_TINYGEMM_MAX_M, "tinygemm"),
+            (CPU_INT4_GEMV_MAX_M, "gemv"),
+            (CPU_INT4_TINYGEMM_MAX_M, "tinygemm"),
             (_INF, "dequant_gemm"),
         ],
-        "int8_weight_only_linear": [(cpu.CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "dequant_gemm")],
-        "int8_dynamic_linear": [(cpu.CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "fp32_gemm")],
+        "int8_weight_only_linear": [(CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "dequant_gemm")],
+        "int8_dynamic_linear": [(CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "fp32_gemm")],
         "da8w4_linear": [(_INF, "vnni")],
     }
 
@@ -136,8 +177,6 @@ def isa_class() -> str:
 @functools.cache
 def _brgemm_caps() -> int:
     """Bit 1: bf16 brgemm, bit 2: u8s8 brgemm usable (AMX through oneDNN); 0 without the extension."""
-    from ._ext import load_cpu_extension
-
     if not load_cpu_extension() or not hasattr(torch.ops.lowbit_ext, "brgemm_caps"):
         return 0
     return int(torch.ops.lowbit_ext.brgemm_caps())
@@ -151,9 +190,7 @@ def path_available(op: str, path: str) -> bool:
         need = 2 if op in ("int8_dynamic_linear", "da8w4_linear") else 1
         return bool(_brgemm_caps() & need)
     if op == "int4_tinygemm_cpu_linear" and path == "gemv":
-        from . import cpu
-
-        return cpu._int4_gemv_available()
+            return int4_gemv_available()
     return True
 
 
@@ -208,9 +245,7 @@ def choose_path(op: str, m: int) -> str:
         return path
     path = _lookup(_generic_table(), op, m)
     if op == "int4_tinygemm_cpu_linear" and path == "gemv" and not path_available(op, "gemv"):
-        from . import cpu
-
-        path = "tinygemm" if m <= cpu.CPU_INT4_TINYGEMM_MAX_M else "dequant_gemm"
+            path = "tinygemm" if m <= CPU_INT4_TINYGEMM_MAX_M else "dequant_gemm"
     return path
 
 
@@ -226,8 +261,6 @@ def _cpu_model() -> str:
 def tune_cache_path() -> Path:
     """Where :func:`lowbit.tune` keeps this machine's table: one file per CPU model, torch
     version, ISA class and torch thread count (crossovers move with the threads), under ``$LOWBIT_CACHE_DIR`` (or ``~/.cache/lowbit``) ``/tune``."""
-    from ._ext import cache_dir
-
     raw = f"{_cpu_model()}-torch{torch.__version__}-{isa_class()}-{torch.get_num_threads()}t"
     name = "".join(c if c.isalnum() or c in "-._" else "_" for c in raw)
     return cache_dir().parent / "tune" / f"{name}.json"

@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from ..device_caps import float8_device_reason
 from ..errors import UnsupportedError
 from .library import register_device_kernel
 from .reference import quantize_per_tensor_float8
@@ -65,8 +66,6 @@ def _triton_int8():
 
 @functools.cache
 def _check_float8_device(index: int) -> None:
-    from ..tensors.float8 import float8_device_reason
-
     reason = float8_device_reason(torch.device("cuda", index))
     if reason is not None:
         raise UnsupportedError(f"lowbit float8 linear on cuda:{index}: {reason}")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
+from ..device_caps import SM89, float8_device_reason  # noqa: F401  (SM89 for callers)
 from ..ops.library import kernel
 from ..ops.reference import FLOAT8_E4M3_MAX
 from .base import (
@@ -36,35 +37,11 @@ from .base import (
 
 aten = torch.ops.aten
 
-__all__ = ["Float8DynActPerTensorTensor", "Float8DynActTensor", "Float8Tensor", "float8_device_reason"]
+__all__ = ["Float8DynActPerTensorTensor", "Float8DynActTensor", "Float8Tensor"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SM89 = (8, 9)  # first NVIDIA architecture with float8 tensor cores and e4m3 conversions
 # torch._scaled_mm needs K and N to be multiples of 16.
 _SCALED_MM_MULTIPLE = 16
-
-
-def float8_device_reason(device) -> str | None:
-    """None if ``device`` runs lowbit's float8 kernels, else why not (probes only that GPU)."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return (
-            f"float8 kernels need an NVIDIA GPU with compute capability >= 8.9 (Ada/Hopper), got a "
-            f"{dev.type} device; use Int8WeightOnlyConfig / Int8DynamicActivationInt8WeightConfig there"
-        )
-    if not torch.cuda.is_available():
-        return "float8 kernels need CUDA, and torch.cuda.is_available() is False"
-    cap = torch.cuda.get_device_capability(dev)
-    if cap < SM89:
-        return (
-            f"float8 kernels need compute capability >= 8.9 (Ada/Hopper), {torch.cuda.get_device_name(dev)} "
-            f"has {cap[0]}.{cap[1]}; use the int8 configs on this GPU"
-        )
-    import importlib.util
-
-    if importlib.util.find_spec("triton") is None:
-        return "float8 kernels need triton (it ships with CUDA builds of torch); pip install triton"
-    return None
 
 
 def _weight_reason(weight) -> str | None:
