@@ -42,6 +42,7 @@ from ..tensors.int4_plain import INT4_GROUP_SIZES, Int4PlainTensor, int_to_float
 from ..tensors.int4_marlin import Int4MarlinTensor
 from ..tensors.int4_tiled_cuda import Int4TiledCudaTensor
 from ..tensors.int4_tinygemm_cpu import Int4TinygemmCpuTensor
+from ..tensors.int4_triton_cuda import Int4TritonCudaTensor
 from ..tensors.int4_xpu import Int4XpuTensor
 from ..tensors.int4_xpu_float_zp import Int4XpuFloatZpTensor
 
@@ -57,6 +58,7 @@ class Int4Packing(str, enum.Enum):
     TINYGEMM_CPU = "tinygemm_cpu"  # Int4TinygemmCpuTensor
     TILED_CUDA = "tiled_cuda"  # Int4TiledCudaTensor (tensor-core tiled, float zero point)
     MARLIN = "marlin"  # Int4MarlinTensor
+    TRITON_CUDA = "triton_cuda"  # Int4TritonCudaTensor (lowbit's Triton kernels, float zero point)
     XPU = "xpu"  # Int4XpuTensor (int zero point)
     XPU_FLOAT_ZP = "xpu_float_zp"  # Int4XpuFloatZpTensor (float zero point)
     PLAIN = "plain"  # Int4PlainTensor: portable storage, no kernel
@@ -68,6 +70,7 @@ _PACKING_CLASSES: dict[Int4Packing, type[LowbitTensor]] = {
     Int4Packing.TINYGEMM_CPU: Int4TinygemmCpuTensor,
     Int4Packing.TILED_CUDA: Int4TiledCudaTensor,
     Int4Packing.MARLIN: Int4MarlinTensor,
+    Int4Packing.TRITON_CUDA: Int4TritonCudaTensor,
     Int4Packing.XPU: Int4XpuTensor,
     Int4Packing.XPU_FLOAT_ZP: Int4XpuFloatZpTensor,
     Int4Packing.PLAIN: Int4PlainTensor,
@@ -78,6 +81,7 @@ _PACKING_DEVICE: dict[Int4Packing, str] = {
     Int4Packing.TINYGEMM_CPU: "cpu",
     Int4Packing.TILED_CUDA: "cuda",
     Int4Packing.MARLIN: "cuda",
+    Int4Packing.TRITON_CUDA: "cuda",
     Int4Packing.XPU: "xpu",
     Int4Packing.XPU_FLOAT_ZP: "xpu",
 }
@@ -87,6 +91,7 @@ _PACKING_KIND: dict[Int4Packing, ZeroPointKind] = {
     Int4Packing.TINYGEMM_CPU: ZeroPointKind.FLOAT,
     Int4Packing.TILED_CUDA: ZeroPointKind.FLOAT,
     Int4Packing.MARLIN: ZeroPointKind.INT,
+    Int4Packing.TRITON_CUDA: ZeroPointKind.FLOAT,
     Int4Packing.XPU: ZeroPointKind.INT,
     Int4Packing.XPU_FLOAT_ZP: ZeroPointKind.FLOAT,
 }

@@ -8,3 +8,4 @@ implementation of every op (registered for all devices), and ``cpu.py`` / ``cuda
 from . import library, reference  # noqa: F401  (define ops, then the default kernels)
 from . import cpu, cuda  # noqa: F401,E402  (device kernels override the reference)
 from . import xpu  # noqa: F401,E402  (Intel GPU kernels; untested on hardware)
+from . import triton_int4  # noqa: F401,E402  (Triton int4 op + Marlin CUDA kernel; triton imported on use)

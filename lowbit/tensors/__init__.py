@@ -5,6 +5,7 @@ from .float_cast import FloatCastTensor
 from .int4_marlin import Int4MarlinTensor
 from .int4_plain import Int4PlainTensor
 from .int4_tiled_cuda import Int4TiledCudaTensor
+from .int4_triton_cuda import Int4TritonCudaTensor
 from .int4_tinygemm_cpu import Int4TinygemmCpuTensor
 from .int4_vnni_cpu import Int4VnniCpuTensor
 from .int4_xpu import Int4XpuTensor
@@ -21,6 +22,7 @@ __all__ = [
     "Int4PlainTensor",
     "Int4TinygemmCpuTensor",
     "Int4TiledCudaTensor",
+    "Int4TritonCudaTensor",
     "Int4MarlinTensor",
     "Int4XpuTensor",
     "Int4XpuFloatZpTensor",

@@ -1,0 +1,197 @@
+"""The Triton kernels of lowbit/ops/triton_int4.py (imported on first use: needs triton).
+
+Layouts and numerics are described in lowbit/ops/triton_int4.py and
+lowbit/packing/int4_triton.py; this module only holds the ``@triton.jit`` functions
+(Triton resolves a kernel's helpers from its module's globals). They call only
+``tl`` builtins and helpers defined here (no ``tl.cdiv``/``tl.sum``/``tl.zeros``,
+which are ``@jit`` functions of triton's standard library): the tests then can import
+this module under ``TRITON_INTERPRET=1`` in a process whose triton is already loaded.
+"""
+
+import triton
+import triton.language as tl
+
+__all__ = ["gemv_kernel", "mm_kernel", "dequant_kernel", "marlin_mm_kernel"]
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@triton.jit
+def _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS: tl.constexpr):
+    # One scale / zero row per 16-wide plane (all 16 k in one group, GS >= 16).
+    ok = n_mask & ((k0 + 0 * offs_n) < K)  # tensor compare (the interpreter wants one)
+    g = k0 // GS
+    s = tl.load(s_ptr + g * N + offs_n, mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + g * N + offs_n, mask=ok, other=0).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
+                 GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 SPLIT_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_i = tl.arange(0, 16)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    per_split = _cdiv(n_chunks, SPLIT_K)
+    c0 = pid_k * per_split
+    c1 = tl.minimum(c0 + per_split, n_chunks)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for c in range(c0, c1):
+        q = tl.load(q_ptr + (c * 16 + offs_i)[:, None] * N + offs_n[None, :], mask=n_mask[None, :], other=0)
+        for j in tl.static_range(8):
+            k0 = c * 128 + 16 * j
+            k = k0 + offs_i
+            a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
+                        mask=m_mask[:, None] & (k[None, :] < K), other=0.0).to(tl.float32)
+            nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
+            p = tl.reduce(a[:, :, None] * nib[None, :, :], 1, _add)  # [BLOCK_M, BLOCK_N]
+            sa = tl.reduce(a, 1, _add)[:, None]
+            s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
+            if INT_ZP:
+                acc += s[None, :] * (p - sa * z[None, :])
+            else:
+                acc += s[None, :] * (p - 8.0 * sa) + z[None, :] * sa
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K > 1:
+        tl.atomic_add(out, acc, mask=mask)
+    else:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+@triton.jit
+def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
+               GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    grid_m = _cdiv(M, BLOCK_M)
+    grid_n = _cdiv(N, BLOCK_N)
+    # Grouped ordering: GROUP_M row blocks share each weight tile while it is in L2.
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_i = tl.arange(0, 16)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    per_split = _cdiv(n_chunks, SPLIT_K)
+    c0 = pid_k * per_split
+    c1 = tl.minimum(c0 + per_split, n_chunks)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for c in range(c0, c1):
+        q = tl.load(q_ptr + (c * 16 + offs_i)[:, None] * N + offs_n[None, :], mask=n_mask[None, :], other=0)
+        for j in tl.static_range(8):
+            k0 = c * 128 + 16 * j
+            k = k0 + offs_i
+            a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
+                        mask=m_mask[:, None] & (k[None, :] < K), other=0.0)
+            nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
+            s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
+            if INT_ZP:
+                w = (nib - z[None, :]) * s[None, :]
+            else:
+                w = (nib - 8.0) * s[None, :] + z[None, :]
+            acc = tl.dot(a, w.to(a.dtype), acc)
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K > 1:
+        tl.atomic_add(out, acc, mask=mask)
+    else:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+@triton.jit
+def dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K,
+                    GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr):
+    c = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_i = tl.arange(0, 16)
+    n_mask = offs_n < N
+    q = tl.load(q_ptr + (c * 16 + offs_i)[:, None] * N + offs_n[None, :], mask=n_mask[None, :], other=0)
+    for j in tl.static_range(8):
+        k0 = c * 128 + 16 * j
+        k = k0 + offs_i
+        nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
+        s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
+        if INT_ZP:
+            w = (nib - z[None, :]) * s[None, :]
+        else:
+            w = (nib - 8.0) * s[None, :] + z[None, :]
+        tl.store(out_ptr + k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty),
+                 mask=(k[:, None] < K) & n_mask[None, :])
+
+@triton.jit
+def marlin_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+                      GS: tl.constexpr, SINGLE_GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                      GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    grid_m = _cdiv(M, BLOCK_M)
+    grid_n = _cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_kk = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    # Marlin address of code (k, n) (lowbit/packing/int4_marlin.py): word row k // 16
+    # (2N words per row); in the 128-word chunk of columns n // 64, lane
+    # 4 (n % 8) + (k % 8) // 2 owns 4 words, one per 16-column tile (n % 64) // 16;
+    # nibble 4 (k % 2) + 2 ((n % 16) // 8) + (k % 16) // 8.
+    n_word = (offs_n // 64) * 128 + 16 * (offs_n % 8) + (offs_n % 64) // 16
+    n_shift = 8 * ((offs_n % 16) // 8)
+    # Scales: grouped order puts column n of a 64-chunk at 8 (n % 8) + (n % 64) // 8;
+    # one group (channelwise) uses Marlin's single order in chunks of 32.
+    if SINGLE_GROUP:
+        cc = offs_n % 32
+        s_col = (offs_n // 32) * 32 + 8 * ((cc % 8) // 2) + 2 * (cc // 8) + cc % 2
+    else:
+        s_col = (offs_n // 64) * 64 + 8 * (offs_n % 8) + (offs_n % 64) // 8
+    # Zero points: the grouped scale order, then the 0,2,4,6,1,3,5,7 interleave of
+    # every 8 values, 8 per int32 along N ([G, N / 8]).
+    zp = (offs_n % 64) // 8
+    z_word = (offs_n // 64) * 8 + offs_n % 8
+    z_shift = 4 * (zp // 2 + 4 * (zp % 2))
+    n_k = K // BLOCK_K
+    per_split = _cdiv(n_k, SPLIT_K)
+    t0 = pid_k * per_split
+    t1 = tl.minimum(t0 + per_split, n_k)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for t in range(t0, t1):
+        k = t * BLOCK_K + offs_kk
+        k_word = (k // 16) * (2 * N) + 4 * ((k % 8) // 2)
+        k_shift = 16 * (k % 2) + 4 * ((k % 16) // 8)
+        words = tl.load(q_ptr + k_word[:, None] + n_word[None, :])
+        nib = ((words >> (k_shift[:, None] + n_shift[None, :])) & 0xF).to(tl.float32)
+        g = (t * BLOCK_K) // GS  # BLOCK_K divides GS: one group per tile
+        s = tl.load(s_ptr + g * N + s_col).to(tl.float32)
+        z = ((tl.load(z_ptr + g * (N // 8) + z_word) >> z_shift) & 0xF).to(tl.float32)
+        w = (nib - z[None, :]) * s[None, :]
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None], other=0.0)
+        acc = tl.dot(a, w.to(a.dtype), acc)
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    mask = m_mask[:, None]
+    if SPLIT_K > 1:
+        tl.atomic_add(out, acc, mask=mask)
+    else:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
