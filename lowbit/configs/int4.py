@@ -58,10 +58,10 @@ class Int4Packing(str, enum.Enum):
     TINYGEMM_CPU = "tinygemm_cpu"  # Int4TinygemmCpuTensor
     TILED_CUDA = "tiled_cuda"  # Int4TiledCudaTensor (tensor-core tiled, float zero point)
     MARLIN = "marlin"  # Int4MarlinTensor
-    TRITON_CUDA = "triton_cuda"  # Int4TritonCudaTensor (lowbit's Triton kernels, float zero point)
     XPU = "xpu"  # Int4XpuTensor (int zero point)
     XPU_FLOAT_ZP = "xpu_float_zp"  # Int4XpuFloatZpTensor (float zero point)
     PLAIN = "plain"  # Int4PlainTensor: portable storage, no kernel
+    TRITON_CUDA = "triton_cuda"  # Int4TritonCudaTensor (lowbit's Triton kernels, float zero point)
 
 
 # packing -> tensor class. Each class has ``from_codes``/``to_codes`` (the int4 "codes"
@@ -222,6 +222,12 @@ class Int4WeightOnlyConfig(BaseConfig):
         if self.qparams not in ("minmax", "hqq"):
             raise ValueError(f"Int4WeightOnlyConfig.qparams must be 'minmax' or 'hqq', got {self.qparams!r}")
         object.__setattr__(self, "packing", _enum(Int4Packing, self.packing, "Int4WeightOnlyConfig.packing"))
+        if self.packing is Int4Packing.MARLIN and zp == "float":
+            raise ValueError(
+                "Int4WeightOnlyConfig(packing='marlin') needs zero_point='int': Marlin applies integer zero "
+                "points (x = (q - zero) * scale), got zero_point='float'; pass zero_point='int', or "
+                "packing='auto' for a float zero point"
+            )
 
 
 @register_handler(Int4WeightOnlyConfig)

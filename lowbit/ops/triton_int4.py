@@ -41,12 +41,12 @@ from torch.library import triton_op, wrap_triton
 from .library import _DEVICE_KERNELS, register_device_kernel
 
 __all__ = [
-    "int4_triton_cuda_mm",
-    "int4_triton_linear",
-    "int4_triton_dequantize",
-    "int4_marlin_linear",
-    "int4_triton_reference",
     "GEMV_MAX_M",
+    "int4_marlin_linear",
+    "int4_triton_cuda_mm",
+    "int4_triton_dequantize",
+    "int4_triton_linear",
+    "int4_triton_reference",
 ]
 
 GEMV_MAX_M = 8  # batch rows up to which the CUDA-core GEMV beats the tensor-core kernel (H200)

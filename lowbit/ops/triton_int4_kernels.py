@@ -11,7 +11,7 @@ this module under ``TRITON_INTERPRET=1`` in a process whose triton is already lo
 import triton
 import triton.language as tl
 
-__all__ = ["gemv_kernel", "mm_kernel", "dequant_kernel", "marlin_mm_kernel"]
+__all__ = ["dequant_kernel", "gemv_kernel", "marlin_mm_kernel", "mm_kernel"]
 
 
 @triton.jit

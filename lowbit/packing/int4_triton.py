@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CHUNK_K", "pack_int4_triton", "unpack_int4_triton", "padded_k"]
+__all__ = ["CHUNK_K", "pack_int4_triton", "padded_k", "unpack_int4_triton"]
 
 CHUNK_K = 128  # K values per block of 16 word rows
 _ROWS = 16  # word rows per chunk (the k16 of one nibble plane)

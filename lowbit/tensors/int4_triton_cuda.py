@@ -11,8 +11,14 @@ from ..ops.library import kernel
 from ..packing.int4_triton import pack_int4_triton, unpack_int4_triton
 from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
 from .int4_plain import PortableInt4Mixin
-from .int4_tiled_cuda import _check_codes, _check_group_size, _check_weight, _device_of, _quantize_to_codes, \
-    _weight_shape_reason
+from .int4_tiled_cuda import (
+    _check_codes,
+    _check_group_size,
+    _check_weight,
+    _device_of,
+    _quantize_to_codes,
+    _weight_shape_reason,
+)
 
 aten = torch.ops.aten
 
@@ -92,7 +98,7 @@ class Int4TritonCudaTensor(PortableInt4Mixin, LowbitTensor):
         float16 to get them back bit-exactly from ``to_codes``).
         """
         _check_group_size(cls.__name__, group_size, cls.GROUP_SIZES)
-        n, k = _check_codes(cls.__name__, codes, scale, zero_point, group_size, shape, int_zero_point=False)
+        n, _ = _check_codes(cls.__name__, codes, scale, zero_point, group_size, shape, int_zero_point=False)
         if n % _N_ALIGN:
             raise ValueError(f"{cls.__name__} needs N % {_N_ALIGN} == 0, got N={n}; use another int4 packing")
         pdt = scale.dtype if scale.dtype in cls._PARAM_DTYPES else torch.bfloat16

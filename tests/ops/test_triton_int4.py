@@ -18,7 +18,11 @@ import torch
 
 from lowbit.ops import triton_int4 as T
 from lowbit.ops.reference import int4_marlin_mm
-from lowbit.packing.int4_marlin import pack_marlin_int4, pack_marlin_scales, pack_marlin_zero_points
+from lowbit.packing.int4_marlin import (
+    pack_marlin_int4,
+    pack_marlin_scales,
+    pack_marlin_zero_points,
+)
 from lowbit.packing.int4_triton import pack_int4_triton, padded_k, unpack_int4_triton
 from lowbit.primitives import sqnr
 
