@@ -191,29 +191,47 @@ def _eager_table(rows: list[dict]) -> str:
 def _sweep_configs(m: int) -> list[dict]:
     """Candidate Triton launch parameters for batch size ``m`` (see ops/triton_int4.py)."""
     out = []
+
+    def add(kind, bm, bn, split, warps, stages):
+        out.append({"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "SPLIT_K": split, "num_warps": warps,
+                    "num_stages": stages})
+
     if m <= 8:
-        bm = 1 << max(0, (m - 1).bit_length())
-        for bn in (32, 64, 128, 256):
-            for split in (1, 2, 4, 8, 16):
-                for warps in (2, 4):
-                    out.append(dict(kind="gemv", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split, num_warps=warps, num_stages=3))
-    mms = [16] if m <= 16 else [16, 32, 64] if m <= 64 else [64, 128]
-    for bm in mms:
         for bn in (64, 128, 256):
-            for split in ((1, 2, 4, 8) if m <= 256 else (1,)):
-                for warps, stages in ((4, 3), (4, 4), (8, 3)):
-                    out.append(dict(kind="mm", BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split, num_warps=warps,
-                                    num_stages=stages))
+            for split in (1, 2, 4, 8):
+                add("gemv", 1 << max(0, (m - 1).bit_length()), bn, split, 4, 3)
+        for bn in (64, 128):
+            for split in (1, 4):
+                add("mm", 16, bn, split, 4, 4)
+    elif m <= 16:
+        for bn in (64, 128, 256):
+            for split in (1, 2, 4, 8):
+                add("mm", 16, bn, split, 4, 4)
+    elif m <= 64:
+        for bm in (32, 64):
+            for bn in (64, 128):
+                for split in (1, 2, 4):
+                    add("mm", bm, bn, split, 4, 4)
+    elif m <= 256:
+        for bm in (64, 128):
+            for bn in (128, 256):
+                for split in (1, 2):
+                    for warps, stages in ((4, 4), (8, 3)):
+                        add("mm", bm, bn, split, warps, stages)
+    else:
+        for bn in (128, 256):
+            for warps, stages in ((4, 4), (8, 3), (8, 4)):
+                add("mm", 128, bn, 1, warps, stages)
     if m >= 256:
-        out.append(dict(kind="deq", BLOCK_M=0, BLOCK_N=128, SPLIT_K=1, num_warps=4, num_stages=1))
+        add("deq", 0, 128, 1, 4, 1)
     return out
 
 
 def _marlin_sweep_configs(m: int) -> list[dict]:
-    bms = [16] if m <= 16 else [16, 64] if m <= 64 else [64, 128]
-    return [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=warps, num_stages=stages)
-            for bm in bms for bn in (64, 128) for bk in (32, 64, 128)
-            for split in ((1, 4) if m <= 256 else (1,)) for warps, stages in ((4, 3), (8, 4))]
+    bm = 16 if m <= 16 else 64 if m <= 256 else 128
+    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "num_warps": 8 if bm == 128 else 4,
+             "num_stages": 3 if bm == 128 else 4}
+            for bn in (64, 128) for bk in (32, 128) for split in ((1, 4) if m <= 256 else (1,))]
 
 
 def run_sweep(shapes, batches, budget_ms) -> str:
