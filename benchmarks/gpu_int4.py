@@ -192,46 +192,40 @@ def _sweep_configs(m: int) -> list[dict]:
     """Candidate Triton launch parameters for batch size ``m`` (see ops/triton_int4.py)."""
     out = []
 
-    def add(kind, bm, bn, split, warps, stages):
-        out.append({"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "SPLIT_K": split, "num_warps": warps,
+    def add(kind, bm, bn, bk, split, warps=4, stages=4):
+        out.append({"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "num_warps": warps,
                     "num_stages": stages})
 
     if m <= 8:
-        for bn in (64, 128, 256):
-            for split in (1, 2, 4, 8):
-                add("gemv", 1 << max(0, (m - 1).bit_length()), bn, split, 4, 3)
+        for bn in (64, 128, 256) if m == 1 else (128,):
+            for split in (1, 2, 4, 8) if m == 1 else (1, 4):
+                add("gemv", 1, bn, 128, split, 4, 3)
+    if m <= 16:
         for bn in (64, 128):
-            for split in (1, 4):
-                add("mm", 16, bn, split, 4, 4)
-    elif m <= 16:
-        for bn in (64, 128, 256):
-            for split in (1, 2, 4, 8):
-                add("mm", 16, bn, split, 4, 4)
+            for bk in (64, 128):
+                for split in (1, 2, 4, 8) if m > 1 else (1, 4):
+                    add("mm", 16, bn, bk, split)
     elif m <= 64:
         for bm in (32, 64):
             for bn in (64, 128):
-                for split in (1, 2, 4):
-                    add("mm", bm, bn, split, 4, 4)
-    elif m <= 256:
-        for bm in (64, 128):
-            for bn in (128, 256):
-                for split in (1, 2):
-                    for warps, stages in ((4, 4), (8, 3)):
-                        add("mm", bm, bn, split, warps, stages)
+                for bk in (64, 128):
+                    for split in (1, 4):
+                        add("mm", bm, bn, bk, split)
     else:
-        for bn in (128, 256):
-            for warps, stages in ((4, 4), (8, 3), (8, 4)):
-                add("mm", 128, bn, 1, warps, stages)
-    if m >= 256:
-        add("deq", 0, 128, 1, 4, 1)
+        for bm in (64, 128) if m <= 256 else (128,):
+            for bn in (128, 256):
+                for bk in (32, 64):
+                    for warps, stages in ((4, 4), (8, 3)):
+                        add("mm", bm, bn, bk, 1, warps, stages)
+        add("deq", 0, 128, 0, 1, 4, 1)
     return out
 
 
 def _marlin_sweep_configs(m: int) -> list[dict]:
     bm = 16 if m <= 16 else 64 if m <= 256 else 128
     return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "num_warps": 8 if bm == 128 else 4,
-             "num_stages": 3 if bm == 128 else 4}
-            for bn in (64, 128) for bk in (32, 128) for split in ((1, 4) if m <= 256 else (1,))]
+             "num_stages": 3}
+            for bn in (64, 128) for bk in (32, 64, 128) for split in ((1, 4) if m <= 64 else (1,))]
 
 
 def run_sweep(shapes, batches, budget_ms) -> str:

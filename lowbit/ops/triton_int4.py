@@ -4,14 +4,15 @@ Three kernels read lowbit's own layout (``lowbit/packing/int4_triton.py``: int32
 ``qdata [Kp / 8, N]``, nibble plane ``j`` of word row ``16 c + i`` is
 ``k = 128 c + 16 j + i``; ``scale``/``zero_point [K / group_size, N]``):
 
-* ``gemv_kernel``   M <= 8: CUDA-core FMAs, split-K, one ``[16, BLOCK_N]`` word tile
-  per 128 K; a plane's codes are reduced against the activation *before* the scale is
-  applied (``s * (sum q x - 8 sum x) + z sum x``), so dequantization costs ~2 FMAs per
-  16 codes. Bandwidth-bound: the goal is to stream the 4-bit weight at HBM speed.
-* ``mm_kernel``     M > 8: fused dequantize + ``tl.dot`` (tensor cores). Each 128-K
-  step loads one word tile and issues 8 K=16 dots, one per nibble plane, each with a
-  contiguous ``[BLOCK_M, 16]`` activation slice and one scale row. Split-K for small
-  grids (fp32 atomics), direct bf16/fp16 stores otherwise.
+* ``gemv_kernel``   M = 1 (``GEMV_MAX_M``): CUDA-core FMAs, split-K. Each 128-K step
+  loads its ``[16, BLOCK_N]`` word tile once; nibble plane ``j`` is dequantized and
+  multiplied by a contiguous 16-value activation slice into a ``[16, BLOCK_N]`` fp32
+  tile, reduced once at the end. Bandwidth-bound: the goal is HBM speed.
+* ``mm_kernel``     M > 1: fused dequantize + ``tl.dot`` (tensor cores). Each BLOCK_K
+  step gathers the ``[BLOCK_K, BLOCK_N]`` codes in natural k order (word row
+  ``16 (k // 128) + k % 16``, nibble ``(k % 128) // 16``: loads stay coalesced along N,
+  the 8 codes of a word after the first come from L1), one scale row per tile when the
+  tile lies in one group. Split-K for small grids (fp32 atomics), direct stores otherwise.
 * ``dequant_kernel`` writes the bf16 weight ``[K, N]`` (row-major, coalesced) for a
   cuBLAS GEMM at large M, where that measures faster than the fused kernel.
 
@@ -49,7 +50,7 @@ __all__ = [
     "int4_triton_reference",
 ]
 
-GEMV_MAX_M = 8  # batch rows up to which the CUDA-core GEMV beats the tensor-core kernel (H200)
+GEMV_MAX_M = 1  # batch rows up to which the CUDA-core GEMV beats the tensor-core kernel (H200)
 _PLANE = 16  # K values per nibble plane (one tl.dot with K = 16)
 _CHUNK = 128  # K values per word tile (8 planes)
 
@@ -67,18 +68,13 @@ def _kernels():
 # Tile choices per M range, measured on an H200 (sm90) with benchmarks/gpu_int4.py
 # --sweep (results file named in the module docstring). Other CUDA archs (sm80/sm89)
 # use the same table until measured there. kind: "gemv", "mm" or "deq" (dequantize +
-# cuBLAS). Each row: (max M, kind, BLOCK_M, BLOCK_N, num_warps, num_stages).
+# cuBLAS). Each row: (max M, kind, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 _SM90_TABLE = (
-    (1, "gemv", 1, 128, 4, 3),
-    (2, "gemv", 2, 128, 4, 3),
-    (4, "gemv", 4, 64, 4, 3),
-    (8, "gemv", 8, 64, 4, 3),
-    (16, "mm", 16, 64, 4, 4),
-    (32, "mm", 32, 64, 4, 4),
-    (64, "mm", 64, 64, 4, 4),
-    (128, "mm", 64, 128, 4, 4),
-    (256, "mm", 128, 128, 8, 3),
-    (1 << 62, "mm", 128, 256, 8, 3),
+    (GEMV_MAX_M, "gemv", 1, 128, 128, 4, 3),
+    (16, "mm", 16, 64, 128, 4, 4),
+    (64, "mm", 64, 64, 64, 4, 4),
+    (128, "mm", 64, 128, 64, 8, 3),
+    (1 << 62, "mm", 128, 128, 64, 8, 3),
 )
 _SPLIT_K_MAX_M = 256  # above this the fp32 partial sums would cost more than they save
 _WAVES = 4  # programs per SM the split-K heuristic aims for
@@ -95,24 +91,28 @@ def _sms(device: torch.device) -> int:
     return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def _split_k(tiles: int, k_steps: int, device) -> int:
+    """Split K so that ``tiles`` output tiles make about _WAVES programs per SM."""
+    want = _WAVES * _sms(device)
+    return max(1, min(want // tiles, k_steps // 2, 16)) if tiles < want else 1
+
+
 def _pick(m: int, n: int, k: int, device: torch.device) -> dict:
     """Kernel and launch parameters for an [M, K] x [K, N] int4 linear (table above)."""
-    for max_m, kind, bm, bn, warps, stages in _SM90_TABLE:
+    for max_m, kind, bm, bn, bk, warps, stages in _SM90_TABLE:
         if m <= max_m:
             break
-    cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages, "SPLIT_K": 1}
+    cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
+           "SPLIT_K": 1}
     if kind != "deq" and m <= _SPLIT_K_MAX_M:
-        tiles = -(-m // bm) * -(-n // bn)
-        chunks = -(-k // _CHUNK)
-        want = _WAVES * _sms(device)
-        cfg["SPLIT_K"] = max(1, min(want // tiles, chunks // 2, 16)) if tiles < want else 1
+        tiles = (m if kind == "gemv" else -(-m // bm)) * -(-n // bn)
+        cfg["SPLIT_K"] = _split_k(tiles, -(-k // bk), device)
     return cfg
 
 
 def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wrap):
     m, k = x.shape
     n = qdata.shape[1]
-    n_chunks = qdata.shape[0] // 16
     split = cfg["SPLIT_K"]
     if split > 1:
         out = torch.zeros((m, n), dtype=torch.float32, device=x.device)
@@ -120,16 +120,16 @@ def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wra
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ks = _kernels()
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    common = dict(GS=group_size, INT_ZP=int_zp, BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=split,
-                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     if cfg["kind"] == "gemv":
-        grid = (-(-n // bn), split, -(-m // bm))
-        wrap(ks["gemv"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
-                               **common)
+        grid = (-(-n // bn), split, m)
+        wrap(ks["gemv"])[grid](x, qdata, scale, zero_point, out, m, n, k, qdata.shape[0] // 16, x.stride(0),
+                               out.stride(0), GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, SPLIT_K=split, **launch)
     else:
         grid = (-(-m // bm) * -(-n // bn), split)
-        wrap(ks["mm"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
-                             GROUP_M=8, **common)
+        wrap(ks["mm"])[grid](x, qdata, scale, zero_point, out, m, n, k, qdata.shape[0] * 8, x.stride(0), out.stride(0),
+                             GS=group_size, INT_ZP=int_zp, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
+                             SPLIT_K=split, GROUP_M=8, **launch)
     return out.to(x.dtype) if split > 1 else out
 
 
@@ -207,10 +207,10 @@ _DEVICE_KERNELS[("int4_triton_cuda_mm", "cuda")] = _eager_int4_triton_cuda_mm
 
 # Marlin tiles per M range on sm90: (max M, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 _MARLIN_SM90_TABLE = (
-    (16, 16, 64, 32, 4, 4),
-    (64, 64, 64, 32, 4, 4),
-    (256, 64, 128, 32, 4, 4),
-    (1 << 62, 128, 128, 32, 8, 3),
+    (16, 16, 64, 64, 4, 3),
+    (64, 64, 64, 64, 4, 3),
+    (256, 64, 128, 64, 4, 3),
+    (1 << 62, 128, 128, 64, 8, 3),
 )
 
 
@@ -222,9 +222,7 @@ def _pick_marlin(m: int, n: int, k: int, group_size: int, device: torch.device) 
     bn = bn if n % bn == 0 else 64  # the Marlin layout guarantees N % 64 == 0
     cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages, "SPLIT_K": 1}
     if m <= _SPLIT_K_MAX_M:
-        tiles = -(-m // bm) * -(-n // bn)
-        want = _WAVES * _sms(device)
-        cfg["SPLIT_K"] = max(1, min(want // tiles, k // bk // 4, 16)) if tiles < want else 1
+        cfg["SPLIT_K"] = _split_k(-(-m // bm) * (n // bn), k // bk // 2, device)
     return cfg
 
 

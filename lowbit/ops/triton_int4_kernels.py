@@ -36,46 +36,50 @@ def _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS: tl.constexpr):
 
 @triton.jit
 def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
-                 GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 SPLIT_K: tl.constexpr):
+                GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+    # One activation row per program (grid axis 2). Each 128-K step loads its [16, BLOCK_N]
+    # word tile once; plane j's codes multiply a contiguous 16-value activation slice and
+    # accumulate elementwise into a [16, BLOCK_N] tile, reduced over the 16 rows at the end.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_i = tl.arange(0, 16)
-    m_mask = offs_m < M
     n_mask = offs_n < N
     per_split = _cdiv(n_chunks, SPLIT_K)
     c0 = pid_k * per_split
-    c1 = tl.minimum(c0 + per_split, n_chunks)
-    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for c in range(c0, c1):
-        q = tl.load(q_ptr + (c * 16 + offs_i)[:, None] * N + offs_n[None, :], mask=n_mask[None, :], other=0)
+    acc = tl.full((16, BLOCK_N), 0.0, tl.float32)
+    for it in range(0, per_split):
+        c = c0 + it
+        rows = c * 16 + offs_i
+        q = tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
+                    other=0)
         for j in tl.static_range(8):
             k0 = c * 128 + 16 * j
             k = k0 + offs_i
-            a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
-                        mask=m_mask[:, None] & (k[None, :] < K), other=0.0).to(tl.float32)
-            nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
-            p = tl.reduce(a[:, :, None] * nib[None, :, :], 1, _add)  # [BLOCK_M, BLOCK_N]
-            sa = tl.reduce(a, 1, _add)[:, None]
+            a = tl.load(x_ptr + pid_m * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
             s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
+            nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
             if INT_ZP:
-                acc += s[None, :] * (p - sa * z[None, :])
+                w = (nib - z[None, :]) * s[None, :]
             else:
-                acc += s[None, :] * (p - 8.0 * sa) + z[None, :] * sa
-    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
+                w = (nib - 8.0) * s[None, :] + z[None, :]
+            acc += w * a[:, None]
+    y = tl.reduce(acc, 0, _add)
+    out = out_ptr + pid_m * stride_om + offs_n
     if SPLIT_K > 1:
-        tl.atomic_add(out, acc, mask=mask)
+        tl.atomic_add(out, y, mask=n_mask)
     else:
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+
 
 @triton.jit
-def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
-               GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, Kp, stride_xm, stride_om,
+              GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # Each BLOCK_K step gathers the [BLOCK_K, BLOCK_N] codes in natural k order: code k
+    # sits in word row 16 (k // 128) + k % 16 at nibble (k % 128) // 16, so the loads
+    # along N stay coalesced and the 8 codes of a word come from L1 after the first.
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     grid_m = _cdiv(M, BLOCK_M)
@@ -83,38 +87,47 @@ def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm,
     # Grouped ordering: GROUP_M row blocks share each weight tile while it is in L2.
     width = GROUP_M * grid_n
     first_m = (pid // width) * GROUP_M
-    rows = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows
-    pid_n = (pid % width) // rows
+    rows_m = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows_m
+    pid_n = (pid % width) // rows_m
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_i = tl.arange(0, 16)
+    offs_kk = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    per_split = _cdiv(n_chunks, SPLIT_K)
-    c0 = pid_k * per_split
-    c1 = tl.minimum(c0 + per_split, n_chunks)
+    per_split = _cdiv(_cdiv(Kp, BLOCK_K), SPLIT_K)
+    t0 = pid_k * per_split
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for c in range(c0, c1):
-        q = tl.load(q_ptr + (c * 16 + offs_i)[:, None] * N + offs_n[None, :], mask=n_mask[None, :], other=0)
-        for j in tl.static_range(8):
-            k0 = c * 128 + 16 * j
-            k = k0 + offs_i
-            a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
-                        mask=m_mask[:, None] & (k[None, :] < K), other=0.0)
-            nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
-            s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
-            if INT_ZP:
-                w = (nib - z[None, :]) * s[None, :]
-            else:
-                w = (nib - 8.0) * s[None, :] + z[None, :]
-            acc = tl.dot(a, w.to(a.dtype), acc)
+    for it in range(0, per_split):
+        t = t0 + it
+        k = t * BLOCK_K + offs_kk
+        k_ok = k < K  # also false past the last tile of the last split
+        row = (k // 128) * 16 + k % 16
+        shift = 4 * ((k % 128) // 16)
+        q = tl.load(q_ptr + row[:, None] * N + offs_n[None, :], mask=k_ok[:, None] & n_mask[None, :], other=0)
+        nib = ((q >> shift[:, None]) & 0xF).to(tl.float32)
+        if GS >= BLOCK_K:  # the tile lies in one group: one scale / zero row
+            s, z = _plane_params(s_ptr, z_ptr, t * BLOCK_K, offs_n, n_mask, N, K, GS)
+            s = s[None, :]
+            z = z[None, :]
+        else:
+            g_ptr = (k // GS)[:, None] * N + offs_n[None, :]
+            ok = k_ok[:, None] & n_mask[None, :]
+            s = tl.load(s_ptr + g_ptr, mask=ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + g_ptr, mask=ok, other=0).to(tl.float32)
+        if INT_ZP:
+            w = (nib - z) * s
+        else:
+            w = (nib - 8.0) * s + z
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, w.to(a.dtype), acc)
     out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K > 1:
         tl.atomic_add(out, acc, mask=mask)
     else:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
 
 @triton.jit
 def dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K,
@@ -175,9 +188,10 @@ def marlin_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, st
     n_k = K // BLOCK_K
     per_split = _cdiv(n_k, SPLIT_K)
     t0 = pid_k * per_split
-    t1 = tl.minimum(t0 + per_split, n_k)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for t in range(t0, t1):
+    for it in range(0, per_split):
+        t = tl.minimum(t0 + it, n_k - 1)  # past the end: redo the last tile with a zero activation
+        live = (t0 + it + 0 * offs_kk) < n_k  # a tensor compare (the interpreter wants one)
         k = t * BLOCK_K + offs_kk
         k_word = (k // 16) * (2 * N) + 4 * ((k % 8) // 2)
         k_shift = 16 * (k % 2) + 4 * ((k % 16) // 8)
@@ -187,7 +201,7 @@ def marlin_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, st
         s = tl.load(s_ptr + g * N + s_col).to(tl.float32)
         z = ((tl.load(z_ptr + g * (N // 8) + z_word) >> z_shift) & 0xF).to(tl.float32)
         w = (nib - z[None, :]) * s[None, :]
-        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None], other=0.0)
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & live[None, :], other=0.0)
         acc = tl.dot(a, w.to(a.dtype), acc)
     out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = m_mask[:, None]
