@@ -12,10 +12,12 @@ Eager rows time the same calls without a graph (Python and dispatch included); t
 "overhead" column is eager minus graph, per call. Columns, y = x @ W^T, x bf16 [M, K]:
 
 * ``bf16``       F.linear on the bf16 weight (cuBLAS)
-* ``tinygemm``   aten._weight_int4pack_mm on the tiled layout (Int4TiledCudaTensor's kernel)
-* ``triton``     F.linear on Int4TritonCudaTensor (lowbit::int4_triton_cuda_mm, dispatch by M)
-* ``tr-deq+mm``  the Triton dequantize kernel + cuBLAS (what the large-M path could use)
-* ``marlin``     F.linear on Int4MarlinTensor (the Triton kernel reading the Marlin layout)
+* ``tinygemm``   aten._weight_int4pack_mm on the tiled layout, at every M
+* ``tiled``      F.linear on Int4TiledCudaTensor (packing="auto" on CUDA): tinygemm up to
+                 CUDA_INT4_TILED_MAX_M, then the Triton tiled dequantize + cuBLAS
+* ``triton``     F.linear on Int4TritonCudaTensor (packing="triton_cuda"; lowbit's
+                 Triton GEMV / fused GEMM / dequantize + cuBLAS, dispatch by M)
+* ``marlin``     F.linear on Int4MarlinTensor (Triton kernels reading the Marlin layout)
 
 Ratios are bf16 time / format time (> 1 means faster than bf16). ``%HBM`` at M=1 is the
 bytes a call must read (packed weight, scales, zero points) over its time, as a
@@ -116,10 +118,11 @@ def _formats(n: int, k: int):
         return (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
 
     w = weight()
+    tiled = _copies(lambda: Int4TiledCudaTensor.from_float(weight(), 128, 8), Int4TiledCudaTensor.from_float(w, 128, 8))
     return {
         "bf16": _copies(weight, w),
-        "tinygemm": _copies(lambda: Int4TiledCudaTensor.from_float(weight(), 128, 8),
-                            Int4TiledCudaTensor.from_float(w, 128, 8)),
+        "tinygemm": tiled,
+        "tiled": tiled,
         "triton": _copies(lambda: Int4TritonCudaTensor.from_float(weight(), 128), Int4TritonCudaTensor.from_float(w, 128)),
         "marlin": _copies(lambda: Int4MarlinTensor.from_float(weight(), 128), Int4MarlinTensor.from_float(w, 128)),
     }
@@ -128,21 +131,16 @@ def _formats(n: int, k: int):
 def _calls(name, ws, x):
     if name == "tinygemm":
         return [lambda t=t: torch.ops.aten._weight_int4pack_mm(x, t.qdata, 128, t.scale_and_zero) for t in ws]
-    if name == "tr-deq+mm":
-        k = x.shape[1]
-        return [lambda t=t: torch.mm(x, triton_int4.int4_triton_dequantize(t.qdata, t.scale, t.zero_point, k, 128))
-                for t in ws]
     return [lambda t=t: F.linear(x, t) for t in ws]
 
 
 _LAUNCH_ERRORS: tuple = ()  # set by run_sweep (needs triton)
-_GRAPH_COLS = ["bf16", "tinygemm", "triton", "tr-deq+mm", "marlin"]
-_EAGER_COLS = ["bf16", "triton", "marlin"]
+_GRAPH_COLS = ["bf16", "tinygemm", "tiled", "triton", "marlin"]
+_EAGER_COLS = ["bf16", "tiled", "triton", "marlin"]
 
 
 def _bench_shape(n, k, batches, budget_ms, bw) -> list[dict]:
     fmts = _formats(n, k)
-    fmts["tr-deq+mm"] = fmts["triton"]
     rows = []
     for m in batches:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -154,6 +152,7 @@ def _bench_shape(n, k, batches, budget_ms, bw) -> list[dict]:
                 r["eager " + c] = _time_calls(_calls(c, fmts[c], x), budget_ms, graph=False)
         if m == 1:
             r["%HBM"] = 100 * _nbytes(fmts["triton"][0]) / (r["triton"] * 1e-3) / bw
+            r["%HBM tiled"] = 100 * _nbytes(fmts["tiled"][0]) / (r["tiled"] * 1e-3) / bw
         rows.append(r)
         log.info("N=%d K=%d M=%d: %s", n, k, m, {c: round(1000 * r[c], 1) for c in _GRAPH_COLS})
     del fmts
@@ -162,27 +161,28 @@ def _bench_shape(n, k, batches, budget_ms, bw) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> str:
-    ratio_cols = ["tinygemm", "triton", "tr-deq+mm", "marlin"]
+    ratio_cols = ["tinygemm", "tiled", "triton", "marlin"]
     head = ("| N | K | M | " + " | ".join(f"{c} (us)" for c in _GRAPH_COLS) + " | "
-            + " | ".join(f"bf16/{c}" for c in ratio_cols) + " | marlin/triton time | triton %HBM |")
-    lines = [head, "|" + "---|" * (3 + len(_GRAPH_COLS) + len(ratio_cols) + 2)]
+            + " | ".join(f"bf16/{c}" for c in ratio_cols) + " | marlin/triton time | tiled %HBM | triton %HBM |")
+    lines = [head, "|" + "---|" * (3 + len(_GRAPH_COLS) + len(ratio_cols) + 3)]
     for r in rows:
         lines.append(
             f"| {r['N']} | {r['K']} | {r['M']} | " + " | ".join(f"{1000 * r[c]:.1f}" for c in _GRAPH_COLS) + " | "
             + " | ".join(f"{r['bf16'] / r[c]:.2f}" for c in ratio_cols)
-            + f" | {r['marlin'] / r['triton']:.2f} | " + (f"{r['%HBM']:.0f}%" if "%HBM" in r else "-") + " |"
+            + f" | {r['marlin'] / r['triton']:.2f} | "
+            + " | ".join(f"{r[c]:.0f}%" if c in r else "-" for c in ("%HBM tiled", "%HBM")) + " |"
         )
     return "\n".join(lines)
 
 
 def _eager_table(rows: list[dict]) -> str:
-    head = ("| N | K | M | " + " | ".join(f"eager {c} (us)" for c in _EAGER_COLS) + " | bf16/triton eager | "
-            + " | ".join(f"{c} overhead (us/call)" for c in _EAGER_COLS) + " |")
-    lines = [head, "|" + "---|" * (3 + 2 * len(_EAGER_COLS) + 1)]
+    head = ("| N | K | M | " + " | ".join(f"eager {c} (us)" for c in _EAGER_COLS) + " | bf16/tiled eager | "
+            + "bf16/triton eager | " + " | ".join(f"{c} overhead (us/call)" for c in _EAGER_COLS) + " |")
+    lines = [head, "|" + "---|" * (3 + 2 * len(_EAGER_COLS) + 2)]
     for r in rows:
         lines.append(
             f"| {r['N']} | {r['K']} | {r['M']} | " + " | ".join(f"{1000 * r['eager ' + c]:.1f}" for c in _EAGER_COLS)
-            + f" | {r['eager bf16'] / r['eager triton']:.2f} | "
+            + f" | {r['eager bf16'] / r['eager tiled']:.2f} | {r['eager bf16'] / r['eager triton']:.2f} | "
             + " | ".join(f"{1000 * (r['eager ' + c] - r[c]):.1f}" for c in _EAGER_COLS) + " |"
         )
     return "\n".join(lines)

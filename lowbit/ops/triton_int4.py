@@ -44,6 +44,7 @@ from .library import _DEVICE_KERNELS, register_device_kernel
 __all__ = [
     "GEMV_MAX_M",
     "int4_marlin_linear",
+    "int4_marlin_dequantize",
     "int4_triton_cuda_mm",
     "int4_triton_dequantize",
     "int4_triton_linear",
@@ -58,9 +59,15 @@ _CHUNK = 128  # K values per word tile (8 planes)
 @functools.cache
 def _kernels():
     """The Triton kernels, imported on first use (never at import: triton may be absent)."""
-    from . import triton_int4_kernels as k
+    from . import triton_int4_kernels
 
-    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "dequant": k.dequant_kernel, "marlin": k.marlin_mm_kernel}
+    return _kernel_table(triton_int4_kernels)
+
+
+def _kernel_table(k) -> dict:
+    """Short names of the kernels in module ``k`` (tests pass an interpreted copy)."""
+    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "dequant": k.dequant_kernel, "marlin": k.marlin_mm_kernel,
+            "tiled_dequant": k.tiled_dequant_kernel, "marlin_dequant": k.marlin_dequant_kernel}
 
 
 # ---------------------------------------------------------------------- dispatch by M
@@ -69,15 +76,17 @@ def _kernels():
 # --sweep (results file named in the module docstring). Other CUDA archs (sm80/sm89)
 # use the same table until measured there. kind: "gemv", "mm" or "deq" (dequantize +
 # cuBLAS). Each row: (max M, kind, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+# H200 sweep (4096x4096, cold weights, CUDA graphs): M=1 GEMV BLOCK_N 64 split 8 13.1 us;
+# M=4..16 tensor-core kernel 16x64x64 split 4 19.5-20.0 us; M=64 fused 32.0 us vs 20.9 us
+# for dequantize + cuBLAS, M=256: 87 vs 26 us, M=1024: 150 vs 56 us. So the fused GEMM
+# serves M <= 16 and the dequantize kernel + cuBLAS everything above.
 _SM90_TABLE = (
-    (GEMV_MAX_M, "gemv", 1, 128, 128, 4, 3),
-    (16, "mm", 16, 64, 128, 4, 4),
-    (64, "mm", 64, 64, 64, 4, 4),
-    (128, "mm", 64, 128, 64, 8, 3),
-    (1 << 62, "mm", 128, 128, 64, 8, 3),
+    (GEMV_MAX_M, "gemv", 1, 64, 128, 4, 3),
+    (16, "mm", 16, 64, 64, 4, 4),
+    (1 << 62, "deq", 0, 128, 0, 4, 1),
 )
 _SPLIT_K_MAX_M = 256  # above this the fp32 partial sums would cost more than they save
-_WAVES = 4  # programs per SM the split-K heuristic aims for
+_WAVES = {"gemv": 4, "mm": 2}  # programs per SM the split-K heuristic aims for (sweep best)
 
 
 @functools.cache
@@ -91,9 +100,9 @@ def _sms(device: torch.device) -> int:
     return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _split_k(tiles: int, k_steps: int, device) -> int:
-    """Split K so that ``tiles`` output tiles make about _WAVES programs per SM."""
-    want = _WAVES * _sms(device)
+def _split_k(tiles: int, k_steps: int, device, waves: int = 2) -> int:
+    """Split K so that ``tiles`` output tiles make about ``waves`` programs per SM."""
+    want = waves * _sms(device)
     return max(1, min(want // tiles, k_steps // 2, 16)) if tiles < want else 1
 
 
@@ -106,7 +115,7 @@ def _pick(m: int, n: int, k: int, device: torch.device) -> dict:
            "SPLIT_K": 1}
     if kind != "deq" and m <= _SPLIT_K_MAX_M:
         tiles = (m if kind == "gemv" else -(-m // bm)) * -(-n // bn)
-        cfg["SPLIT_K"] = _split_k(tiles, -(-k // bk), device)
+        cfg["SPLIT_K"] = _split_k(tiles, -(-k // bk), device, _WAVES[kind])
     return cfg
 
 
@@ -206,18 +215,21 @@ _DEVICE_KERNELS[("int4_triton_cuda_mm", "cuda")] = _eager_int4_triton_cuda_mm
 # ---------------------------------------------------------------------- Marlin layout
 
 # Marlin tiles per M range on sm90: (max M, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+# H200 sweep (4096x4096): 16x64x128 split 4 best to M = 16 (158-164 us, gathers bound it);
+# above, dequantize (the same gathers, once) + cuBLAS, as for lowbit's own layout.
 _MARLIN_SM90_TABLE = (
-    (16, 16, 64, 64, 4, 3),
-    (64, 64, 64, 64, 4, 3),
-    (256, 64, 128, 64, 4, 3),
-    (1 << 62, 128, 128, 64, 8, 3),
+    (16, 16, 64, 128, 4, 3),
 )
+_MARLIN_DEQUANT_TILE = (32, 128)  # (BLOCK_K, BLOCK_N) of marlin_dequant_kernel
 
 
-def _pick_marlin(m: int, n: int, k: int, group_size: int, device: torch.device) -> dict:
+def _pick_marlin(m: int, n: int, k: int, group_size: int, device: torch.device) -> dict | None:
+    """Launch parameters of the fused Marlin kernel, or None: dequantize + cuBLAS."""
     for max_m, bm, bn, bk, warps, stages in _MARLIN_SM90_TABLE:
         if m <= max_m:
             break
+    else:
+        return None
     bk = min(bk, group_size)
     bn = bn if n % bn == 0 else 64  # the Marlin layout guarantees N % 64 == 0
     cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages, "SPLIT_K": 1}
@@ -233,6 +245,9 @@ def int4_marlin_linear(x, qdata, scale, zero_point, group_size: int, *, cfg: dic
     m, k = xa.shape
     n = qdata.shape[1] // 2
     cfg = cfg or _pick_marlin(m, n, k, group_size, x.device)
+    if cfg is None:
+        y = torch.mm(xa, int4_marlin_dequantize(qdata, scale, zero_point, group_size, xa.dtype))
+        return y if y.dtype == x.dtype else y.to(x.dtype)
     bm, bn, bk, split = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["SPLIT_K"]
     if group_size % bk or n % bn:
         raise ValueError(f"Marlin Triton tiles need group_size % BLOCK_K == 0 and N % BLOCK_N == 0, got "
@@ -245,6 +260,19 @@ def int4_marlin_linear(x, qdata, scale, zero_point, group_size: int, *, cfg: dic
                                BLOCK_K=bk, SPLIT_K=split, GROUP_M=8, num_warps=cfg["num_warps"],
                                num_stages=cfg["num_stages"])
     return out.to(x.dtype)
+
+
+def int4_marlin_dequantize(qdata, scale, zero_point, group_size: int, dtype=torch.bfloat16):
+    """A Marlin-layout weight as ``dtype [K, N]`` (one Triton pass over the layout)."""
+    k, n = qdata.shape[0] * 16, qdata.shape[1] // 2
+    bk, bn = _MARLIN_DEQUANT_TILE
+    bk = min(bk, group_size)
+    bn = bn if n % bn == 0 else 64  # the layout guarantees N % 64 == 0
+    w = torch.empty((k, n), dtype=dtype, device=qdata.device)
+    _kernels()["marlin_dequant"][(k // bk, n // bn)](qdata, scale, zero_point, w, n, k, GS=group_size,
+                                                     SINGLE_GROUP=scale.shape[0] == 1, BLOCK_K=bk, BLOCK_N=bn,
+                                                     num_warps=4)
+    return w
 
 
 @register_device_kernel("int4_marlin_mm", "cuda")
