@@ -14,7 +14,7 @@ Eager rows time the same calls without a graph (Python and dispatch included); t
 * ``bf16``       F.linear on the bf16 weight (cuBLAS)
 * ``tinygemm``   aten._weight_int4pack_mm on the tiled layout, at every M
 * ``tiled``      F.linear on Int4TiledCudaTensor (packing="auto" on CUDA): tinygemm up to
-                 CUDA_INT4_TILED_MAX_M, then the Triton tiled dequantize + cuBLAS
+                 CUDA_INT4_TILED_MAX_M, then its Triton dequantize + cuBLAS
 * ``triton``     F.linear on Int4TritonCudaTensor (packing="triton_cuda"; lowbit's
                  Triton GEMV / fused GEMM / dequantize + cuBLAS, dispatch by M)
 * ``marlin``     F.linear on Int4MarlinTensor (Triton kernels reading the Marlin layout)

@@ -66,12 +66,12 @@ def int8_dynamic_linear(x, qdata, scale):
 # Batch rows up to which PyTorch's tinygemm (`aten._weight_int4pack_mm`) is used; above
 # it the weight is dequantized to bf16 (one Triton pass) and multiplied by cuBLAS.
 # tinygemm is a GEMV-style kernel (a 16-row m-tile per block, no reuse of B across
-# m-tiles), so its time grows linearly with M. sm90, measured with benchmarks/gpu_int4.py
-# on an H200 (benchmarks/results/gpu_int4_h200_triton.md, cold weights, CUDA graphs):
-# tinygemm 22-266 us at M = 16 vs 21-149 us for a coalesced dequantize + cuBLAS, so
-# the crossover is M = 16 (it was 32 with the older, scattered-store dequantize kernel).
-# Int4 only beats the bf16 GEMM itself for M <= 4; at large M it costs the dequantize.
-CUDA_INT4_TILED_MAX_M = 16
+# m-tiles), so its time grows linearly with M. Measured with benchmarks/gpu_int4.py on
+# an H200 (benchmarks/results/gpu_int4_h200.md, CUDA-graph timings): tinygemm beats
+# dequantize + cuBLAS up to M = 32 on all four LLM shapes (4096x4096 .. 28672x8192) and
+# loses from M = 64. Re-measure on the target GPU (H100) and update. Note that int4 only
+# beats the bf16 GEMM itself for M <= 2..4; at large M it costs the dequantize on top.
+CUDA_INT4_TILED_MAX_M = 32
 # Above this many rows int4 on CUDA is slower than the bf16 GEMM it replaces (H200:
 # tinygemm 0.83-0.93x at M=8, dequantize+cuBLAS 0.3-0.75x at M>=512). No faster int4
 # kernel exists in lowbit yet (Marlin's is future work), so the user is told once.
@@ -102,23 +102,62 @@ def _dequantize_int4_tiled_torch(qdata, scale_and_zero, group_size):
     return ((codes.to(torch.float32) - 8) * sz[..., 0] + sz[..., 1]).to(torch.bfloat16)
 
 
-_TILED_DEQUANT_ROWS = 32  # weight rows (4 n-tiles) per Triton program
+_TRITON_DEQUANT = None  # the compiled Triton kernel, built on first use (never at import)
+
+
+def _triton_tiled_dequant_kernel():
+    """Triton kernel: one program per BLOCK int32 words of the tiled layout, 8 nibbles each.
+
+    Word (nt, ko, lane, p) holds, at nibble j = 4 d + 2 a + b, the element
+    n = 8 nt + lane // 4, k = ko * 16 ikt + 32 p + 16 a + 8 b + 2 (lane % 4) + d
+    (lowbit/packing/int4_tiled.py). All 8 lie in one 32-wide k span, so in one group.
+    """
+    global _TRITON_DEQUANT
+    if _TRITON_DEQUANT is None:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def kernel(q_ptr, sz_ptr, out_ptr, total, N, K, KO,
+                   P: tl.constexpr, K_OUTER: tl.constexpr, GS: tl.constexpr, BLOCK: tl.constexpr):
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            mask = offs < total
+            w = tl.load(q_ptr + offs, mask=mask, other=0)
+            p = offs % P
+            lane = (offs // P) % 32
+            ko = (offs // (P * 32)) % KO
+            n = (offs // (P * 32 * KO)) * 8 + lane // 4
+            k0 = ko * K_OUTER + p * 32
+            g = k0 // GS
+            s = tl.load(sz_ptr + (g * N + n) * 2, mask=mask, other=0.0).to(tl.float32)
+            z = tl.load(sz_ptr + (g * N + n) * 2 + 1, mask=mask, other=0.0).to(tl.float32)
+            kb = k0 + (lane % 4) * 2
+            for j in tl.static_range(8):
+                k = kb + ((j // 2) % 2) * 16 + (j % 2) * 8 + j // 4
+                nib = ((w >> (4 * j)) & 0xF).to(tl.float32)
+                tl.store(out_ptr + n * K + k, ((nib - 8.0) * s + z).to(tl.bfloat16), mask=mask)
+
+        _TRITON_DEQUANT = kernel
+    return _TRITON_DEQUANT
+
+
+_DEQUANT_BLOCK = 1024  # int32 words per Triton program
 
 
 def _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size):
     """bf16 [N, K] weight from the tiled layout: ``(q - 8) * scale + zero`` in float32,
-    rounded to bf16. One Triton pass (``tiled_dequant_kernel``, coalesced row stores)
-    where Triton is installed, else PyTorch ops (same values, several passes)."""
+    rounded to bf16. One Triton pass where Triton is installed, else PyTorch ops (same
+    values, several passes)."""
     try:
-        from .triton_int4 import _kernels
-        kernel = _kernels()["tiled_dequant"]
+        kernel = _triton_tiled_dequant_kernel()
     except ImportError:
         return _dequantize_int4_tiled_torch(qdata, scale_and_zero, group_size)
     n_tiles, ko, _, p = qdata.shape
     n, k = n_tiles * 8, ko * p * 32
     out = torch.empty((n, k), dtype=torch.bfloat16, device=qdata.device)
-    grid = (-(-n // _TILED_DEQUANT_ROWS), ko)
-    kernel[grid](qdata, scale_and_zero, out, n, k, ko, GS=group_size, P=p, BLOCK_R=_TILED_DEQUANT_ROWS, num_warps=4)
+    total = qdata.numel()
+    grid = ((total + _DEQUANT_BLOCK - 1) // _DEQUANT_BLOCK,)
+    kernel[grid](qdata, scale_and_zero, out, total, n, k, ko, P=p, K_OUTER=p * 32, GS=group_size, BLOCK=_DEQUANT_BLOCK)
     return out
 
 

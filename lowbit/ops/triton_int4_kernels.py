@@ -11,8 +11,7 @@ this module under ``TRITON_INTERPRET=1`` in a process whose triton is already lo
 import triton
 import triton.language as tl
 
-__all__ = ["dequant_kernel", "gemv_kernel", "marlin_dequant_kernel", "marlin_mm_kernel", "mm_kernel",
-           "tiled_dequant_kernel"]
+__all__ = ["dequant_kernel", "gemv_kernel", "marlin_dequant_kernel", "marlin_mm_kernel", "mm_kernel"]
 
 
 @triton.jit
@@ -210,32 +209,6 @@ def marlin_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, st
         tl.atomic_add(out, acc, mask=mask)
     else:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def tiled_dequant_kernel(q_ptr, sz_ptr, out_ptr, N, K, KO, GS: tl.constexpr, P: tl.constexpr,
-                         BLOCK_R: tl.constexpr):
-    # PyTorch's tinygemm layout (lowbit/packing/int4_tiled.py), int32 [N / 8, KO, 32, P]:
-    # word (nt, ko, lane, p) nibble 4 d + 2 a + b holds n = 8 nt + lane // 4,
-    # k = 32 P ko + 32 p + 16 a + 8 b + 2 (lane % 4) + d. One program writes a
-    # [BLOCK_R, 32 P] tile of the bf16 weight [N, K] in natural order (coalesced rows),
-    # gathering each code's word (a word's 8 codes: 1 HBM read, 7 L1 hits).
-    K_OUTER: tl.constexpr = 32 * P
-    n = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    ko = tl.program_id(1)
-    kk = tl.arange(0, K_OUTER)
-    n_mask = n < N
-    n_word = (n // 8) * (KO * 32 * P) + 4 * (n % 8) * P
-    k_word = ko * (32 * P) + ((kk % 8) // 2) * P + kk // 32
-    shift = 4 * (4 * (kk % 2) + 2 * ((kk % 32) // 16) + (kk % 16) // 8)
-    mask = n_mask[:, None]
-    words = tl.load(q_ptr + n_word[:, None] + k_word[None, :], mask=mask, other=0)
-    nib = ((words >> shift[None, :]) & 0xF).to(tl.float32)
-    k = ko * K_OUTER + kk
-    sz = ((k // GS)[None, :] * N + n[:, None]) * 2
-    s = tl.load(sz_ptr + sz, mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(sz_ptr + sz + 1, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + n[:, None] * K + k[None, :], ((nib - 8.0) * s + z).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

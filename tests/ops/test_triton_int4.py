@@ -171,23 +171,6 @@ def test_marlin_kernel_matches_reference_interpreted(cpu_kernels, m, n, k, g, sp
 
 @needs_triton
 @interpreter_only
-@pytest.mark.parametrize("inner_k_tiles,g", [(2, 32), (8, 128)], ids=["ikt2-g32", "ikt8-g128"])
-def test_tiled_dequantize_kernel_interpreted(cpu_kernels, inner_k_tiles, g):
-    """The tinygemm-layout dequantize (large-M path of Int4TiledCudaTensor) vs PyTorch ops."""
-    from lowbit.ops import cuda as lowbit_cuda
-    from lowbit.packing.int4_tiled import pack_int4_tiled, pack_tinygemm_scale_and_zero
-
-    n, k = 40, 256
-    codes, scale, zero = _operands(n, k, g, False, "cpu")
-    qdata = pack_int4_tiled(codes, inner_k_tiles)
-    sz = pack_tinygemm_scale_and_zero(scale.t().contiguous(), zero.t().contiguous())
-    fast = lowbit_cuda._dequantize_int4_tiled_bf16(qdata, sz, g)
-    slow = lowbit_cuda._dequantize_int4_tiled_torch(qdata, sz, g)
-    torch.testing.assert_close(fast.float(), slow.float(), rtol=2**-7, atol=1e-7)
-
-
-@needs_triton
-@interpreter_only
 @pytest.mark.parametrize("g", [32, 128, 256], ids=["g32", "g128", "channelwise"])
 def test_marlin_dequantize_kernel_interpreted(cpu_kernels, g):
     """Marlin large-M path: the layout dequantized to [K, N] in one pass."""
