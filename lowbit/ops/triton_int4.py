@@ -43,8 +43,8 @@ from .library import _DEVICE_KERNELS, register_device_kernel
 
 __all__ = [
     "GEMV_MAX_M",
-    "int4_marlin_linear",
     "int4_marlin_dequantize",
+    "int4_marlin_linear",
     "int4_triton_cuda_mm",
     "int4_triton_dequantize",
     "int4_triton_linear",

@@ -20,7 +20,6 @@ from ..packing.int4_marlin import (
 )
 from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
 from .int4_plain import PortableInt4Mixin
-from .int4_triton_cuda import _triton_reason
 from .int4_tiled_cuda import (
     _check_codes,
     _check_weight,
@@ -28,6 +27,7 @@ from .int4_tiled_cuda import (
     _quantize_to_codes,
     _weight_shape_reason,
 )
+from .int4_triton_cuda import _triton_reason
 
 aten = torch.ops.aten
 logger = logging.getLogger(__name__)
