@@ -239,7 +239,7 @@ def run_sweep(shapes, batches, budget_ms) -> str:
     for n, k in shapes:
         g = torch.Generator(device="cuda").manual_seed(0)
 
-        def weight():
+        def weight(n=n, k=k, g=g):
             return (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
 
         tw = _copies(lambda: Int4TritonCudaTensor.from_float(weight(), 128), Int4TritonCudaTensor.from_float(weight(), 128))
@@ -248,26 +248,28 @@ def run_sweep(shapes, batches, budget_ms) -> str:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             res = {}
             for cfg in _sweep_configs(m):
-                calls = [lambda t=t, c=cfg: triton_int4.int4_triton_linear(x, t.qdata, t.scale, t.zero_point, 128, cfg=c)
+                calls = [lambda t=t, c=cfg, x=x: triton_int4.int4_triton_linear(x, t.qdata, t.scale, t.zero_point, 128,
+                                                                                 cfg=c)
                          for t in tw]
                 try:
                     res[str(cfg)] = _time_calls(calls, budget_ms, graph=True)
                 except _LAUNCH_ERRORS as e:  # a config the compiler rejects (e.g. out of shared memory)
                     log.info("config %s failed: %s", cfg, type(e).__name__)
             best = min(res, key=res.get)
-            table = _time_calls([lambda t=t: F.linear(x, t) for t in tw], budget_ms, graph=True)
+            table = _time_calls([lambda t=t, x=x: F.linear(x, t) for t in tw], budget_ms, graph=True)
             mres = {}
             for cfg in _marlin_sweep_configs(m):
                 if 128 % cfg["BLOCK_K"] or n % cfg["BLOCK_N"]:
                     continue
-                calls = [lambda t=t, c=cfg: triton_int4.int4_marlin_linear(x, t.qdata, t.scale, t.zero_point, 128, cfg=c)
+                calls = [lambda t=t, c=cfg, x=x: triton_int4.int4_marlin_linear(x, t.qdata, t.scale, t.zero_point, 128,
+                                                                                 cfg=c)
                          for t in mw]
                 try:
                     mres[str(cfg)] = _time_calls(calls, budget_ms, graph=True)
                 except _LAUNCH_ERRORS as e:
                     log.info("marlin config %s failed: %s", cfg, type(e).__name__)
             mbest = min(mres, key=mres.get)
-            mtable = _time_calls([lambda t=t: F.linear(x, t) for t in mw], budget_ms, graph=True)
+            mtable = _time_calls([lambda t=t, x=x: F.linear(x, t) for t in mw], budget_ms, graph=True)
             lines.append(f"| {n} | {k} | {m} | {1000 * table:.1f} | {1000 * res[best]:.1f} | `{best}` | "
                          f"{1000 * mtable:.1f} | {1000 * mres[mbest]:.1f} | `{mbest}` |")
             log.info(lines[-1])
