@@ -1,27 +1,34 @@
 """Benchmark and check lowbit's int4 GPU formats on one CUDA GPU.
 
-    python3 -m benchmarks.gpu_int4 --out benchmarks/results/gpu_int4_h100.md
-    python3 -m benchmarks.gpu_int4 --check          # pack equality vs the real CUDA ops
+    python3 -m benchmarks.gpu_int4 --out benchmarks/results/gpu_int4_h200_triton.md
+    python3 -m benchmarks.gpu_int4 --sweep --out ...   # Triton tile sweep per (shape, M)
+    python3 -m benchmarks.gpu_int4 --check             # pack equality vs the real CUDA ops
 
-Timing: median over repeated runs measured with CUDA events after warm-up (the number
-of repeats adapts so that each cell takes about ``--budget-ms``); calls are captured in
-CUDA graphs (``--no-cuda-graph`` times eager calls, Python overhead included; the
-Marlin reference always runs eager); the weight for each (N, K) is quantized once. Columns, all for y = x @ W^T with x bf16 [M, K], W [N, K]:
+Timing: median over repeated CUDA-graph replays measured with CUDA events. "Cold"
+weights: each format is quantized into enough copies of the layer to exceed the 50 MB
+L2 (>= 256 MB together), one graph replays one call per copy and the time is divided by
+the number of copies, so every call streams its weight from HBM as in a decode step.
+Eager rows time the same calls without a graph (Python and dispatch included); the
+"overhead" column is eager minus graph, per call. Columns, y = x @ W^T, x bf16 [M, K]:
 
 * ``bf16``       F.linear on the bf16 weight (cuBLAS)
 * ``tinygemm``   aten._weight_int4pack_mm on the tiled layout, at every M
-* ``deq+mm``     lowbit's large-M path: unpack + dequantize to bf16, then cuBLAS
-* ``lowbit``     lowbit::int4_tiled_cuda_mm (tinygemm up to CUDA_INT4_TILED_MAX_M, else deq+mm)
-* ``marlin-ref`` lowbit::int4_marlin_mm, the pure-PyTorch Marlin reference (not a kernel)
+* ``tiled``      F.linear on Int4TiledCudaTensor (packing="auto" on CUDA): tinygemm up to
+                 CUDA_INT4_TILED_MAX_M, then its Triton dequantize + cuBLAS
+* ``triton``     F.linear on Int4TritonCudaTensor (packing="triton_cuda"; lowbit's
+                 Triton GEMV / fused GEMM / dequantize + cuBLAS, dispatch by M)
+* ``marlin``     F.linear on Int4MarlinTensor (Triton kernels reading the Marlin layout)
 
-Ratios are bf16 time / format time (> 1 means faster than bf16). Nothing here needs
-anything beyond torch; triton is not required.
+Ratios are bf16 time / format time (> 1 means faster than bf16). ``%HBM`` at M=1 is the
+bytes a call must read (packed weight, scales, zero points) over its time, as a
+fraction of the device-to-device copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import sys
 
@@ -30,43 +37,37 @@ import torch.nn.functional as F
 
 import lowbit
 from lowbit.ops import cuda as lowbit_cuda
-from lowbit.ops import reference
-from lowbit.packing.int4_tiled import codes_to_convert_input, pack_int4_tiled, unpack_int4_tiled
-from lowbit.tensors import Int4MarlinTensor, Int4TiledCudaTensor
+from lowbit.ops import reference, triton_int4
+from lowbit.packing.int4_tiled import (
+    codes_to_convert_input,
+    pack_int4_tiled,
+    unpack_int4_tiled,
+)
+from lowbit.tensors import Int4MarlinTensor, Int4TiledCudaTensor, Int4TritonCudaTensor
 
 log = logging.getLogger("benchmarks.gpu_int4")
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
-BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+BATCHES = [1, 4, 16, 64, 256, 1024, 4096]
+_COLD_BYTES = 256 * 2**20  # weights streamed per graph replay: well above the 50 MB L2
 
 
-def _graphed(fn):
-    """``fn`` captured in a CUDA graph (removes Python/dispatch overhead from the timing)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # warm-up outside capture (allocator, cuBLAS/Triton init)
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+def _nbytes(t) -> int:
+    if isinstance(t, lowbit.LowbitTensor):
+        return sum(getattr(t, f).numel() * getattr(t, f).element_size() for f in t.data_fields if getattr(t, f) is not None)
+    return t.numel() * t.element_size()
 
 
-def _time_ms(fn, budget_ms: float, max_reps: int = 200, cuda_graph: bool = False) -> float:
-    """Median milliseconds of ``fn()`` over enough repeats to fill ``budget_ms``."""
-    if cuda_graph:
-        fn = _graphed(fn)
-    for _ in range(3):  # warm-up (allocations, cuBLAS heuristics)
+def _median_ms(fn, budget_ms: float, max_reps: int = 100) -> float:
+    for _ in range(2):
         fn()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
     fn()
-    end.record()
+    e.record()
     torch.cuda.synchronize()
-    reps = int(max(5, min(max_reps, budget_ms / max(start.elapsed_time(end), 1e-3))))
+    reps = int(max(5, min(max_reps, budget_ms / max(s.elapsed_time(e), 1e-3))))
     times = []
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -78,59 +79,203 @@ def _time_ms(fn, budget_ms: float, max_reps: int = 200, cuda_graph: bool = False
     return statistics.median(times)
 
 
-def _bench_shape(n: int, k: int, batches, budget_ms: float, marlin_max_m: int, graph: bool) -> list[dict]:
+def _time_calls(calls, budget_ms: float, graph: bool) -> float:
+    """Median ms per call of running every function in ``calls`` once (cold weights)."""
+    def run_all():
+        for c in calls:
+            c()
+
+    if graph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run_all()  # warm-up outside capture (compiles Triton kernels, cuBLAS init)
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            run_all()
+        return _median_ms(g.replay, budget_ms) / len(calls)
+    return _median_ms(run_all, budget_ms) / len(calls)
+
+
+def _copies(make, one) -> list:
+    n = max(1, math.ceil(_COLD_BYTES / max(_nbytes(one), 1)))
+    return [one] + [make() for _ in range(n - 1)]
+
+
+def hbm_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write counted)."""
+    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = _median_ms(lambda: b.copy_(a), 200.0)
+    return 2 * a.numel() / (ms * 1e-3)
+
+
+def _formats(n: int, k: int):
     g = torch.Generator(device="cuda").manual_seed(0)
-    w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-    tiled = Int4TiledCudaTensor.from_float(w, group_size=128, inner_k_tiles=8)
-    marlin = Int4MarlinTensor.from_float(w, group_size=128)
+
+    def weight():
+        return (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+
+    w = weight()
+    tiled = _copies(lambda: Int4TiledCudaTensor.from_float(weight(), 128, 8), Int4TiledCudaTensor.from_float(w, 128, 8))
+    return {
+        "bf16": _copies(weight, w),
+        "tinygemm": tiled,
+        "tiled": tiled,
+        "triton": _copies(lambda: Int4TritonCudaTensor.from_float(weight(), 128), Int4TritonCudaTensor.from_float(w, 128)),
+        "marlin": _copies(lambda: Int4MarlinTensor.from_float(weight(), 128), Int4MarlinTensor.from_float(w, 128)),
+    }
+
+
+def _calls(name, ws, x):
+    if name == "tinygemm":
+        return [lambda t=t: torch.ops.aten._weight_int4pack_mm(x, t.qdata, 128, t.scale_and_zero) for t in ws]
+    return [lambda t=t: F.linear(x, t) for t in ws]
+
+
+_LAUNCH_ERRORS: tuple = ()  # set by run_sweep (needs triton)
+_GRAPH_COLS = ["bf16", "tinygemm", "tiled", "triton", "marlin"]
+_EAGER_COLS = ["bf16", "tiled", "triton", "marlin"]
+
+
+def _bench_shape(n, k, batches, budget_ms, bw) -> list[dict]:
+    fmts = _formats(n, k)
     rows = []
     for m in batches:
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         r = {"N": n, "K": k, "M": m}
         with torch.no_grad():
-            r["bf16"] = _time_ms(lambda: F.linear(x, w), budget_ms, cuda_graph=graph)
-            r["tinygemm"] = _time_ms(
-                lambda: torch.ops.aten._weight_int4pack_mm(x, tiled.qdata, 128, tiled.scale_and_zero),
-                budget_ms, cuda_graph=graph,
-            )
-            r["deq+mm"] = _time_ms(
-                lambda: torch.mm(x, lowbit_cuda._dequantize_int4_tiled_bf16(tiled.qdata, tiled.scale_and_zero, 128).t()),
-                budget_ms, cuda_graph=graph,
-            )
-            r["lowbit"] = _time_ms(lambda: F.linear(x, tiled), budget_ms, cuda_graph=graph)
-            if m <= marlin_max_m:  # eager: the reference builds index tensors (not capturable)
-                r["marlin-ref"] = _time_ms(lambda: F.linear(x, marlin), budget_ms, max_reps=20)
+            for c in _GRAPH_COLS:
+                r[c] = _time_calls(_calls(c, fmts[c], x), budget_ms, graph=True)
+            for c in _EAGER_COLS:
+                r["eager " + c] = _time_calls(_calls(c, fmts[c], x), budget_ms, graph=False)
+        if m == 1:
+            r["%HBM"] = 100 * _nbytes(fmts["triton"][0]) / (r["triton"] * 1e-3) / bw
+            r["%HBM tiled"] = 100 * _nbytes(fmts["tiled"][0]) / (r["tiled"] * 1e-3) / bw
         rows.append(r)
-        log.info("N=%d K=%d M=%d done", n, k, m)
-    return rows  # the weights go out of scope here; the caller empties the CUDA cache
+        log.info("N=%d K=%d M=%d: %s", n, k, m, {c: round(1000 * r[c], 1) for c in _GRAPH_COLS})
+    del fmts
+    torch.cuda.empty_cache()
+    return rows
 
 
 def _table(rows: list[dict]) -> str:
-    cols = ["bf16", "tinygemm", "deq+mm", "lowbit", "marlin-ref"]
-    head = "| N | K | M | " + " | ".join(f"{c} (us)" for c in cols) + " | bf16/tinygemm | bf16/deq+mm | bf16/lowbit | bf16/marlin-ref |"
-    sep = "|" + "---|" * (3 + len(cols) + 4)
-    lines = [head, sep]
+    ratio_cols = ["tinygemm", "tiled", "triton", "marlin"]
+    head = ("| N | K | M | " + " | ".join(f"{c} (us)" for c in _GRAPH_COLS) + " | "
+            + " | ".join(f"bf16/{c}" for c in ratio_cols) + " | marlin/triton time | tiled %HBM | triton %HBM |")
+    lines = [head, "|" + "---|" * (3 + len(_GRAPH_COLS) + len(ratio_cols) + 3)]
     for r in rows:
-        def us(c):
-            return f"{1000 * r[c]:.1f}" if c in r else "-"
-
-        def ratio(c):
-            return f"{r['bf16'] / r[c]:.2f}" if c in r else "-"
-
         lines.append(
-            f"| {r['N']} | {r['K']} | {r['M']} | " + " | ".join(us(c) for c in cols)
-            + f" | {ratio('tinygemm')} | {ratio('deq+mm')} | {ratio('lowbit')} | {ratio('marlin-ref')} |"
+            f"| {r['N']} | {r['K']} | {r['M']} | " + " | ".join(f"{1000 * r[c]:.1f}" for c in _GRAPH_COLS) + " | "
+            + " | ".join(f"{r['bf16'] / r[c]:.2f}" for c in ratio_cols)
+            + f" | {r['marlin'] / r['triton']:.2f} | "
+            + " | ".join(f"{r[c]:.0f}%" if c in r else "-" for c in ("%HBM tiled", "%HBM")) + " |"
         )
     return "\n".join(lines)
 
 
-def _crossover(rows: list[dict]) -> str:
-    """Per shape, the largest M at which tinygemm still beats dequantize + cuBLAS."""
+def _eager_table(rows: list[dict]) -> str:
+    head = ("| N | K | M | " + " | ".join(f"eager {c} (us)" for c in _EAGER_COLS) + " | bf16/tiled eager | "
+            + "bf16/triton eager | " + " | ".join(f"{c} overhead (us/call)" for c in _EAGER_COLS) + " |")
+    lines = [head, "|" + "---|" * (3 + 2 * len(_EAGER_COLS) + 2)]
+    for r in rows:
+        lines.append(
+            f"| {r['N']} | {r['K']} | {r['M']} | " + " | ".join(f"{1000 * r['eager ' + c]:.1f}" for c in _EAGER_COLS)
+            + f" | {r['eager bf16'] / r['eager tiled']:.2f} | {r['eager bf16'] / r['eager triton']:.2f} | "
+            + " | ".join(f"{1000 * (r['eager ' + c] - r[c]):.1f}" for c in _EAGER_COLS) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _sweep_configs(m: int) -> list[dict]:
+    """Candidate Triton launch parameters for batch size ``m`` (see ops/triton_int4.py)."""
     out = []
-    for n, k in sorted({(r["N"], r["K"]) for r in rows}):
-        ms = [r["M"] for r in rows if (r["N"], r["K"]) == (n, k) and r["tinygemm"] <= r["deq+mm"]]
-        out.append(f"- N={n}, K={k}: tinygemm faster up to M={max(ms) if ms else 'never'}")
-    return "\n".join(out)
+
+    def add(kind, bm, bn, bk, split, warps=4, stages=4):
+        out.append({"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "num_warps": warps,
+                    "num_stages": stages})
+
+    if m <= 8:
+        for bn in (64, 128, 256) if m == 1 else (128,):
+            for split in (1, 2, 4, 8) if m == 1 else (1, 4):
+                add("gemv", 1, bn, 128, split, 4, 3)
+    if m <= 16:
+        for bn in (64, 128):
+            for bk in (64, 128):
+                for split in (1, 2, 4, 8) if m > 1 else (1, 4):
+                    add("mm", 16, bn, bk, split)
+    elif m <= 64:
+        for bm in (32, 64):
+            for bn in (64, 128):
+                for bk in (64, 128):
+                    for split in (1, 4):
+                        add("mm", bm, bn, bk, split)
+    else:
+        for bm in (64, 128) if m <= 256 else (128,):
+            for bn in (128, 256):
+                for bk in (32, 64):
+                    for warps, stages in ((4, 4), (8, 3)):
+                        add("mm", bm, bn, bk, 1, warps, stages)
+        add("deq", 0, 128, 0, 1, 4, 1)
+    return out
+
+
+def _marlin_sweep_configs(m: int) -> list[dict]:
+    bm = 16 if m <= 16 else 64 if m <= 256 else 128
+    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "num_warps": 8 if bm == 128 else 4,
+             "num_stages": 3}
+            for bn in (64, 128) for bk in (32, 64, 128) for split in ((1, 4) if m <= 64 else (1,))]
+
+
+def run_sweep(shapes, batches, budget_ms) -> str:
+    global _LAUNCH_ERRORS
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    _LAUNCH_ERRORS = (CompilationError, OutOfResources, RuntimeError, ValueError)
+    lines = ["| N | K | M | table (us) | best (us) | best config | marlin table (us) | marlin best (us) | marlin best config |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for n, k in shapes:
+        g = torch.Generator(device="cuda").manual_seed(0)
+
+        def weight(n=n, k=k, g=g):
+            return (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+
+        tw = _copies(lambda: Int4TritonCudaTensor.from_float(weight(), 128), Int4TritonCudaTensor.from_float(weight(), 128))
+        mw = _copies(lambda: Int4MarlinTensor.from_float(weight(), 128), Int4MarlinTensor.from_float(weight(), 128))
+        for m in batches:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            res = {}
+            for cfg in _sweep_configs(m):
+                calls = [lambda t=t, c=cfg, x=x: triton_int4.int4_triton_linear(x, t.qdata, t.scale, t.zero_point, 128,
+                                                                                 cfg=c)
+                         for t in tw]
+                try:
+                    res[str(cfg)] = _time_calls(calls, budget_ms, graph=True)
+                except _LAUNCH_ERRORS as e:  # a config the compiler rejects (e.g. out of shared memory)
+                    log.info("config %s failed: %s", cfg, type(e).__name__)
+            best = min(res, key=res.get)
+            table = _time_calls([lambda t=t, x=x: F.linear(x, t) for t in tw], budget_ms, graph=True)
+            mres = {}
+            for cfg in _marlin_sweep_configs(m):
+                if 128 % cfg["BLOCK_K"] or n % cfg["BLOCK_N"]:
+                    continue
+                calls = [lambda t=t, c=cfg, x=x: triton_int4.int4_marlin_linear(x, t.qdata, t.scale, t.zero_point, 128,
+                                                                                 cfg=c)
+                         for t in mw]
+                try:
+                    mres[str(cfg)] = _time_calls(calls, budget_ms, graph=True)
+                except _LAUNCH_ERRORS as e:
+                    log.info("marlin config %s failed: %s", cfg, type(e).__name__)
+            mbest = min(mres, key=mres.get)
+            mtable = _time_calls([lambda t=t, x=x: F.linear(x, t) for t in mw], budget_ms, graph=True)
+            lines.append(f"| {n} | {k} | {m} | {1000 * table:.1f} | {1000 * res[best]:.1f} | `{best}` | "
+                         f"{1000 * mtable:.1f} | {1000 * mres[mbest]:.1f} | `{mbest}` |")
+            log.info(lines[-1])
+        del tw, mw
+        torch.cuda.empty_cache()
+    return "\n".join(lines)
 
 
 def run_checks() -> bool:
@@ -170,11 +315,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="write the markdown table (with GPU name) to this file")
     p.add_argument("--check", action="store_true", help="run the pack/kernel checks instead of timing")
+    p.add_argument("--sweep", action="store_true", help="time Triton tile configs per (shape, M) instead")
     p.add_argument("--shapes", default=None, help="N:K,N:K,... (default: the four LLM shapes)")
     p.add_argument("--batches", default=None, help="comma-separated M values")
-    p.add_argument("--budget-ms", type=float, default=100.0, help="timing budget per cell")
-    p.add_argument("--no-cuda-graph", action="store_true", help="time eager calls (includes Python overhead)")
-    p.add_argument("--marlin-max-m", type=int, default=4096, help="skip the (slow) Marlin reference above this M")
+    p.add_argument("--budget-ms", type=float, default=30.0, help="timing budget per cell")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if not torch.cuda.is_available():
@@ -184,23 +328,32 @@ def main(argv=None) -> int:
         return 0 if run_checks() else 1
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
     batches = BATCHES if not args.batches else [int(v) for v in args.batches.split(",")]
-    rows = []
-    for n, k in shapes:
-        rows += _bench_shape(n, k, batches, args.budget_ms, args.marlin_max_m, not args.no_cuda_graph)
-        torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name()
-    report = (
-        f"# int4 GPU linear, {gpu}\n\ntorch {torch.__version__}, CUDA {torch.version.cuda}; "
-        f"bf16 activations, group_size 128, inner_k_tiles 8; median of CUDA-event timings "
-        f"({'eager calls' if args.no_cuda_graph else 'CUDA-graph replays, marlin-ref eager'}); "
-        f"lowbit CUDA_INT4_TILED_MAX_M = {lowbit_cuda.CUDA_INT4_TILED_MAX_M}.\n\n"
-        f"{_table(rows)}\n\nCrossover (tinygemm vs dequantize + cuBLAS):\n{_crossover(rows)}\n"
-    )
+    cap = torch.cuda.get_device_capability()
+    head = (f"# int4 GPU linear, {gpu} (sm{cap[0]}{cap[1]})\n\ntorch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"triton {_triton_version()}; bf16 activations, group_size 128; cold weights (>= 256 MB per replay); "
+            f"median of CUDA-event timings.\n\n")
+    if args.sweep:
+        report = head + "Triton tile sweep (CUDA graphs):\n\n" + run_sweep(shapes, batches, args.budget_ms) + "\n"
+    else:
+        bw = hbm_bandwidth()
+        rows = []
+        for n, k in shapes:
+            rows += _bench_shape(n, k, batches, args.budget_ms, bw)
+        report = (head + f"Measured device-to-device copy bandwidth: {bw / 1e12:.2f} TB/s.\n\n"
+                  f"CUDA-graph replays:\n\n{_table(rows)}\n\nEager calls (Python + dispatch included; overhead = "
+                  f"eager - graph, per call):\n\n{_eager_table(rows)}\n")
     if args.out:
         with open(args.out, "w") as f:
             f.write(report)
     print(report)
     return 0
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
 
 
 if __name__ == "__main__":

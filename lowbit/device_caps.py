@@ -11,7 +11,15 @@ import importlib.util
 
 import torch
 
-__all__ = ["float8_device_reason", "SM89", "cpu_has_native_bf16", "cpu_has_vnni", "cpu_has_avx512", "cpu_has_avx2"]
+__all__ = [
+    "SM89",
+    "cpu_has_avx2",
+    "cpu_has_avx512",
+    "cpu_has_native_bf16",
+    "cpu_has_vnni",
+    "float8_device_reason",
+    "triton_reason",
+]
 
 
 @torch._dynamo.assume_constant_result
@@ -65,4 +73,11 @@ def float8_device_reason(device) -> str | None:
         )
     if importlib.util.find_spec("triton") is None:
         return "float8 kernels need triton (it ships with CUDA builds of torch); pip install triton"
+    return None
+
+
+def triton_reason() -> str | None:
+    """None if the triton package is importable (lowbit's CUDA kernels), else why not."""
+    if importlib.util.find_spec("triton") is None:
+        return "needs the triton package (it ships with CUDA builds of torch; pip install triton)"
     return None

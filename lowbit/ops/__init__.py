@@ -7,4 +7,11 @@ by the inputs' device. Each device module imports ``library`` and ``reference`` 
 every op is defined before any kernel registers for it.
 """
 
-from . import cpu, cuda, library, reference, xpu  # noqa: F401  (registering is the import's effect)
+from . import (  # noqa: F401  (registering is the import's effect)
+    cpu,
+    cuda,
+    library,
+    reference,
+    triton_int4,  # noqa: F401,E402  (Triton int4 op + Marlin CUDA kernel; triton imported on use)
+    xpu,
+)

@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (each module defines and registers its formats)
     int4_plain,
     int4_tiled_cuda,
     int4_tinygemm_cpu,
+    int4_triton_cuda,
     int4_vnni_cpu,
     int4_xpu,
     int4_xpu_float_zp,

@@ -63,6 +63,7 @@ class Int4Packing(str, enum.Enum):
     XPU = "xpu"  # Int4XpuTensor (int zero point)
     XPU_FLOAT_ZP = "xpu_float_zp"  # Int4XpuFloatZpTensor (float zero point)
     PLAIN = "plain"  # Int4PlainTensor: portable storage, no kernel
+    TRITON_CUDA = "triton_cuda"  # Int4TritonCudaTensor (lowbit's Triton kernels, float zero point)
 
 
 # ---------------------------------------------------------------------- weights and codes

@@ -1,4 +1,4 @@
-"""Groupwise int4 weight in the Marlin layout (integer zero point); reference linear only."""
+"""Groupwise int4 weight in the Marlin layout (integer zero point), read in place by a Triton kernel."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from ..device_caps import triton_reason
 from ..ops.library import kernel
 from ..packing.int4_marlin import (
     MARLIN_N_CHUNK,
@@ -46,13 +47,14 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
     Numerics: ``w = (q - zero) * scale`` with codes and zero points in 0..15
     (``ZeroPointKind.INT``, the GPTQ/AWQ-Marlin convention).
 
-    REFERENCE ONLY: ``F.linear`` runs ``lowbit::int4_marlin_mm``, whose only
-    implementation today is the pure-PyTorch reference (unpack, dequantize, float32
-    matmul) on any device: correct, not fast. The fused Marlin CUDA kernel is a separate,
-    future piece of work; until it lands this class is for producing, storing and
-    checking Marlin-layout weights, not for speed. ``supports`` checks the constraints
-    of the Marlin kernels (CUDA, N % 64, K % 128, group_size in {32, 64, 128} or one
-    group spanning K) so that weights packed now stay valid for the kernel.
+    Kernel: ``F.linear`` runs ``lowbit::int4_marlin_mm``; on CUDA that is a Triton kernel
+    (``marlin_mm_kernel``, lowbit/ops/triton_int4.py) that reads this layout as stored:
+    each code's word and nibble are computed from the Marlin permutation, dequantized
+    with the integer zero point and fed to ``tl.dot`` (split-K at small M). Elsewhere it
+    is the pure-PyTorch reference (unpack, dequantize, float32 matmul). ``supports``
+    checks the constraints of the Marlin kernels (CUDA sm80+, triton, N % 64, K % 128,
+    group_size in {32, 64, 128} or one group spanning K), so the weights also stay valid
+    for the original Marlin CUDA kernels.
 
     Devices: CUDA (its target) and CPU. Moving it elsewhere raises ``UnsupportedError``;
     ``to_codes()`` returns the plain codes to repack for another device's format.
@@ -82,7 +84,13 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
-        return int4_supports_reason(cls, weight, device, group_size, "CUDA (the Marlin layout)")
+        reason = int4_supports_reason(cls, weight, device, group_size, "CUDA (the Marlin layout)")
+        if reason:
+            return reason
+        dev = torch.device(device) if device is not None else weight.device
+        if torch.cuda.is_available() and torch.cuda.get_device_capability(dev) < (8, 0):
+            return f"needs compute capability >= 8.0 (bf16 tensor cores), got {torch.cuda.get_device_capability(dev)}"
+        return triton_reason()
 
     @classmethod
     def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
@@ -96,7 +104,6 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
         reason = cls._layout_reason(n, k, group_size)
         if reason:
             raise ValueError(f"{cls.__name__} {reason}; use another int4 packing for this layer")
-        logger.debug("Int4MarlinTensor %s: linear runs the pure-PyTorch reference (no fused kernel yet)", (n, k))
         return cls(
             pack_marlin_int4(codes),
             pack_marlin_scales(scale, k),

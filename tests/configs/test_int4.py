@@ -50,7 +50,7 @@ def test_config_round_trips_and_packing_strings_are_stable():
     assert d["packing"] == "tinygemm_cpu"
     assert lowbit.BaseConfig.from_dict(d) == cfg
     assert [p.value for p in Int4Packing] == [
-        "auto", "tinygemm_cpu", "tiled_cuda", "marlin", "xpu", "xpu_float_zp", "plain",
+        "auto", "tinygemm_cpu", "tiled_cuda", "marlin", "xpu", "xpu_float_zp", "plain", "triton_cuda",
     ]
 
 

@@ -1,5 +1,5 @@
 """Int4MarlinTensor: Marlin layout pack/unpack (CPU, bit-exact), the layout's meaning
-(fragment mapping), and the reference linear on CPU and CUDA."""
+(fragment mapping), the reference linear on CPU and the Triton kernel on CUDA."""
 
 import pytest
 import torch
@@ -176,8 +176,21 @@ def test_linear_is_the_reference_numerics():
     assert lowbit.sqnr(ref, F.linear(x, t)) > 100
 
 
+def test_cuda_linear_is_the_triton_kernel_not_the_reference():
+    from lowbit.ops import triton_int4
+    from lowbit.ops.library import kernel
+
+    assert kernel("int4_marlin_mm", "cuda") is triton_int4._int4_marlin_mm_cuda
+
+
+def test_config_marlin_with_float_zero_point_raises():
+    with pytest.raises(ValueError, match="zero_point='int'"):
+        lowbit.Int4WeightOnlyConfig(packing="marlin")
+    assert lowbit.Int4WeightOnlyConfig(packing="marlin", zero_point="int").zero_point == "int"
+
+
 @pytest.mark.parametrize("group_size", [32, 128])
-def test_cuda_reference_matches_cpu(group_size):
+def test_cuda_kernel_matches_cpu_reference(group_size):
     if not torch.cuda.is_available():
         pytest.skip("CUDA is not available on this machine")
     t = Int4MarlinTensor.from_float(make_weight((128, 512)), group_size=group_size)

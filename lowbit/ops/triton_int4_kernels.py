@@ -1,0 +1,222 @@
+"""The Triton kernels of lowbit/ops/triton_int4.py (imported on first use: needs triton).
+
+Layouts and numerics are described in lowbit/ops/triton_int4.py and
+lowbit/packing/int4_triton.py; this module only holds the ``@triton.jit`` functions
+(Triton resolves a kernel's helpers from its module's globals). They call only
+``tl`` builtins and helpers defined here (no ``tl.cdiv``/``tl.sum``/``tl.zeros``,
+which are ``@jit`` functions of triton's standard library): the tests then can import
+this module under ``TRITON_INTERPRET=1`` in a process whose triton is already loaded.
+"""
+
+import triton
+import triton.language as tl
+
+__all__ = ["dequant_kernel", "gemv_kernel", "marlin_dequant_kernel", "marlin_mm_kernel", "mm_kernel"]
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@triton.jit
+def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # Grouped ordering: GROUP_M row blocks share each weight tile while it is in L2.
+    grid_n = _cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    rows_m = tl.minimum(_cdiv(M, BLOCK_M) - first_m, GROUP_M)
+    return first_m + (pid % width) % rows_m, (pid % width) // rows_m
+
+
+@triton.jit
+def _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K: tl.constexpr):
+    # Split-K partial sums add into an fp32 buffer; otherwise store in the output dtype.
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    if SPLIT_K > 1:
+        tl.atomic_add(out, acc, mask=mask)
+    else:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS: tl.constexpr):
+    # One scale / zero row per 16-wide plane (all 16 k in one group, GS >= 16).
+    ok = n_mask & ((k0 + 0 * offs_n) < K)  # tensor compare (the interpreter wants one)
+    g = k0 // GS
+    s = tl.load(s_ptr + g * N + offs_n, mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + g * N + offs_n, mask=ok, other=0).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
+                GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+    # One activation row per program (grid axis 2). Each 128-K step loads its [16, BLOCK_N]
+    # word tile once; plane j's codes multiply a contiguous 16-value activation slice and
+    # accumulate elementwise into a [16, BLOCK_N] tile, reduced over the 16 rows at the end.
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_i = tl.arange(0, 16)
+    n_mask = offs_n < N
+    per_split = _cdiv(n_chunks, SPLIT_K)
+    c0 = pid_k * per_split
+    acc = tl.full((16, BLOCK_N), 0.0, tl.float32)
+    for it in range(per_split):
+        c = c0 + it
+        rows = c * 16 + offs_i
+        q = tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
+                    other=0)
+        for j in tl.static_range(8):
+            k0 = c * 128 + 16 * j
+            k = k0 + offs_i
+            a = tl.load(x_ptr + pid_m * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+            s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
+            nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
+            if INT_ZP:
+                w = (nib - z[None, :]) * s[None, :]
+            else:
+                w = (nib - 8.0) * s[None, :] + z[None, :]
+            acc += w * a[:, None]
+    y = tl.reduce(acc, 0, _add)
+    out = out_ptr + pid_m * stride_om + offs_n
+    if SPLIT_K > 1:
+        tl.atomic_add(out, y, mask=n_mask)
+    else:
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, Kp, stride_xm, stride_om,
+              GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # Each BLOCK_K step gathers the [BLOCK_K, BLOCK_N] codes in natural k order: code k
+    # sits in word row 16 (k // 128) + k % 16 at nibble (k % 128) // 16, so the loads
+    # along N stay coalesced and the 8 codes of a word come from L1 after the first.
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_kk = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    per_split = _cdiv(_cdiv(Kp, BLOCK_K), SPLIT_K)
+    t0 = pid_k * per_split
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for it in range(per_split):
+        t = t0 + it
+        k = t * BLOCK_K + offs_kk
+        k_ok = k < K  # also false past the last tile of the last split
+        row = (k // 128) * 16 + k % 16
+        shift = 4 * ((k % 128) // 16)
+        q = tl.load(q_ptr + row[:, None] * N + offs_n[None, :], mask=k_ok[:, None] & n_mask[None, :], other=0)
+        nib = ((q >> shift[:, None]) & 0xF).to(tl.float32)
+        if GS >= BLOCK_K:  # the tile lies in one group: one scale / zero row
+            s, z = _plane_params(s_ptr, z_ptr, t * BLOCK_K, offs_n, n_mask, N, K, GS)
+            s = s[None, :]
+            z = z[None, :]
+        else:
+            g_ptr = (k // GS)[:, None] * N + offs_n[None, :]
+            ok = k_ok[:, None] & n_mask[None, :]
+            s = tl.load(s_ptr + g_ptr, mask=ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + g_ptr, mask=ok, other=0).to(tl.float32)
+        if INT_ZP:
+            w = (nib - z) * s
+        else:
+            w = (nib - 8.0) * s + z
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, w.to(a.dtype), acc)
+    _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K)
+
+
+@triton.jit
+def dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K,
+                    GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr):
+    c = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_i = tl.arange(0, 16)
+    n_mask = offs_n < N
+    q = tl.load(q_ptr + (c * 16 + offs_i)[:, None] * N + offs_n[None, :], mask=n_mask[None, :], other=0)
+    for j in tl.static_range(8):
+        k0 = c * 128 + 16 * j
+        k = k0 + offs_i
+        nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
+        s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
+        if INT_ZP:
+            w = (nib - z[None, :]) * s[None, :]
+        else:
+            w = (nib - 8.0) * s[None, :] + z[None, :]
+        tl.store(out_ptr + k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty),
+                 mask=(k[:, None] < K) & n_mask[None, :])
+
+@triton.jit
+def _marlin_codes(q_ptr, s_ptr, z_ptr, k, offs_n, N, g, SINGLE_GROUP: tl.constexpr):
+    # Dequantized [len(k), len(offs_n)] fp32 tile of a Marlin-layout weight, rows k all in
+    # group g. Code (k, n) (lowbit/packing/int4_marlin.py): word row k // 16 (2N words per
+    # row); in the 128-word chunk of columns n // 64, lane 4 (n % 8) + (k % 8) // 2 owns 4
+    # words, one per 16-column tile (n % 64) // 16; nibble 4 (k % 2) + 2 ((n % 16) // 8) +
+    # (k % 16) // 8. Scales: grouped order puts column n of a 64-chunk at 8 (n % 8) +
+    # (n % 64) // 8; one group (channelwise) uses Marlin's single order in chunks of 32.
+    # Zero points: the grouped order, then the 0,2,4,6,1,3,5,7 interleave of every 8
+    # values, 8 per int32 along N ([G, N / 8]).
+    n_word = (offs_n // 64) * 128 + 16 * (offs_n % 8) + (offs_n % 64) // 16
+    n_shift = 8 * ((offs_n % 16) // 8)
+    if SINGLE_GROUP:
+        cc = offs_n % 32
+        s_col = (offs_n // 32) * 32 + 8 * ((cc % 8) // 2) + 2 * (cc // 8) + cc % 2
+    else:
+        s_col = (offs_n // 64) * 64 + 8 * (offs_n % 8) + (offs_n % 64) // 8
+    zp = (offs_n % 64) // 8
+    z_word = (offs_n // 64) * 8 + offs_n % 8
+    z_shift = 4 * (zp // 2 + 4 * (zp % 2))
+    k_word = (k // 16) * (2 * N) + 4 * ((k % 8) // 2)
+    k_shift = 16 * (k % 2) + 4 * ((k % 16) // 8)
+    words = tl.load(q_ptr + k_word[:, None] + n_word[None, :])
+    nib = ((words >> (k_shift[:, None] + n_shift[None, :])) & 0xF).to(tl.float32)
+    s = tl.load(s_ptr + g * N + s_col).to(tl.float32)
+    z = ((tl.load(z_ptr + g * (N // 8) + z_word) >> z_shift) & 0xF).to(tl.float32)
+    return (nib - z[None, :]) * s[None, :]
+
+
+@triton.jit
+def marlin_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+                     GS: tl.constexpr, SINGLE_GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    # Fused dequantize + tl.dot straight from the Marlin layout (gathers in _marlin_codes).
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_kk = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    n_k = K // BLOCK_K
+    per_split = _cdiv(n_k, SPLIT_K)
+    t0 = pid_k * per_split
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for it in range(per_split):
+        t = tl.minimum(t0 + it, n_k - 1)  # past the end: redo the last tile with a zero activation
+        live = (t0 + it + 0 * offs_kk) < n_k  # a tensor compare (the interpreter wants one)
+        k = t * BLOCK_K + offs_kk
+        w = _marlin_codes(q_ptr, s_ptr, z_ptr, k, offs_n, N, (t * BLOCK_K) // GS, SINGLE_GROUP)  # BLOCK_K | GS
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & live[None, :], other=0.0)
+        acc = tl.dot(a, w.to(a.dtype), acc)
+    _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K)
+
+
+@triton.jit
+def marlin_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, GS: tl.constexpr, SINGLE_GROUP: tl.constexpr,
+                          BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    # The Marlin-layout weight as a row-major [K, N] tile for cuBLAS (large-M path).
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    w = _marlin_codes(q_ptr, s_ptr, z_ptr, k, offs_n, N, (tl.program_id(0) * BLOCK_K) // GS, SINGLE_GROUP)
+    tl.store(out_ptr + k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty))

@@ -1,0 +1,279 @@
+"""lowbit's Triton int4 kernels against their pure-PyTorch references.
+
+On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1; small shapes, the
+interpreter is slow). Its tl.dot is wrong for bfloat16 operands (triton 3.9: a 16x16
+bf16 dot is off by 1e10), so the tensor-core kernels are checked with float16
+activations there; bfloat16 runs in the GPU tests below. On CUDA: fuzzed shapes
+(M 1..300, K multiples of the group, N multiples of the tile) for every kernel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+from lowbit.ops import triton_int4 as T
+from lowbit.ops.reference import int4_marlin_mm
+from lowbit.packing.int4_marlin import (
+    pack_marlin_int4,
+    pack_marlin_scales,
+    pack_marlin_zero_points,
+)
+from lowbit.packing.int4_triton import pack_int4_triton, padded_k, unpack_int4_triton
+from lowbit.primitives import sqnr
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not _HAS_TRITON, reason="needs the triton package (pip install triton)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# Triton's interpreter is the CPU stand-in for the GPU; where a GPU exists the compiled
+# kernels are tested instead (and older interpreters, e.g. triton 3.6's, differ in details).
+interpreter_only = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: its tests run the compiled kernels")
+
+# bf16 output rounding alone limits SQNR to ~48 dB; fp16 to ~70 dB.
+_MIN_SQNR = {torch.bfloat16: 42.0, torch.float16: 55.0}
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """The kernels module imported with TRITON_INTERPRET=1 (triton decides at decoration),
+    installed under its own name while the module's tests run (the interpreter resolves a
+    kernel's helpers through ``sys.modules``)."""
+    name = "lowbit.ops.triton_int4_kernels"
+    old_env, old_mod = os.environ.get("TRITON_INTERPRET"), sys.modules.get(name)
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        spec = importlib.util.find_spec(name)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        if old_env is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old_env
+    sys.modules[name] = mod
+    yield T._kernel_table(mod)
+    if old_mod is None:
+        del sys.modules[name]
+    else:
+        sys.modules[name] = old_mod
+
+
+@pytest.fixture
+def cpu_kernels(interpreted, monkeypatch):
+    monkeypatch.setattr(T, "_kernels", lambda: interpreted)
+
+
+def _operands(n, k, g, int_zp, device, dtype=torch.bfloat16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=gen)
+    scale = (torch.rand(k // g, n, generator=gen) * 0.01 + 1e-3).to(dtype)
+    if int_zp:
+        zero = torch.randint(0, 16, (k // g, n), dtype=torch.int32, generator=gen)
+    else:
+        zero = (torch.randn(k // g, n, generator=gen) * 0.01).to(dtype)
+    return codes.to(device), scale.to(device), zero.to(device)
+
+
+# ---------------------------------------------------------------------- layout (CPU, no triton)
+
+
+@pytest.mark.parametrize("n,k", [(8, 128), (16, 96), (24, 320)], ids=str)
+def test_pack_unpack_round_trip(n, k):
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+    packed = pack_int4_triton(codes)
+    assert packed.shape == (padded_k(k) // 8, n) and packed.dtype == torch.int32
+    assert torch.equal(unpack_int4_triton(packed, k), codes)
+
+
+def test_layout_meaning():
+    """Nibble j of word row 16 c + i is k = 128 c + 16 j + i (scalar decode of the spec)."""
+    n, k = 8, 256
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    words = (pack_int4_triton(codes).to(torch.int64) & 0xFFFFFFFF).tolist()
+    for kk in range(0, k, 7):
+        c, r = divmod(kk, 128)
+        j, i = divmod(r, 16)
+        for nn in range(n):
+            assert (words[16 * c + i][nn] >> (4 * j)) & 0xF == codes[nn, kk]
+
+
+def test_unpack_rejects_wrong_k():
+    with pytest.raises(ValueError, match="int32"):
+        unpack_int4_triton(torch.zeros(16, 8, dtype=torch.int32), 256)
+
+
+# ---------------------------------------------------------------------- kernels in the interpreter
+
+_CPU_CASES = [
+    # (kind, M, N, K, group, int zero point, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, act dtype)
+    ("gemv", 1, 64, 256, 32, False, 1, 32, 128, 1, torch.bfloat16),
+    ("gemv", 3, 48, 320, 64, True, 1, 32, 128, 2, torch.bfloat16),
+    ("gemv", 2, 32, 512, 256, False, 1, 32, 128, 3, torch.float16),
+    ("mm", 20, 64, 384, 128, False, 16, 32, 64, 1, torch.float16),
+    ("mm", 5, 40, 320, 32, True, 16, 32, 128, 2, torch.float16),  # groups inside a K tile
+    ("mm", 17, 32, 256, 64, False, 32, 32, 32, 3, torch.float16),
+    ("deq", 9, 32, 192, 64, False, 0, 32, 0, 1, torch.bfloat16),
+]
+
+
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("kind,m,n,k,g,int_zp,bm,bn,bk,split,dtype", _CPU_CASES,
+                         ids=[f"{c[0]}-M{c[1]}-N{c[2]}-K{c[3]}-g{c[4]}-{'int' if c[5] else 'float'}zp-bk{c[8]}-split{c[9]}"
+                              for c in _CPU_CASES])
+def test_kernel_matches_reference_interpreted(cpu_kernels, kind, m, n, k, g, int_zp, bm, bn, bk, split, dtype):
+    codes, scale, zero = _operands(n, k, g, int_zp, "cpu", dtype)
+    q = pack_int4_triton(codes)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
+    cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 4, "num_stages": 2, "SPLIT_K": split}
+    y = T.int4_triton_linear(x, q, scale, zero, g, cfg=cfg)
+    ref = T.int4_triton_reference(x, q, scale, zero, g)
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert sqnr(ref.float(), y.float()) >= _MIN_SQNR[dtype]
+
+
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("int_zp", [False, True], ids=["floatzp", "intzp"])
+def test_dequantize_kernel_interpreted(cpu_kernels, int_zp):
+    n, k, g = 16, 320, 64
+    codes, scale, zero = _operands(n, k, g, int_zp, "cpu")
+    w = T.int4_triton_dequantize(pack_int4_triton(codes), scale, zero, k, g)
+    from lowbit.ops.reference import dequantize_int4_float_zp, dequantize_int4_int_zp
+
+    fn = dequantize_int4_int_zp if int_zp else dequantize_int4_float_zp
+    ref = fn(codes, scale.t(), zero.t(), g).t()
+    assert w.shape == (k, n) and w.dtype == torch.bfloat16
+    # fp32 math, then one rounding to bf16: within one bf16 ulp (the interpreter truncates).
+    torch.testing.assert_close(w.float(), ref, rtol=2**-7, atol=1e-7)
+
+
+_MARLIN_CPU_CASES = [(3, 64, 256, 32, 1), (17, 128, 256, 128, 2), (2, 64, 128, 128, 1)]  # M, N, K, group, split
+
+
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("m,n,k,g,split", _MARLIN_CPU_CASES, ids=[f"M{c[0]}-N{c[1]}-K{c[2]}-g{c[3]}-split{c[4]}"
+                                                                 for c in _MARLIN_CPU_CASES])
+def test_marlin_kernel_matches_reference_interpreted(cpu_kernels, m, n, k, g, split):
+    codes, scale, zero = _operands(n, k, g, True, "cpu", torch.float16)
+    scale, zero = scale.t(), zero.t()  # [N, G] as the Marlin packers take them
+    qm, sm, zm = pack_marlin_int4(codes), pack_marlin_scales(scale, k), pack_marlin_zero_points(zero)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(2)).to(torch.float16)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2, "SPLIT_K": split}
+    y = T.int4_marlin_linear(x, qm, sm, zm, g, cfg=cfg)
+    assert sqnr(int4_marlin_mm(x, qm, sm, zm, g).float(), y.float()) >= _MIN_SQNR[torch.float16]
+
+
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("g", [32, 128, 256], ids=["g32", "g128", "channelwise"])
+def test_marlin_dequantize_kernel_interpreted(cpu_kernels, g):
+    """Marlin large-M path: the layout dequantized to [K, N] in one pass."""
+    from lowbit.ops.reference import dequantize_int4_int_zp
+
+    n, k = 128, 256
+    codes, scale, zero = _operands(n, k, g, True, "cpu", torch.float16)
+    scale, zero = scale.t(), zero.t()
+    qm, sm, zm = pack_marlin_int4(codes), pack_marlin_scales(scale, k), pack_marlin_zero_points(zero)
+    w = T.int4_marlin_dequantize(qm, sm, zm, g, torch.float32)
+    torch.testing.assert_close(w, dequantize_int4_int_zp(codes, scale, zero, g).t())
+
+
+def test_op_runs_reference_off_cuda():
+    n, k, g = 16, 256, 128
+    codes, scale, zero = _operands(n, k, g, False, "cpu")
+    q = pack_int4_triton(codes)
+    x = torch.randn(3, k).to(torch.bfloat16)
+    y = torch.ops.lowbit.int4_triton_cuda_mm(x, q, scale, zero, g)
+    assert torch.equal(y, T.int4_triton_reference(x, q, scale, zero, g))
+
+
+# ---------------------------------------------------------------------- CUDA: fuzzed shapes
+
+_FUZZ = 12  # cases per kernel family on the GPU
+
+
+def _fuzz_case(seed):
+    gen = torch.Generator().manual_seed(seed)
+    g = (32, 64, 128, 256)[int(torch.randint(0, 4, (1,), generator=gen))]
+    m = int(torch.randint(1, 301, (1,), generator=gen))
+    n = 8 * int(torch.randint(1, 96, (1,), generator=gen))
+    k = g * int(torch.randint(1, 24, (1,), generator=gen))
+    return m, n, k, g, bool(seed % 2)
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("seed", range(_FUZZ))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fuzz_triton_linear_cuda(seed, dtype):
+    m, n, k, g, int_zp = _fuzz_case(seed)
+    codes, scale, zero = _operands(n, k, g, int_zp, "cuda", dtype, seed)
+    q = pack_int4_triton(codes)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    ref = T.int4_triton_reference(x, q, scale, zero, g)
+    y = T.int4_triton_linear(x, q, scale, zero, g)
+    assert sqnr(ref.float(), y.float()) >= _MIN_SQNR[dtype], (m, n, k, g, int_zp)
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("kind", ["gemv", "mm", "deq"])
+@pytest.mark.parametrize("seed", range(6))
+def test_fuzz_each_kernel_cuda(kind, seed):
+    m, n, k, g, int_zp = _fuzz_case(100 + seed)
+    m = min(m, 3) if kind == "gemv" else m
+    codes, scale, zero = _operands(n, k, g, int_zp, "cuda", torch.bfloat16, seed)
+    q = pack_int4_triton(codes)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    bm = {"gemv": 1, "mm": 16 if m <= 16 else 64, "deq": 0}[kind]
+    cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": 64, "BLOCK_K": 128 if kind == "gemv" else 64, "num_warps": 4,
+           "num_stages": 3, "SPLIT_K": 1 if kind == "deq" else 1 + seed % 3}
+    y = T.int4_triton_linear(x, q, scale, zero, g, cfg=cfg)
+    assert sqnr(T.int4_triton_reference(x, q, scale, zero, g).float(), y.float()) >= 42.0, (kind, m, n, k, g)
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("seed", range(10))
+def test_fuzz_marlin_cuda(seed):
+    m, _, _, g, _ = _fuzz_case(200 + seed)
+    g = min(g, 128)  # Marlin groups: 32, 64, 128 (or one group spanning K)
+    gen = torch.Generator().manual_seed(seed)
+    n = 64 * int(torch.randint(1, 12, (1,), generator=gen))
+    k = max(128, g) * int(torch.randint(1, 12, (1,), generator=gen))
+    codes, scale, zero = _operands(n, k, g, True, "cuda", torch.bfloat16, seed)
+    scale, zero = scale.t(), zero.t()
+    qm, sm, zm = pack_marlin_int4(codes), pack_marlin_scales(scale, k), pack_marlin_zero_points(zero)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    y = T.int4_marlin_linear(x, qm, sm, zm, g)
+    assert sqnr(int4_marlin_mm(x, qm, sm, zm, g).float(), y.float()) >= 42.0, (m, n, k, g)
+
+
+@needs_cuda
+@needs_triton
+def test_marlin_channelwise_cuda():
+    n, k = 128, 512
+    codes, scale, zero = _operands(n, k, k, True, "cuda", torch.bfloat16)
+    scale, zero = scale.t(), zero.t()
+    qm, sm, zm = pack_marlin_int4(codes), pack_marlin_scales(scale, k), pack_marlin_zero_points(zero)
+    x = torch.randn(5, k, device="cuda", dtype=torch.bfloat16)
+    y = T.int4_marlin_linear(x, qm, sm, zm, k)
+    assert sqnr(int4_marlin_mm(x, qm, sm, zm, k).float(), y.float()) >= 42.0
+
+
+@needs_cuda
+@needs_triton
+def test_op_compiles_fullgraph_cuda():
+    n, k, g = 256, 512, 128
+    codes, scale, zero = _operands(n, k, g, False, "cuda")
+    q = pack_int4_triton(codes)
+    x = torch.randn(4, k, device="cuda", dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: torch.ops.lowbit.int4_triton_cuda_mm(x, q, scale, zero, g) * 2, fullgraph=True)
+    assert sqnr(T.int4_triton_reference(x, q, scale, zero, g).float() * 2, f(x).float()) >= 42.0
