@@ -490,3 +490,101 @@ def export_smollm2(out_dir: str | os.PathLike, dtype: torch.dtype = torch.bfloat
     model.to(dtype).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return str(out_dir)
+
+
+# ---------------------------------------------------------------------- directories (the CLI's verbs)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".index.json")
+
+
+def _auto_class(config):
+    """AutoModelForCausalLM for a causal LM config, AutoModel otherwise (encoders)."""
+    import transformers
+
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModel
+
+
+def load_dir(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None, quantization_config=None):
+    """``from_pretrained`` of an HF model directory (float or lowbit), with clear errors.
+
+    Returns the model (in eval mode). ``dtype`` None keeps the checkpoint's dtype.
+    """
+    config = _config_of(path)
+    files = sorted(p for p in os.listdir(path) if p.endswith((".safetensors", ".bin")))
+    if not files:
+        raise CheckpointError(f"{path} has a config.json but no *.safetensors or *.bin weights")
+    kwargs = {"device_map": device, "local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        model = _auto_class(config).from_pretrained(path, **kwargs)
+    except CheckpointError:
+        raise
+    except (OSError, RuntimeError, ValueError) as e:  # transformers' own errors: add the directory
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: transformers could not load the model: {first}") from e
+    model.eval()
+    return model
+
+
+def quantize_dir(
+    in_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: BaseConfig | FqnToConfig,
+    skip: list[str] | None = None,
+    dtype: torch.dtype | None = torch.bfloat16,
+    device: str = "cpu",
+) -> QuantizeReport:
+    """Quantize an HF model directory into a new, loadable HF directory ``out_dir``.
+
+    The model is quantized while it loads (``LowbitConfig``), saved to a temporary
+    directory beside ``out_dir`` and renamed into place, so ``out_dir`` is written only on
+    success. Tokenizer and other non-weight files are copied over. ``out_dir`` must not
+    exist (or be an empty directory).
+    """
+    import shutil
+    import tempfile
+
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise CheckpointError(f"{out_dir} already exists and is not empty; pass a new directory or remove it")
+    if os.path.abspath(os.fspath(in_dir)) == out_dir:
+        raise CheckpointError(f"IN_DIR and OUT_DIR are the same ({out_dir}); pass a new OUT_DIR")
+    qc = LowbitConfig(config, modules_to_not_convert=list(skip or []))
+    model = load_dir(in_dir, device=device, dtype=dtype, quantization_config=qc)
+    report = model.hf_quantizer.report
+    if not report.quantized:
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(report.skipped.items())[:3]) or "no nn.Linear matched"
+        raise CheckpointError(f"{in_dir}: no layer was quantized ({reasons}); check --config/--skip/--plan")
+    parent = os.path.dirname(out_dir) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".lowbit-quantize-", dir=parent)
+    try:
+        for name in os.listdir(in_dir):
+            src = os.path.join(in_dir, name)
+            if os.path.isfile(src) and not name.endswith(_WEIGHT_SUFFIXES) and name != "config.json":
+                shutil.copy2(src, os.path.join(tmp, name))
+        model.save_pretrained(tmp)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above)
+        os.replace(tmp, out_dir)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def report_markdown(report: QuantizeReport) -> str:
+    """Per-layer table of what quantizing did (format of each layer, or why it stayed float)."""
+    lines = ["| layer | result |", "|---|---|"]
+    for fqn, what in report.quantized.items():
+        lines.append(f"| {fqn} | {what} |")
+    for fqn, why in report.skipped.items():
+        lines.append(f"| {fqn} | kept float: {why} |")
+    lines += ["", str(report)]
+    return "\n".join(lines)
