@@ -214,6 +214,7 @@ def lowbit_checkpoint_info(files: list[str]) -> dict[str, tuple[dict, str, str |
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 md = f.metadata() or {}
+                keys = set(f.keys())
         except (SafetensorError, OSError) as e:
             raise CheckpointError(
                 f"{path}: cannot read it as safetensors ({e}); the file is truncated or corrupt, save or download it again"
@@ -223,6 +224,12 @@ def lowbit_checkpoint_info(files: list[str]) -> dict[str, tuple[dict, str, str |
         for name, spec in info["tensors"].items():
             if int(spec.get("version", 1)) > format_class(name, spec, path).format_version:
                 upgrade_fields(name, spec, {}, {}, path=path, writer=writer)  # raises NewerFormatError
+            missing = [f"{name}{_SEP}{fld}" for fld in spec.get("fields", []) if f"{name}{_SEP}{fld}" not in keys]
+            if missing:
+                raise CheckpointError(
+                    f"{path}: {name!r} ({spec['format']}) needs tensor {missing[0]!r}, which the file lacks "
+                    f"(missing: {missing}); the file is truncated or was edited, save it again"
+                )
             out[name] = (spec, str(path), writer)
     return out
 
@@ -280,7 +287,9 @@ class LowbitDeserialize(ConversionOps):
                 field = q.pattern_fields.get(pattern)
                 if field is None:
                     raise CheckpointError(f"{full_layer_name}: unexpected checkpoint tensor pattern {pattern!r}")
-                t = _one(value)
+                # A copy: transformers hands out views of the mmap'd file at arbitrary byte
+                # offsets, and ATen's int8 CPU GEMV segfaults on a misaligned weight pointer.
+                t = _one(value).clone()
                 raw[f"{name}{_SEP}{field}"] = t
                 device = t.device
             new = rebuild_tensor(name, spec, raw, device or "cpu", path=path, writer=writer)
