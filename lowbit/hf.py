@@ -287,9 +287,7 @@ class LowbitDeserialize(ConversionOps):
                 field = q.pattern_fields.get(pattern)
                 if field is None:
                     raise CheckpointError(f"{full_layer_name}: unexpected checkpoint tensor pattern {pattern!r}")
-                # A copy: transformers hands out views of the mmap'd file at arbitrary byte
-                # offsets, and ATen's int8 CPU GEMV segfaults on a misaligned weight pointer.
-                t = _one(value).clone()
+                t = _one(value)  # rebuild_tensor copies it out of the mmap'd file (alignment)
                 raw[f"{name}{_SEP}{field}"] = t
                 device = t.device
             new = rebuild_tensor(name, spec, raw, device or "cpu", path=path, writer=writer)

@@ -174,12 +174,15 @@ def unflatten_state_dict(
     for name, spec in info["tensors"].items():
         out[name] = rebuild_tensor(name, spec, raw, device, path=path, writer=info.get("lowbit_version"))
     for name, t in raw.items():
-        out[name] = t.to(device)
+        out[name] = t if device is None else t.to(device)
     return out
 
 
 def rebuild_tensor(name: str, spec: dict, raw: dict[str, torch.Tensor], device, path="<checkpoint>", writer=None):
-    """One packed tensor from its metadata ``spec`` and the plain fields in ``raw`` (popped)."""
+    """One packed tensor from its metadata ``spec`` and the plain fields in ``raw`` (popped).
+
+    ``device`` None returns the stored form itself (no ``from_checkpoint``: no repacking).
+    """
     cls = format_class(name, spec, path)
     fields = spec.get("fields", [])
     missing = [f"{name}{_SEP}{fld}" for fld in fields if f"{name}{_SEP}{fld}" not in raw]
@@ -188,7 +191,9 @@ def rebuild_tensor(name: str, spec: dict, raw: dict[str, torch.Tensor], device, 
             f"{path}: {name!r} ({spec['format']}) needs tensor {missing[0]!r}, which the file "
             f"lacks (missing: {missing}); the file is truncated or was edited, save it again"
         )
-    data = {fld: raw.pop(f"{name}{_SEP}{fld}") for fld in fields}
+    # Copies: safetensors hands out views of the file at arbitrary byte offsets, and
+    # ATen's int8 CPU GEMV (_weight_int8pack_mm) segfaults on a misaligned weight pointer.
+    data = {fld: raw.pop(f"{name}{_SEP}{fld}").clone() for fld in fields}
     meta = {k: _decode_meta(v) for k, v in spec.get("meta", {}).items()}
     data, meta = upgrade_fields(name, spec, data, meta, path=path, writer=writer)
     # Optional fields added in later versions default to None when absent.
@@ -200,7 +205,7 @@ def rebuild_tensor(name: str, spec: dict, raw: dict[str, torch.Tensor], device, 
         t = cls(**data, **meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {name!r} ({spec['format']}) cannot be rebuilt from the file: {e}") from None
-    return t.from_checkpoint(torch.device(device))
+    return t if device is None else t.from_checkpoint(torch.device(device))
 
 
 # ---------------------------------------------------------------------- format versions
@@ -310,7 +315,7 @@ def upgrade_file(path, out_path=None) -> list[str]:
             "format": cls.format_name,
             "version": cls.format_version,
             "fields": [f for f, v in data.items() if v is not None],
-            "meta": {k: _encode_meta(v) for k, v in meta.items()},
+            "meta": {k: (list(v) if k == "shape" else _encode_meta(v)) for k, v in meta.items()},
         }
         upgraded.append(name)
     if upgraded:
