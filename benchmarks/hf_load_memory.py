@@ -57,7 +57,7 @@ print(json.dumps({"peak_kib": peak, "base_kib": base, "seconds": seconds, "model
 
 
 def _run(mode, path, cfg, out="-"):
-    res = subprocess.run([sys.executable, "-c", CHILD, mode, path, cfg, out], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", CHILD, mode, path, cfg, out], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -14,9 +14,14 @@ from pathlib import Path
 import torch
 
 from .errors import UnsupportedError
-from .serialization import CheckpointError, format_class, read_lowbit_metadata, upgrade_file
+from .serialization import (
+    CheckpointError,
+    format_class,
+    read_lowbit_metadata,
+    upgrade_file,
+)
 
-__all__ = ["TensorInfo", "CheckpointInfo", "inspect_checkpoint", "upgrade_checkpoint", "checkpoint_files", "DEVICES"]
+__all__ = ["DEVICES", "CheckpointInfo", "TensorInfo", "checkpoint_files", "inspect_checkpoint", "upgrade_checkpoint"]
 
 DEVICES = ("cpu", "cuda", "xpu")
 _SEP = ".__"
@@ -72,8 +77,8 @@ class CheckpointInfo:
         writers = sorted({v or "unknown (no lowbit metadata)" for v in self.lowbit_versions.values()})
         lines += [
             "",
-            f"{self.path}: {len(self.tensors)} tensors, {self.total_bytes:,} bytes ({self.total_bytes / 2**20:.1f} MiB); "
-            f"{sum(1 for t in self.tensors if t.format)} packed",
+            (f"{self.path}: {len(self.tensors)} tensors, {self.total_bytes:,} bytes "
+             f"({self.total_bytes / 2**20:.1f} MiB); {sum(1 for t in self.tensors if t.format)} packed"),
             f"formats: {', '.join(formats) or 'none (a float checkpoint)'}; group sizes: {groups or '-'}",
             f"written by lowbit: {', '.join(writers)}; runs on: {', '.join(self.devices()) or 'no single device'}",
         ]

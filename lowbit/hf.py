@@ -52,7 +52,7 @@ from .serialization import (
 )
 from .tensors.base import LowbitTensor
 
-__all__ = ["LowbitConfig", "LowbitHfQuantizer", "QUANT_METHOD", "MIN_TRANSFORMERS", "lowbit_checkpoint_info"]
+__all__ = ["MIN_TRANSFORMERS", "QUANT_METHOD", "LowbitConfig", "LowbitHfQuantizer", "lowbit_checkpoint_info"]
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,18 @@ def _check_transformers():
 
 _check_transformers()
 
-from transformers import AutoConfig  # noqa: E402
-from transformers.core_model_loading import ConversionOps, WeightConverter  # noqa: E402
-from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer  # noqa: E402
-from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING  # noqa: E402
-from transformers.utils.quantization_config import QuantizationConfigMixin  # noqa: E402
-
+from transformers import AutoConfig
+from transformers.core_model_loading import ConversionOps, WeightConverter
+from transformers.quantizers import (
+    HfQuantizer,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+)
+from transformers.utils.quantization_config import QuantizationConfigMixin
 
 # ---------------------------------------------------------------------- config
 

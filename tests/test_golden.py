@@ -70,7 +70,7 @@ def test_device_only_formats_reference_output_matches_golden(name):
 
 
 def test_every_golden_file_records_lowbit_and_format_versions():
-    for name, cls in format_registry.items():
+    for cls in format_registry.values():
         with safe_open(str(GOLDEN / f"{make_golden.file_stem(cls)}.safetensors"), "pt") as f:
             info = json.loads(f.metadata()["lowbit"])
         assert info["lowbit_version"]
@@ -98,7 +98,7 @@ def int8_bumped_to_v2(monkeypatch):
 
 
 def test_old_version_loads_through_the_converter(int8_bumped_to_v2):
-    w, x, expected, _ = _load("int8_weight_only", version=1)
+    w, _, expected, _ = _load("int8_weight_only", version=1)
     assert int8_bumped_to_v2 == [1]
     assert torch.equal(w.qdata, expected["field.qdata"])
 
