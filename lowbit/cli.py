@@ -87,26 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- HF directory subcommands
 
 _HF_CONFIGS = ("int4", "int8", "int8-dynamic", "da8w4")
-_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _subcommand(sub, name: str, help: str, description: str, examples: Sequence[str], func):
+    """A subparser with its description, an ``examples:`` epilog and its run function."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
+    p.set_defaults(func=func)
+    return p
 
 
 def _add_quantize(sub) -> None:
-    p = sub.add_parser(
-        "quantize",
-        help="quantize a Hugging Face model directory into a new loadable one",
-        formatter_class=_RAW,
-        description=(
-            "Quantize every nn.Linear of a Hugging Face model directory (config.json + safetensors) while it\n"
-            "loads, and save a new directory that AutoModel*.from_pretrained loads (after `import lowbit.hf`).\n"
-            "Prints a per-layer report. OUT_DIR is written only on success (temp dir + rename)."
-        ),
-        epilog=(
-            "examples:\n"
-            "  lowbit quantize smollm2/ smollm2-int4/ --config int4 --group-size 128\n"
-            "  lowbit quantize smollm2/ smollm2-int4-hqq/ --config int4 --group-size 64 --qparams hqq\n"
-            "  lowbit quantize minilm/ minilm-int8/ --config int8 --skip pooler\n"
-            "  lowbit quantize smollm2/ smollm2-auto/ --plan plan.json   # an autoquant plan (Plan.save)"
-        ),
+    p = _subcommand(
+        sub, "quantize", "quantize a Hugging Face model directory into a new loadable one",
+        "Quantize every nn.Linear of a Hugging Face model directory (config.json + safetensors) while it\n"
+        "loads, and save a new directory that AutoModel*.from_pretrained loads (after `import lowbit.hf`).\n"
+        "Prints a per-layer report. OUT_DIR is written only on success (temp dir + rename).",
+        ["lowbit quantize smollm2/ smollm2-int4/ --config int4 --group-size 128",
+         "lowbit quantize smollm2/ smollm2-int4-hqq/ --config int4 --group-size 64 --qparams hqq",
+         "lowbit quantize minilm/ minilm-int8/ --config int8 --skip pooler",
+         "lowbit quantize smollm2/ smollm2-auto/ --plan plan.json   # an autoquant plan (Plan.save)"],
+        _run_quantize,
     )
     p.add_argument("in_dir", metavar="IN_DIR", help="Hugging Face model directory (float weights)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="new directory to write (must not exist or be empty)")
@@ -123,7 +124,6 @@ def _add_quantize(sub) -> None:
                    help="apply an autoquant plan (lowbit.autoquant.Plan.save) instead of --config")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model float dtype (default bf16)")
     p.add_argument("--device", default="cpu", help="device to quantize on and for the layout check (default cpu)")
-    p.set_defaults(func=_run_quantize)
 
 
 def _hf_config(args):
@@ -161,16 +161,13 @@ def _run_quantize(args) -> int:
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser(
-        "inspect",
-        help="formats, group sizes, versions, bytes and devices of a checkpoint",
-        formatter_class=_RAW,
-        description="Show each tensor of a lowbit (or float) checkpoint: format and version, group size, bytes, "
-                    "which devices can run it; totals and the lowbit version that wrote it. Reads headers only.",
-        epilog="examples:\n  lowbit inspect smollm2-int4/\n  lowbit inspect model.safetensors",
+    p = _subcommand(
+        sub, "inspect", "formats, group sizes, versions, bytes and devices of a checkpoint",
+        "Show each tensor of a lowbit (or float) checkpoint: format and version, group size, bytes, "
+        "which devices can run it; totals and the lowbit version that wrote it. Reads headers only.",
+        ["lowbit inspect smollm2-int4/", "lowbit inspect model.safetensors"], _run_inspect,
     )
     p.add_argument("path", metavar="PATH", help="model directory or .safetensors file")
-    p.set_defaults(func=_run_inspect)
 
 
 def _run_inspect(args) -> int:
@@ -181,18 +178,15 @@ def _run_inspect(args) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="perplexity of a causal LM directory on the demo's built-in text",
-        formatter_class=_RAW,
-        description="Perplexity on the demo's evaluation text (Python stdlib docstrings, nothing downloaded).",
-        epilog="examples:\n  lowbit eval smollm2/\n  lowbit eval smollm2-int4/ --tokens 4096",
+    p = _subcommand(
+        sub, "eval", "perplexity of a causal LM directory on the demo's built-in text",
+        "Perplexity on the demo's evaluation text (Python stdlib docstrings, nothing downloaded).",
+        ["lowbit eval smollm2/", "lowbit eval smollm2-int4/ --tokens 4096"], _run_eval,
     )
     p.add_argument("dir", metavar="DIR", help="Hugging Face causal LM directory (float or lowbit)")
     p.add_argument("--tokens", type=_positive_int, default=1024, metavar="N", help="evaluation tokens (default 1024)")
     p.add_argument("--window", type=_positive_int, default=512, metavar="N", help="window length (default 512)")
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
-    p.set_defaults(func=_run_eval)
 
 
 def _load_lm(args):
@@ -226,17 +220,14 @@ def _run_eval(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="greedy-decode tokens/s of a causal LM directory",
-        formatter_class=_RAW,
-        description="Greedy-decode N tokens after the demo's chat prompt (prefill included) and print tokens/s.",
-        epilog="examples:\n  lowbit bench smollm2/ --tokens 64\n  lowbit bench smollm2-int4/ --tokens 64 --threads 2",
+    p = _subcommand(
+        sub, "bench", "greedy-decode tokens/s of a causal LM directory",
+        "Greedy-decode N tokens after the demo's chat prompt (prefill included) and print tokens/s.",
+        ["lowbit bench smollm2/ --tokens 64", "lowbit bench smollm2-int4/ --tokens 64 --threads 2"], _run_bench,
     )
     p.add_argument("dir", metavar="DIR", help="Hugging Face causal LM directory (float or lowbit)")
     p.add_argument("--tokens", type=_positive_int, default=32, metavar="N", help="new tokens (default 32)")
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
-    p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args) -> int:
@@ -250,16 +241,13 @@ def _run_bench(args) -> int:
 
 
 def _add_upgrade(sub) -> None:
-    p = sub.add_parser(
-        "upgrade",
-        help="rewrite a checkpoint's tensors at this lowbit's format versions",
-        formatter_class=_RAW,
-        description="Convert packed tensors saved by an older format version to the current one (in place, "
-                    "through a temporary file and a rename).",
-        epilog="examples:\n  lowbit upgrade smollm2-int4/\n  lowbit upgrade model.safetensors",
+    p = _subcommand(
+        sub, "upgrade", "rewrite a checkpoint's tensors at this lowbit's format versions",
+        "Convert packed tensors saved by an older format version to the current one (in place, "
+        "through a temporary file and a rename).",
+        ["lowbit upgrade smollm2-int4/", "lowbit upgrade model.safetensors"], _run_upgrade,
     )
     p.add_argument("path", metavar="PATH", help="model directory or .safetensors file")
-    p.set_defaults(func=_run_upgrade)
 
 
 def _run_upgrade(args) -> int:

@@ -25,18 +25,6 @@ import torch
 import torch.nn.functional as F
 
 import lowbit
-from lowbit.tensors import (
-    FloatCastTensor,
-    Int4MarlinTensor,
-    Int4PlainTensor,
-    Int4TiledCudaTensor,
-    Int4TinygemmCpuTensor,
-    Int4VnniCpuTensor,
-    Int4XpuFloatZpTensor,
-    Int4XpuTensor,
-    Int8DynActTensor,
-    Int8Tensor,
-)
 from lowbit.tensors.base import LowbitTensor, format_registry
 
 HERE = Path(__file__).parent
@@ -56,11 +44,11 @@ def golden_input() -> torch.Tensor:
     return torch.sin(i * 0.53).to(DTYPE)
 
 
-def _plain(zero_point_kind: str) -> Int4PlainTensor:
-    return Int4PlainTensor.from_float(golden_weight(), group_size=GROUP, zero_point_kind=zero_point_kind)
+def _plain(zero_point_kind: str) -> lowbit.Int4PlainTensor:
+    return lowbit.Int4PlainTensor.from_float(golden_weight(), group_size=GROUP, zero_point_kind=zero_point_kind)
 
 
-def _from_plain(cls, plain: Int4PlainTensor) -> LowbitTensor:
+def _from_plain(cls, plain: lowbit.Int4PlainTensor) -> LowbitTensor:
     codes, scale, zero = plain.to_codes()
     return cls.from_codes(codes, scale, zero, group_size=plain.group_size, shape=tuple(plain.shape), dtype=plain.dtype)
 
@@ -68,21 +56,21 @@ def _from_plain(cls, plain: Int4PlainTensor) -> LowbitTensor:
 # format_name -> (build the tensor from the golden weight, rebuild it from the loaded checkpoint tensor)
 # For int4 layouts the checkpoint holds Int4PlainTensor; the rebuild packs its codes again.
 BUILDERS = {
-    "float_cast": (lambda: FloatCastTensor.from_float(golden_weight(), torch.bfloat16), None),
+    "float_cast": (lambda: lowbit.FloatCastTensor.from_float(golden_weight(), torch.bfloat16), None),
     "int4_plain": (lambda: _plain("float"), None),
-    "int4_tinygemm_cpu": (lambda: _from_plain(Int4TinygemmCpuTensor, _plain("float")),
-                          lambda t: _from_plain(Int4TinygemmCpuTensor, t.to_checkpoint())),
-    "int4_tiled_cuda": (lambda: _from_plain(Int4TiledCudaTensor, _plain("float")),
-                        lambda t: _from_plain(Int4TiledCudaTensor, t.to_checkpoint())),
-    "int4_marlin": (lambda: _from_plain(Int4MarlinTensor, _plain("int")),
-                    lambda t: _from_plain(Int4MarlinTensor, t.to_checkpoint())),
-    "int4_xpu": (lambda: _from_plain(Int4XpuTensor, _plain("int")),
-                 lambda t: _from_plain(Int4XpuTensor, t.to_checkpoint())),
-    "int4_xpu_float_zp": (lambda: _from_plain(Int4XpuFloatZpTensor, _plain("float")),
-                          lambda t: _from_plain(Int4XpuFloatZpTensor, t.to_checkpoint())),
-    "int4_vnni_cpu": (lambda: Int4VnniCpuTensor.from_float(golden_weight(), group_size=GROUP), None),
-    "int8_weight_only": (lambda: Int8Tensor.from_float(golden_weight()), None),
-    "int8_dynamic_act_int8_weight": (lambda: Int8DynActTensor.from_float(golden_weight()), None),
+    "int4_tinygemm_cpu": (lambda: _from_plain(lowbit.Int4TinygemmCpuTensor, _plain("float")),
+                          lambda t: _from_plain(lowbit.Int4TinygemmCpuTensor, t.to_checkpoint())),
+    "int4_tiled_cuda": (lambda: _from_plain(lowbit.Int4TiledCudaTensor, _plain("float")),
+                        lambda t: _from_plain(lowbit.Int4TiledCudaTensor, t.to_checkpoint())),
+    "int4_marlin": (lambda: _from_plain(lowbit.Int4MarlinTensor, _plain("int")),
+                    lambda t: _from_plain(lowbit.Int4MarlinTensor, t.to_checkpoint())),
+    "int4_xpu": (lambda: _from_plain(lowbit.Int4XpuTensor, _plain("int")),
+                 lambda t: _from_plain(lowbit.Int4XpuTensor, t.to_checkpoint())),
+    "int4_xpu_float_zp": (lambda: _from_plain(lowbit.Int4XpuFloatZpTensor, _plain("float")),
+                          lambda t: _from_plain(lowbit.Int4XpuFloatZpTensor, t.to_checkpoint())),
+    "int4_vnni_cpu": (lambda: lowbit.Int4VnniCpuTensor.from_float(golden_weight(), group_size=GROUP), None),
+    "int8_weight_only": (lambda: lowbit.Int8Tensor.from_float(golden_weight()), None),
+    "int8_dynamic_act_int8_weight": (lambda: lowbit.Int8DynActTensor.from_float(golden_weight()), None),
 }
 
 # Formats whose kernel runs on CPU: y is F.linear through that kernel (tolerance in the
