@@ -33,7 +33,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CONFIGS = {
     "int4-g64": lambda: lowbit.Int4WeightOnlyConfig(group_size=64),
-    "int4-int-zp-hqq": lambda: lowbit.Int4WeightOnlyConfig(group_size=64, zero_point="int", qparams="hqq"),
+    "int4-int-zp": lambda: lowbit.Int4WeightOnlyConfig(group_size=64, zero_point="int"),
     "int8": lambda: lowbit.Int8WeightOnlyConfig(),
     "int8-dynamic": lambda: lowbit.Int8DynamicActivationInt8WeightConfig(),
     "da8w4-g64": lambda: lowbit.Int8DynamicActivationInt4WeightConfig(group_size=64),
