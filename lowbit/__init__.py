@@ -44,3 +44,13 @@ __all__ = [
     "primitives",
     "granularity",
 ]
+
+
+def __getattr__(name):
+    # ``lowbit.hf`` (the transformers integration) imports transformers, so it loads on
+    # first use rather than with ``import lowbit``.
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")

@@ -1,4 +1,8 @@
-"""The ``lowbit`` command line: ``lowbit demo`` (see ``lowbit --help``)."""
+"""The ``lowbit`` command line (see ``lowbit --help``).
+
+``lowbit demo`` compares every config on SmolLM2; ``lowbit quantize / inspect / eval /
+bench / upgrade`` work on Hugging Face model directories (see ``lowbit.hf``).
+"""
 
 from __future__ import annotations
 
@@ -71,13 +75,194 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype of the quantized rows (default bf16: the CPU int8 kernel is fast for bf16 activations only)",
     )
     demo.add_argument("--list", action="store_true", help="list the available configs and exit")
+    demo.set_defaults(func=_run_demo)
+    _add_quantize(sub)
+    _add_inspect(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_upgrade(sub)
     tune = sub.add_parser("tune", help="measure this CPU's kernel crossovers and cache them for the dispatch")
+    tune.set_defaults(func=_run_tune)
     tune.add_argument("--shape", default="4096x4096", metavar="NxK", help="layer timed (default 4096x4096)")
     tune.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
     tune.add_argument("--no-save", action="store_true", help="print the table without caching it")
     tune.add_argument("--reps", type=_positive_int, default=3, help="timed passes over the weight copies (default 3)")
     tune.add_argument("--cold-mib", type=_positive_int, default=256, help="MiB of rotated weight copies (default 256)")
     return parser
+
+
+# ---------------------------------------------------------------------- HF directory subcommands
+
+_HF_CONFIGS = ("int4", "int8", "int8-dynamic", "da8w4")
+
+
+def _subcommand(sub, name: str, help: str, description: str, examples: Sequence[str], func):
+    """A subparser with its description, an ``examples:`` epilog and its run function."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_quantize(sub) -> None:
+    p = _subcommand(
+        sub, "quantize", "quantize a Hugging Face model directory into a new loadable one",
+        "Quantize every nn.Linear of a Hugging Face model directory (config.json + safetensors) while it\n"
+        "loads, and save a new directory that AutoModel*.from_pretrained loads (after `import lowbit.hf`).\n"
+        "Prints a per-layer report. OUT_DIR is written only on success (temp dir + rename).",
+        ["lowbit quantize smollm2/ smollm2-int4/ --config int4 --group-size 128",
+         "lowbit quantize smollm2/ smollm2-int4-hqq/ --config int4 --group-size 64 --qparams hqq",
+         "lowbit quantize minilm/ minilm-int8/ --config int8 --skip pooler",
+         "lowbit quantize smollm2/ smollm2-auto/ --plan plan.json   # an autoquant plan (Plan.save)"],
+        _run_quantize,
+    )
+    p.add_argument("in_dir", metavar="IN_DIR", help="Hugging Face model directory (float weights)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="new directory to write (must not exist or be empty)")
+    p.add_argument("--config", choices=_HF_CONFIGS, default="int4",
+                   help="int4: Int4WeightOnlyConfig; int8: Int8WeightOnlyConfig; int8-dynamic: "
+                        "Int8DynamicActivationInt8WeightConfig; da8w4: Int8DynamicActivationInt4WeightConfig (CPU)")
+    p.add_argument("--group-size", type=_positive_int, default=128, metavar="G",
+                   help="int4/da8w4 group size, 32/64/128/256 (default 128; an upper bound for int4)")
+    p.add_argument("--zero-point", choices=("int", "float"), default="float", help="int4 zero-point kind (default float)")
+    p.add_argument("--qparams", choices=("minmax", "hqq"), default="minmax", help="int4 scale/zero choice (default minmax)")
+    p.add_argument("--skip", action="append", default=[], metavar="MODULE",
+                   help="keep this module float (name, suffix, or re:<regex>); repeatable, e.g. --skip lm_head")
+    p.add_argument("--plan", metavar="PLAN_JSON", default=None,
+                   help="apply an autoquant plan (lowbit.autoquant.Plan.save) instead of --config")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model float dtype (default bf16)")
+    p.add_argument("--device", default="cpu", help="device to quantize on and for the layout check (default cpu)")
+
+
+def _hf_config(args):
+    import lowbit
+
+    if args.plan is not None:
+        return lowbit.autoquant.Plan.load(args.plan)
+    if args.config == "int4":
+        return lowbit.Int4WeightOnlyConfig(group_size=args.group_size, zero_point=args.zero_point, qparams=args.qparams)
+    if args.zero_point != "float" or args.qparams != "minmax":
+        raise ValueError(f"--zero-point/--qparams apply to --config int4 only, got --config {args.config}")
+    if args.config == "int8":
+        return lowbit.Int8WeightOnlyConfig()
+    if args.config == "int8-dynamic":
+        return lowbit.Int8DynamicActivationInt8WeightConfig()
+    return lowbit.Int8DynamicActivationInt4WeightConfig(group_size=args.group_size)
+
+
+def _run_quantize(args) -> int:
+    import time
+
+    import torch
+
+    from . import hf
+
+    config = _hf_config(args)
+    t0 = time.perf_counter()
+    log.warning("lowbit quantize: loading %s and quantizing with %s ...", args.in_dir,
+                config.short_name() if hasattr(config, "short_name") else config)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    report = hf.quantize_dir(args.in_dir, args.out_dir, config, skip=args.skip, dtype=dtype, device=args.device)
+    print(hf.report_markdown(report))
+    print(f"wrote {args.out_dir} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = _subcommand(
+        sub, "inspect", "formats, group sizes, versions, bytes and devices of a checkpoint",
+        "Show each tensor of a lowbit (or float) checkpoint: format and version, group size, bytes, "
+        "which devices can run it; totals and the lowbit version that wrote it. Reads headers only.",
+        ["lowbit inspect smollm2-int4/", "lowbit inspect model.safetensors"], _run_inspect,
+    )
+    p.add_argument("path", metavar="PATH", help="model directory or .safetensors file")
+
+
+def _run_inspect(args) -> int:
+    from .checkpoint_tools import inspect_checkpoint
+
+    print(inspect_checkpoint(args.path).to_markdown())
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = _subcommand(
+        sub, "eval", "perplexity of a causal LM directory on the demo's built-in text",
+        "Perplexity on the demo's evaluation text (Python stdlib docstrings, nothing downloaded).",
+        ["lowbit eval smollm2/", "lowbit eval smollm2-int4/ --tokens 4096"], _run_eval,
+    )
+    p.add_argument("dir", metavar="DIR", help="Hugging Face causal LM directory (float or lowbit)")
+    p.add_argument("--tokens", type=_positive_int, default=1024, metavar="N", help="evaluation tokens (default 1024)")
+    p.add_argument("--window", type=_positive_int, default=512, metavar="N", help="window length (default 512)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
+
+
+def _load_lm(args):
+    import torch
+    from transformers import AutoTokenizer
+
+    from . import hf
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model = hf.load_dir(args.dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{args.dir} has no usable tokenizer ({str(e).splitlines()[0]}); copy the tokenizer files in") from None
+    return model, tokenizer
+
+
+def _run_eval(args) -> int:
+    from . import demo
+
+    if args.tokens < 2 or args.window < 2:
+        raise ValueError(f"--tokens and --window must be at least 2, got {args.tokens} and {args.window}")
+    model, tokenizer = _load_lm(args)
+    tokens = demo.eval_tokens(tokenizer, args.tokens)
+    log.warning("lowbit eval: %d tokens in windows of %d ...", args.tokens, args.window)
+    ppl = demo.perplexity(model, tokens, args.window)
+    print(f"{args.dir}: perplexity {ppl:.3f} over {args.tokens} tokens (windows of {args.window}); "
+          f"{demo.model_bytes(model)[1] / 2**20:.1f} MiB of parameters")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = _subcommand(
+        sub, "bench", "greedy-decode tokens/s of a causal LM directory",
+        "Greedy-decode N tokens after the demo's chat prompt (prefill included) and print tokens/s.",
+        ["lowbit bench smollm2/ --tokens 64", "lowbit bench smollm2-int4/ --tokens 64 --threads 2"], _run_bench,
+    )
+    p.add_argument("dir", metavar="DIR", help="Hugging Face causal LM directory (float or lowbit)")
+    p.add_argument("--tokens", type=_positive_int, default=32, metavar="N", help="new tokens (default 32)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
+
+
+def _run_bench(args) -> int:
+    from . import demo
+
+    model, tokenizer = _load_lm(args)
+    log.warning("lowbit bench: decoding %d tokens ...", args.tokens)
+    tps, text = demo.decode_speed(model, tokenizer, args.tokens)
+    print(f"{args.dir}: {tps:.1f} tokens/s ({args.tokens} new tokens incl. prefill); says: {text.strip()!r}")
+    return 0
+
+
+def _add_upgrade(sub) -> None:
+    p = _subcommand(
+        sub, "upgrade", "rewrite a checkpoint's tensors at this lowbit's format versions",
+        "Convert packed tensors saved by an older format version to the current one (in place, "
+        "through a temporary file and a rename).",
+        ["lowbit upgrade smollm2-int4/", "lowbit upgrade model.safetensors"], _run_upgrade,
+    )
+    p.add_argument("path", metavar="PATH", help="model directory or .safetensors file")
+
+
+def _run_upgrade(args) -> int:
+    from .checkpoint_tools import upgrade_checkpoint
+
+    for f, names in upgrade_checkpoint(args.path).items():
+        print(f"{f}: upgraded {len(names)} tensors" + (f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else " (already current)"))
+    return 0
 
 
 def _run_tune(args) -> int:
@@ -124,14 +309,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command == "tune":
-        return _run_tune(args)
     from .demo import DemoError
+    from .errors import UnsupportedError
 
     try:
-        return _run_demo(args)
-    except DemoError as e:
-        print(f"lowbit {args.command}: error: {e}", file=sys.stderr)
+        return args.func(args)
+    except (DemoError, UnsupportedError, ValueError, TypeError, OSError, ImportError) as e:
+        if args.verbose:
+            log.exception("lowbit %s failed", args.command)
+        reason = " ".join(str(e).split()) or type(e).__name__
+        print(f"lowbit {args.command}: error: {reason}", file=sys.stderr)
         return 1
 
 

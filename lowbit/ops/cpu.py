@@ -32,6 +32,13 @@ def _gemm_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if (dtype == torch.float32 or cpu_has_native_bf16()) else torch.float32
 
 
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in 64-byte-aligned memory: ATen's _weight_int8pack_mm segfaults (AVX512 CPU,
+    torch 2.13) on an activation whose data pointer is not 32-byte aligned, e.g. a tensor
+    read from a safetensors file at an odd offset or a view starting mid-buffer."""
+    return x if x.data_ptr() % 64 == 0 else x.clone(memory_format=torch.contiguous_format)
+
+
 @_register("int8_weight_only_linear")
 def int8_weight_only_linear(x, qdata, scale):
     path = choose_path("int8_weight_only_linear", x.shape[0])
@@ -41,7 +48,8 @@ def int8_weight_only_linear(x, qdata, scale):
         # ATen's int8 GEMV is vectorized for bf16 inputs only (fp16/fp32 run 12-20x
         # slower on AVX2), so other activations are rounded to bf16 for it: 2^-9 relative
         # error per element, well under the int8 weight error (~43 dB vs ~55 dB).
-        y = aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), qdata, scale.reshape(-1).to(torch.bfloat16))
+        y = aten._weight_int8pack_mm(_aligned(x.to(torch.bfloat16).contiguous()), _aligned(qdata),
+                                     scale.reshape(-1).to(torch.bfloat16))
         return y.to(x.dtype)
     dt = _gemm_dtype(x.dtype)
     y = torch.mm(x.to(dt), qdata.to(dt).t())
@@ -59,7 +67,7 @@ def int8_dynamic_linear(x, qdata, scale):
         # output to bf16 (~55 dB vs the exact integer sum). With fp32 inputs the same
         # kernel runs 13-18x slower on AVX2, so bf16 is the fast exact-input form.
         ones = torch.ones(qdata.shape[0], dtype=torch.bfloat16)
-        acc = aten._weight_int8pack_mm(xq.to(torch.bfloat16).contiguous(), qdata, ones).to(torch.float32)
+        acc = aten._weight_int8pack_mm(_aligned(xq.to(torch.bfloat16)), _aligned(qdata), ones).to(torch.float32)
     else:
         # torch._int_mm on CPU is a slow reference loop (1.4 s at 256x4096x4096 on a
         # 2-core Zen3). An fp32 GEMM over the integer values is exact while |sum| < 2^24.
