@@ -71,6 +71,12 @@ BUILDERS = {
     "int4_vnni_cpu": (lambda: lowbit.Int4VnniCpuTensor.from_float(golden_weight(), group_size=GROUP), None),
     "int8_weight_only": (lambda: lowbit.Int8Tensor.from_float(golden_weight()), None),
     "int8_dynamic_act_int8_weight": (lambda: lowbit.Int8DynActTensor.from_float(golden_weight()), None),
+    "int4_triton_cuda": (lambda: _from_plain(lowbit.Int4TritonCudaTensor, _plain("float")),
+                         lambda t: _from_plain(lowbit.Int4TritonCudaTensor, t.to_checkpoint())),
+    "float8_weight_only": (lambda: lowbit.Float8Tensor.from_float(golden_weight()), None),
+    "float8_dynamic_act_float8_weight": (lambda: lowbit.Float8DynActTensor.from_float(golden_weight()), None),
+    "float8_dynamic_act_float8_weight_per_tensor": (
+        lambda: lowbit.Float8DynActPerTensorTensor.from_float(golden_weight()), None),
 }
 
 # Formats whose kernel runs on CPU: y is F.linear through that kernel (tolerance in the
