@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..device_caps import cpu_has_native_bf16
+from .alignment import aligned_rows, int8pack_mm_unsafe_reason
 from .library import register_device_kernel
 from .reference import quantize_per_token_int8
 
@@ -29,11 +30,14 @@ def _gemm_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @_register("int8_weight_only_linear")
 def int8_weight_only_linear(x, qdata, scale):
-    if x.shape[0] <= CPU_INT8_GEMV_MAX_M:
+    # The GEMV's layout needs (K % 16, aligned rows) are checked in ops/alignment.py; a
+    # weight that misses them takes the GEMM below (same function, no ATen crash).
+    if x.shape[0] <= CPU_INT8_GEMV_MAX_M and int8pack_mm_unsafe_reason(x, qdata) is None:
         # ATen's int8 GEMV is vectorized for bf16 inputs only (fp16/fp32 run 12-20x
         # slower on AVX2), so other activations are rounded to bf16 for it: 2^-9 relative
         # error per element, well under the int8 weight error (~43 dB vs ~55 dB).
-        y = aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), qdata, scale.reshape(-1).to(torch.bfloat16))
+        xb = aligned_rows(x.to(torch.bfloat16))
+        y = aten._weight_int8pack_mm(xb, qdata, scale.reshape(-1).to(torch.bfloat16))
         return y.to(x.dtype)
     dt = _gemm_dtype(x.dtype)
     y = torch.mm(x.to(dt), qdata.to(dt).t())
@@ -43,12 +47,12 @@ def int8_weight_only_linear(x, qdata, scale):
 @_register("int8_dynamic_linear")
 def int8_dynamic_linear(x, qdata, scale):
     xq, xs = quantize_per_token_int8(x)
-    if x.shape[0] <= CPU_INT8_GEMV_MAX_M:
+    if x.shape[0] <= CPU_INT8_GEMV_MAX_M and int8pack_mm_unsafe_reason(x, qdata) is None:
         # The codes are exact in bf16 and the GEMV accumulates in fp32, rounding only its
         # output to bf16 (~55 dB vs the exact integer sum). With fp32 inputs the same
         # kernel runs 13-18x slower on AVX2, so bf16 is the fast exact-input form.
         ones = torch.ones(qdata.shape[0], dtype=torch.bfloat16)
-        acc = aten._weight_int8pack_mm(xq.to(torch.bfloat16), qdata, ones).to(torch.float32)
+        acc = aten._weight_int8pack_mm(aligned_rows(xq.to(torch.bfloat16)), qdata, ones).to(torch.float32)
     else:
         # torch._int_mm on CPU is a slow reference loop (1.4 s at 256x4096x4096 on a
         # 2-core Zen3). An fp32 GEMM over the integer values is exact while |sum| < 2^24.
