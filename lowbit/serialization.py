@@ -17,6 +17,7 @@ import json
 import torch
 from torch import nn
 
+from .ops.alignment import aligned_copy
 from .tensors.base import LowbitTensor, format_registry
 
 __all__ = ["save_file", "load_file", "load_into"]
@@ -95,7 +96,10 @@ def load_file(path: str, device: str | torch.device = "cpu") -> dict[str, torch.
 
     with safe_open(path, framework="pt", device="cpu") as f:
         md = f.metadata() or {}
-        raw = {k: f.get_tensor(k) for k in f.keys()}
+        # safetensors aligns tensor data to 8 bytes only (it depends on the header length);
+        # kernels with aligned vector loads (ops/alignment.py) need more, so any tensor off
+        # the allocator's 64-byte boundary is copied once here, not on every call.
+        raw = {k: aligned_copy(f.get_tensor(k)) for k in f.keys()}
     info = json.loads(md.get(_KEY, '{"schema": 1, "tensors": {}}'))
     if info.get("schema", 1) > _SCHEMA_VERSION:
         raise ValueError(f"{path} was written by a newer lowbit (schema {info['schema']}); upgrade lowbit")
