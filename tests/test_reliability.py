@@ -106,3 +106,60 @@ def test_int8_misaligned_weight_in_process_matches_aligned():
     bad = Int8Tensor(misaligned(t.qdata), t.scale, shape=t.shape, dtype=t.dtype)
     x = torch.randn(4, 256, dtype=torch.bfloat16)
     assert lowbit.sqnr(F.linear(x, t).float(), F.linear(x, bad).float()) > 40
+
+
+# ---------------------------------------------------------------------- 3: backward
+
+# Every format whose F.linear runs on CPU (CUDA/XPU layouts stored on CPU run their
+# reference op); Int4PlainTensor is the checkpoint form and has no linear.
+_LINEAR_FORMATS = sorted(
+    (c for c in lowbit.tensors.format_registry.values() if c is not lowbit.tensors.Int4PlainTensor),
+    key=lambda c: c.__name__,
+)
+
+
+@pytest.mark.parametrize("m", [1, 64, 100, 200])
+@pytest.mark.parametrize("cls", _LINEAR_FORMATS, ids=lambda c: c.__name__)
+def test_input_gradient_is_straight_through_dequantized_weight(cls, m):
+    # One behaviour at every M: before, int4 at M <= 64 and DA8W4 gave x.grad None, int8
+    # weight-only raised at M <= 128, int8 dynamic gave a wrong gradient (-1.5 dB).
+    t = cls.from_float(make_weight((128, 256)))
+    x = torch.randn(m, 256, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(128, dtype=torch.bfloat16, requires_grad=True)
+    y = F.linear(x, t, bias)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref = g.float() @ t.dequantize(torch.float32)
+    assert x.grad is not None and x.grad.dtype == x.dtype and x.grad.shape == x.shape
+    assert lowbit.sqnr(ref, x.grad.float()) > 40
+    assert torch.allclose(bias.grad.float(), g.float().sum(0), rtol=1e-2, atol=1e-1)
+
+
+@pytest.mark.parametrize("cfg", [lowbit.Int8WeightOnlyConfig(), lowbit.Int4WeightOnlyConfig(),
+                                 lowbit.Int8DynamicActivationInt4WeightConfig()], ids=["int8", "int4", "da8w4"])
+def test_earlier_layers_get_gradients_through_quantized_layers(cfg):
+    net = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128)).bfloat16()
+    lowbit.quantize_(net, cfg, filter_fn=lambda mod, fqn: fqn == "2")
+    net(torch.randn(4, 256, dtype=torch.bfloat16)).sum().backward()
+    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+    assert net[2].weight.grad is None  # frozen
+
+
+def test_trainable_packed_weight_is_refused():
+    t = Int8Tensor.from_float(make_weight((64, 128)))
+    w = nn.Parameter(t, requires_grad=True)
+    with pytest.raises(ValueError, match="frozen"):
+        F.linear(torch.randn(2, 128, dtype=torch.bfloat16), w)
+    with torch.no_grad():  # inference is unaffected
+        assert F.linear(torch.randn(2, 128, dtype=torch.bfloat16), w).shape == (2, 64)
+
+
+def test_compile_inference_with_grad_mode_on_still_captures_lowbit_op():
+    from torch._inductor.utils import run_and_get_code
+
+    m = nn.Linear(128, 64, dtype=torch.bfloat16)
+    lowbit.quantize_(m, lowbit.Int8WeightOnlyConfig())
+    torch._dynamo.reset()
+    y, code = run_and_get_code(torch.compile(m, fullgraph=True), torch.randn(4, 128, dtype=torch.bfloat16))
+    assert "lowbit.int8_weight_only_linear" in "\n".join(code)
+    assert y.shape == (4, 64)

@@ -213,6 +213,10 @@ class LowbitTensor(torch.Tensor):
         kwargs = kwargs or {}
         impl = cls._lookup(func)
         if impl is not None:
+            if func is F.linear and torch.is_grad_enabled():
+                x, w, b = linear_args(args, kwargs)
+                if isinstance(w, LowbitTensor) and _needs_input_grad(x, w, b):
+                    return _PackedLinearFunction.apply(x, w, b, impl)
             return impl(func, types, args, kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
@@ -227,6 +231,46 @@ class LowbitTensor(torch.Tensor):
                 f"math silently. Call .dequantize() first if a float weight is what you need."
             )
         return impl(func, types, args, kwargs)
+
+
+# ---------------------------------------------------------------------- backward
+# One behaviour for every format and every batch size (README, "Training on a quantized
+# base"): packed weights are frozen, and the input gets the straight-through gradient of
+# the dequantized weight, grad_x = grad_y @ W_dequant (activation quantization, where a
+# format has it, counts as identity). Kernels then never need a derivative of their own,
+# and the gradient does not depend on which kernel a batch size picked.
+
+
+def _needs_input_grad(x, w: LowbitTensor, b) -> bool:
+    if w.requires_grad:
+        raise ValueError(
+            f"{type(w).__name__} weights are frozen (lowbit computes input gradients only), but "
+            f"this one has requires_grad=True; call weight.requires_grad_(False), or train "
+            f"float adapters (e.g. LoRA) on top of the quantized layer"
+        )
+    return (isinstance(x, torch.Tensor) and x.requires_grad) or (isinstance(b, torch.Tensor) and b.requires_grad)
+
+
+class _PackedLinearFunction(torch.autograd.Function):
+    """``F.linear(x, packed_w, b)`` with the straight-through input gradient (see above)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, impl):
+        ctx.w = w
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.b_dtype = None if b is None else b.dtype
+        return impl(F.linear, (), (x, w, b), {})
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        w = ctx.w
+        g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(torch.float32)
+        grad_x = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g2 @ w.dequantize(torch.float32)).reshape(ctx.x_shape).to(ctx.x_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0).to(ctx.b_dtype)
+        return grad_x, None, grad_b, None
 
 
 # ---------------------------------------------------------------------- generic ops
