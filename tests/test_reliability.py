@@ -12,7 +12,7 @@ from torch import nn
 import lowbit
 from lowbit.ops import reference
 from lowbit.ops.alignment import int8pack_mm_unsafe_reason
-from lowbit.tensors import Int8DynActTensor, Int8Tensor
+from lowbit.tensors import Int8DynActTensor, Int8Tensor, LowbitTensor
 from lowbit.testing import make_weight
 from lowbit.testing.bad_input import misaligned, run_isolated
 
@@ -163,3 +163,67 @@ def test_compile_inference_with_grad_mode_on_still_captures_lowbit_op():
     y, code = run_and_get_code(torch.compile(m, fullgraph=True), torch.randn(4, 128, dtype=torch.bfloat16))
     assert "lowbit.int8_weight_only_linear" in "\n".join(code)
     assert y.shape == (4, 64)
+
+
+# ---------------------------------------------------------------------- 4: tied weights
+
+
+class _TiedPair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(256, 256, bias=False)
+        self.b = nn.Linear(256, 256, bias=False)
+        self.b.weight = self.a.weight
+
+
+class _TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 64)
+        self.body = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 100, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_shared_linear_weight_is_quantized_once_and_stays_tied():
+    m = _TiedPair()
+    report = lowbit.quantize_(m, lowbit.Int8WeightOnlyConfig())
+    assert isinstance(m.a.weight, Int8Tensor) and m.a.weight is m.b.weight
+    assert sorted(report.quantized) == ["a", "b"]
+    assert report.params_quantized == report.params_total == 256 * 256  # was "131,072 of 65,536"
+    assert report.bytes_after == 256 * 256 + 4 * 256  # one int8 copy, not two
+    assert "65,536 of 65,536 parameters" in str(report)
+
+
+def test_shared_weight_with_different_configs_is_skipped_with_reason():
+    m = _TiedPair()
+    with pytest.raises(lowbit.UnsupportedError, match="weight tied to b, which gets a different config"):
+        lowbit.quantize_(m, lowbit.FqnToConfig({
+            "a": lowbit.Int8WeightOnlyConfig(), "b": lowbit.Int8DynamicActivationInt8WeightConfig()}))
+    assert m.a.weight is m.b.weight and not isinstance(m.a.weight, LowbitTensor)
+
+
+def test_tied_embedding_head_is_skipped_with_reason():
+    m = _TiedLM()
+    report = lowbit.quantize_(m, lowbit.Int8WeightOnlyConfig())
+    assert list(report.quantized) == ["body"]
+    assert report.skipped["head"].startswith("weight tied to embed, an nn.Embedding")
+    assert m.head.weight is m.embed.weight and not isinstance(m.head.weight, LowbitTensor)
+    assert report.params_total == sum(p.numel() for p in m.parameters())
+
+
+def test_tied_weights_survive_save_and_load_into(tmp_path):
+    m = _TiedPair()
+    lowbit.quantize_(m, lowbit.Int8WeightOnlyConfig())
+    path = str(tmp_path / "tied.safetensors")
+    lowbit.save_file(m, path)  # safetensors refuses shared storage: written once, aliased
+    fresh = _TiedPair()
+    lowbit.load_into(fresh, path)
+    assert isinstance(fresh.a.weight, Int8Tensor) and fresh.a.weight is fresh.b.weight
+    assert not fresh.a.weight.requires_grad
+    lm = _TiedLM()
+    lowbit.quantize_(lm, lowbit.Int8WeightOnlyConfig())
+    lowbit.save_file(lm, str(tmp_path / "lm.safetensors"))
+    fresh_lm = _TiedLM()
+    lowbit.load_into(fresh_lm, str(tmp_path / "lm.safetensors"))
+    assert fresh_lm.head.weight is fresh_lm.embed.weight
