@@ -215,6 +215,33 @@ def _tie_conflict(fqn, module, cfg, holders, selected, config_of) -> str | None:
     return None
 
 
+# Weights whose largest magnitude is below this may underflow the formats' minimum scale
+# (float32 eps, ~1.2e-7 per code step): they get the dequantize check below.
+_TINY_WEIGHT_ABSMAX = 1e-3
+# Weight SQNR (dB) under which a layer is reported as flushed: int8/int4 give ~40/~20 dB.
+_FLUSH_SQNR_DB = 10.0
+
+
+def _warn_if_flushed(fqn: str, weight: torch.Tensor, new: torch.Tensor) -> None:
+    """Warn when quantization wiped out a tiny-magnitude weight (output ~0 dB SQNR)."""
+    if weight.device.type == "meta" or not isinstance(new, LowbitTensor) or weight.numel() == 0:
+        return
+    amax = float(weight.detach().abs().amax())
+    if amax == 0.0 or amax >= _TINY_WEIGHT_ABSMAX:
+        return
+    from .primitives import sqnr
+
+    s = float(sqnr(weight.detach().float(), new.dequantize(torch.float32)))
+    if s < _FLUSH_SQNR_DB:
+        warnings.warn(
+            f"lowbit.quantize_: layer {fqn!r} has tiny weights (max |w| = {amax:.2g}); "
+            f"{type(new).__name__} keeps only {s:.1f} dB of them (most codes flush to zero). "
+            f"Rescale the layer, or keep it float with FqnToConfig({{{fqn!r}: None}})",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _tensor_bytes(t: torch.Tensor) -> int:
     if isinstance(t, LowbitTensor):
         return t.nbytes_packed()
@@ -298,6 +325,12 @@ def quantize_(
                 report.skipped[fqn] = str(e)
                 log.info("lowbit: skipping %s: %s", fqn, e)
                 continue
+            except (ValueError, TypeError) as e:
+                raise type(e)(
+                    f"quantizing layer {fqn!r} ({type(module).__name__}, weight {tuple(weight.shape)} "
+                    f"{weight.dtype}) with {cfg.short_name()} failed: {e}"
+                ) from e
+            _warn_if_flushed(fqn, weight, new)
             built[pid] = nn.Parameter(new, requires_grad=False)
         pending.append((module, fqn, pid))
     _check_served(model, config, modules, selected, config_of, pending, report, packed)

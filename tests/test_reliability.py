@@ -227,3 +227,162 @@ def test_tied_weights_survive_save_and_load_into(tmp_path):
     fresh_lm = _TiedLM()
     lowbit.load_into(fresh_lm, str(tmp_path / "lm.safetensors"))
     assert fresh_lm.head.weight is fresh_lm.embed.weight
+
+
+# ---------------------------------------------------------------------- 6: silent no-ops
+
+
+def _two_layers():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64)).bfloat16()
+
+
+def test_config_serving_no_layer_raises_with_reasons():
+    m = _two_layers()
+    with pytest.raises(lowbit.UnsupportedError, match=r"served none of the 2 layers.*0: .*2: "):
+        lowbit.quantize_(m, lowbit.Int4WeightOnlyConfig(packing="marlin"))  # a CUDA layout, on CPU
+    assert not isinstance(m[0].weight, LowbitTensor)
+
+
+def test_fqn_key_and_regex_matching_nothing_raise_with_closest_names():
+    m = _two_layers()
+    with pytest.raises(ValueError, match=r"'22' \(closest: '2'.*\).*'re:layers.*' \(layer names look like '0', '2'\)"):
+        lowbit.quantize_(m, lowbit.FqnToConfig({"22": lowbit.Int8WeightOnlyConfig(),
+                                                r"re:layers\..*": lowbit.Int8WeightOnlyConfig()}))
+    assert not isinstance(m[0].weight, LowbitTensor)
+
+
+def test_plan_with_foreign_names_raises():
+    from lowbit.autoquant import Plan
+
+    with pytest.raises(ValueError, match=r"Plan names layers the model does not have.*'model.layers.0.q_proj'"):
+        lowbit.quantize_(_two_layers(), Plan({"model.layers.0.q_proj": lowbit.Int8WeightOnlyConfig()}))
+
+
+def test_quantizing_a_quantized_model_raises():
+    m = _two_layers()
+    lowbit.quantize_(m, lowbit.Int8WeightOnlyConfig())
+    with pytest.raises(ValueError, match="already quantized"):
+        lowbit.quantize_(m, lowbit.Int4WeightOnlyConfig())
+
+
+def test_model_without_linear_warns():
+    with pytest.warns(UserWarning, match="no nn.Linear layers; nothing to quantize"):
+        lowbit.quantize_(nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4)), lowbit.Int8WeightOnlyConfig())
+
+
+def test_filter_selecting_nothing_raises():
+    with pytest.raises(ValueError, match="filter_fn selected none"):
+        lowbit.quantize_(_two_layers(), lowbit.Int8WeightOnlyConfig(), filter_fn=lambda m, f: False)
+
+
+def test_all_none_fqn_config_is_a_legitimate_no_op():
+    m = _two_layers()
+    report = lowbit.quantize_(m, lowbit.FqnToConfig({"0": None, "2": None}))
+    assert report.quantized == {} and not isinstance(m[0].weight, LowbitTensor)
+
+
+# ---------------------------------------------------------------------- 7: smaller items
+
+
+@pytest.mark.parametrize("cls", _LINEAR_FORMATS, ids=lambda c: c.__name__)
+def test_zero_rows_give_empty_output(cls):
+    t = cls.from_float(make_weight((64, 256)))
+    y = F.linear(torch.randn(0, 256, dtype=torch.bfloat16), t, torch.ones(64, dtype=torch.bfloat16))
+    assert y.shape == (0, 64)
+    assert F.linear(torch.randn(2, 0, 256, dtype=torch.bfloat16), t).shape == (2, 0, 64)
+
+
+@pytest.mark.parametrize("cls", _LINEAR_FORMATS, ids=lambda c: c.__name__)
+def test_zero_d_input_is_a_value_error(cls):
+    t = cls.from_float(make_weight((64, 256)))
+    with pytest.raises(ValueError, match="0-D tensor"):
+        F.linear(torch.tensor(1.0, dtype=torch.bfloat16), t)
+
+
+@pytest.mark.parametrize("cls", [Int8Tensor, Int8DynActTensor], ids=lambda c: c.__name__)
+def test_int8_transposed_input(cls):
+    t = cls.from_float(make_weight((64, 256)))
+    x = torch.randn(256, 5, dtype=torch.bfloat16).t()
+    assert torch.equal(F.linear(x, t), F.linear(x.contiguous(), t))
+
+
+@pytest.mark.parametrize("cfg", [lowbit.Int8WeightOnlyConfig(), lowbit.Int8DynamicActivationInt8WeightConfig()],
+                         ids=["weight_only", "dynamic"])
+def test_int8_on_meta_device(cfg):
+    m = nn.Linear(256, 64, device="meta")
+    lowbit.quantize_(m, cfg)
+    assert isinstance(m.weight, Int8Tensor) and m.weight.device.type == "meta"
+    assert m.weight.qdata.shape == (64, 256)
+
+
+def test_nan_weight_error_names_the_layer():
+    m = _two_layers()
+    with torch.no_grad():
+        m[2].weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"layer '2' .*NaN/Inf"):
+        lowbit.quantize_(m, lowbit.Int8WeightOnlyConfig())
+    assert not isinstance(m[0].weight, LowbitTensor)  # nothing half-done
+
+
+@pytest.mark.parametrize("cfg", [lowbit.Int8WeightOnlyConfig(), lowbit.Int4WeightOnlyConfig()], ids=["int8", "int4"])
+def test_flushed_tiny_weights_warn(cfg):
+    m = nn.Linear(256, 64, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(64, 256) * 6e-8)
+    with pytest.warns(UserWarning, match=r"layer '' has tiny weights .* dB"):
+        lowbit.quantize_(m.bfloat16(), cfg)
+
+
+def test_ordinary_weights_do_not_warn(recwarn):
+    lowbit.quantize_(_two_layers(), lowbit.Int8WeightOnlyConfig())
+    assert not [w for w in recwarn if "tiny weights" in str(w.message)]
+
+
+def test_group_size_mismatch_says_what_differs():
+    a, b = nn.Linear(256, 64), nn.Linear(256, 64)
+    lowbit.quantize_(a, lowbit.Int4WeightOnlyConfig(group_size=128))
+    lowbit.quantize_(b, lowbit.Int4WeightOnlyConfig(group_size=64))
+    with pytest.raises(RuntimeError, match=r"group_size 128 vs 64"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_quantized_state_dict_into_float_model_points_to_load_into():
+    a = nn.Linear(256, 64)
+    lowbit.quantize_(a, lowbit.Int8WeightOnlyConfig())
+    with pytest.raises(RuntimeError, match=r"lowbit.load_into.*assign=True"):
+        nn.Linear(256, 64).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"candidates": None}, TypeError, "candidates must be"),
+    ({"candidates": []}, ValueError, "candidates is empty"),
+    ({"min_sqnr": float("nan")}, ValueError, "min_sqnr must be a finite"),
+], ids=["candidates-none", "candidates-empty", "min-sqnr-nan"])
+def test_autoquant_bad_arguments(kwargs, exc, match):
+    m = _two_layers()
+    with pytest.raises(exc, match=match):
+        lowbit.autoquant(m, (torch.randn(2, 256, dtype=torch.bfloat16),), **kwargs)
+    assert not isinstance(m[0].weight, LowbitTensor)
+
+
+def test_autoquant_finalize_twice():
+    m = _two_layers()
+    session = lowbit.autoquant(m, manual=True, candidates="int8", timer=lambda op, req: 1.0)
+    m(torch.randn(2, 256, dtype=torch.bfloat16))
+    m.finalize_autoquant()
+    with pytest.raises(ValueError, match="already finalized"):
+        session.finalize()
+    with pytest.raises(ValueError, match="no autoquant in progress"):
+        lowbit.autoquant.finalize(m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=["half", "double"])
+def test_da8w4_refuses_half_and_double(dtype):
+    m = nn.Linear(256, 64).to(dtype)
+    with pytest.raises(lowbit.UnsupportedError, match="float32 or bfloat16"):
+        lowbit.quantize_(m, lowbit.Int8DynamicActivationInt4WeightConfig())
+    q = nn.Linear(256, 64).bfloat16()
+    lowbit.quantize_(q, lowbit.Int8DynamicActivationInt4WeightConfig())
+    with pytest.raises(lowbit.tensors.UnsupportedOpError, match=f"cannot stand for a {dtype}"):
+        q.to(dtype)

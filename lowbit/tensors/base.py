@@ -213,10 +213,16 @@ class LowbitTensor(torch.Tensor):
         kwargs = kwargs or {}
         impl = cls._lookup(func)
         if impl is not None:
-            if func is F.linear and torch.is_grad_enabled():
+            if func is F.linear:
                 x, w, b = linear_args(args, kwargs)
-                if isinstance(w, LowbitTensor) and _needs_input_grad(x, w, b):
-                    return _PackedLinearFunction.apply(x, w, b, impl)
+                if isinstance(w, LowbitTensor):
+                    _check_linear_rank(x, w)
+                    if x.shape[-1] == w.shape[1] and x.numel() == 0:
+                        # No rows: some kernels reject M = 0 (the C++ int4 GEMV), the answer is empty.
+                        y = x.new_zeros((*x.shape[:-1], w.shape[0]))
+                        return y if b is None else y + b.to(y.dtype)
+                    if torch.is_grad_enabled() and _needs_input_grad(x, w, b):
+                        return _PackedLinearFunction.apply(x, w, b, impl)
             return impl(func, types, args, kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
@@ -239,6 +245,14 @@ class LowbitTensor(torch.Tensor):
 # the dequantized weight, grad_x = grad_y @ W_dequant (activation quantization, where a
 # format has it, counts as identity). Kernels then never need a derivative of their own,
 # and the gradient does not depend on which kernel a batch size picked.
+
+
+def _check_linear_rank(x, w: LowbitTensor) -> None:
+    if isinstance(x, torch.Tensor) and x.dim() == 0:
+        raise ValueError(
+            f"{type(w).__name__} linear needs an input of shape [..., {w.shape[1]}], got a 0-D tensor; "
+            f"use x.reshape(1, -1) or pass a vector of {w.shape[1]} features"
+        )
 
 
 def _needs_input_grad(x, w: LowbitTensor, b) -> bool:
@@ -320,6 +334,17 @@ def _with_dtype(self, dtype: torch.dtype) -> LowbitTensor:
             f"{type(self).__name__} stands for a float weight; it can change to float32/"
             f"float16/bfloat16, not {dtype}"
         )
+    # A dtype the format refuses at quantize time is refused here too (e.g. DA8W4 and
+    # float16), instead of at the first forward. Only the dtype's own reason counts:
+    # supports() may also object to the device the tensor is stored on.
+    probe = torch.empty(tuple(self.shape), dtype=dtype, device="meta")
+    here = torch.empty(tuple(self.shape), dtype=self.dtype, device="meta")
+    reason = type(self).supports(probe, self.device)
+    if reason is not None and type(self).supports(here, self.device) is None:
+        raise UnsupportedOpError(
+            f"{type(self).__name__} cannot stand for a {dtype} weight: {reason}; keep the model in "
+            f"{self.dtype}, or quantize the {dtype} model with a format that supports it"
+        )
     return self._replace(dtype=dtype)
 
 
@@ -335,11 +360,24 @@ LowbitTensor._to_device = _to_device
 @LowbitTensor.implements(aten.copy_.default)
 def _copy_(func, types, args, kwargs):
     dst, src = args[0], args[1]
+    if not isinstance(dst, LowbitTensor):
+        raise UnsupportedOpError(
+            f"cannot copy a packed {type(src).__name__}{tuple(src.shape)} into a float tensor: this "
+            f"is a quantized state dict loaded into a float model. Use lowbit.load_into(model, path) "
+            f"or model.load_state_dict(state_dict, assign=True), which replace the weights"
+        )
     if type(src) is not type(dst) or src._meta_key() != dst._meta_key():
+        if type(src) is not type(dst):
+            diff = f"class {type(src).__name__} vs {type(dst).__name__}"
+        else:
+            names = ("shape", "dtype") + tuple(dst.meta_fields)
+            diff = ", ".join(
+                f"{n} {a!r} vs {b!r}" for n, a, b in zip(names, src._meta_key(), dst._meta_key()) if a != b
+            )
         raise UnsupportedOpError(
             f"copy_ into {type(dst).__name__}{tuple(dst.shape)} needs a source of the same class "
-            f"and metadata, got {type(src).__name__}{tuple(src.shape)}; quantize the source "
-            f"with the same config first"
+            f"and metadata; they differ in {diff} (source vs destination). Quantize the model with "
+            f"the checkpoint's config, or load with lowbit.load_into / load_state_dict(assign=True)"
         )
     for n in dst.data_fields:
         d, s = getattr(dst, n), getattr(src, n)
