@@ -109,7 +109,7 @@ def default_filter(module: nn.Module, fqn: str) -> bool:
 
 
 def _names_hint(key: str, names: list[str]) -> str:
-    probe = key[3:] if key.startswith("re:") else key
+    probe = key.removeprefix("re:")
     close = difflib.get_close_matches(probe, names, n=3, cutoff=0.4)
     if close:
         return f"closest: {', '.join(repr(c) for c in close)}"

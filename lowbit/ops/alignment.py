@@ -19,13 +19,13 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "INT8PACK_ACT_ALIGN",
     "INT8PACK_K_MULTIPLE",
     "INT8PACK_WEIGHT_ALIGN",
-    "INT8PACK_ACT_ALIGN",
-    "int8pack_mm_unsafe_reason",
-    "aligned_rows",
-    "is_aligned",
     "aligned_copy",
+    "aligned_rows",
+    "int8pack_mm_unsafe_reason",
+    "is_aligned",
 ]
 
 # The AVX512 tile's K step (16 int8 / 16 bf16 elements per load); AVX2's 8 divides it.

@@ -49,7 +49,7 @@ def run_isolated(code: str, env: dict[str, str] | None = None, timeout: float = 
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=timeout
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=full_env, timeout=timeout
     )
 
 
