@@ -145,11 +145,15 @@ def test_earlier_layers_get_gradients_through_quantized_layers(cfg):
     assert net[2].weight.grad is None  # frozen
 
 
-def test_trainable_packed_weight_is_refused():
+def test_trainable_packed_weight_warns_and_stays_frozen(monkeypatch):
+    # load_state_dict(assign=True) into a float model gives packed weights requires_grad=True.
+    monkeypatch.setattr(lowbit.tensors.base, "_warned_frozen", False)
     t = Int8Tensor.from_float(make_weight((64, 128)))
     w = nn.Parameter(t, requires_grad=True)
-    with pytest.raises(ValueError, match="frozen"):
-        F.linear(torch.randn(2, 128, dtype=torch.bfloat16), w)
+    x = torch.randn(2, 128, dtype=torch.bfloat16, requires_grad=True)
+    with pytest.warns(UserWarning, match="frozen"):
+        F.linear(x, w).sum().backward()
+    assert w.grad is None and x.grad is not None
     with torch.no_grad():  # inference is unaffected
         assert F.linear(torch.randn(2, 128, dtype=torch.bfloat16), w).shape == (2, 64)
 

@@ -12,6 +12,7 @@ copy of its parent's. An op the class does not implement raises
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -255,12 +256,21 @@ def _check_linear_rank(x, w: LowbitTensor) -> None:
         )
 
 
+_warned_frozen = False
+
+
 def _needs_input_grad(x, w: LowbitTensor, b) -> bool:
-    if w.requires_grad:
-        raise ValueError(
+    global _warned_frozen
+    if w.requires_grad and not _warned_frozen:
+        # load_state_dict(assign=True) copies the float weight's requires_grad=True onto the
+        # packed one; it still gets no gradient, and the user is told once.
+        _warned_frozen = True
+        warnings.warn(
             f"{type(w).__name__} weights are frozen (lowbit computes input gradients only), but "
-            f"this one has requires_grad=True; call weight.requires_grad_(False), or train "
-            f"float adapters (e.g. LoRA) on top of the quantized layer"
+            f"this one has requires_grad=True and will get no gradient; call "
+            f"weight.requires_grad_(False), or train float adapters (e.g. LoRA) on top",
+            UserWarning,
+            stacklevel=4,
         )
     return (isinstance(x, torch.Tensor) and x.requires_grad) or (isinstance(b, torch.Tensor) and b.requires_grad)
 
