@@ -12,12 +12,15 @@ to save one portable layout and repack on load for the device at hand.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from .errors import UnsupportedError
+from .ops.alignment import aligned_copy
 from .tensors.base import LowbitTensor, format_registry
 
 __all__ = [
@@ -65,15 +68,38 @@ def _state_dict(obj) -> dict[str, torch.Tensor]:
     raise TypeError(f"save_file takes a module or a state dict, got {type(obj).__name__}")
 
 
+def _identity(t: torch.Tensor) -> tuple | None:
+    """What makes two state-dict entries the same tensor (state_dict() detaches, so not id())."""
+    if isinstance(t, LowbitTensor):
+        parts = [type(t), t._meta_key()]
+        for n in t.data_fields:
+            v = getattr(t, n)
+            parts.append(None if v is None else _identity(v))
+        return tuple(parts)
+    if t.device.type == "meta" or t.numel() == 0:
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
 def flatten_state_dict(model_or_state_dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Plain tensors and the ``"lowbit"`` metadata entry that ``save_file`` writes.
 
     Packed tensors become ``<name>.__<field>`` plain tensors (their ``to_checkpoint()``
     form); the metadata records lowbit's version and each one's format name and version.
+    A tied weight (one tensor under several names) is written once; the other names are
+    recorded as aliases and load as the same tensor (safetensors refuses shared storage).
     """
     tensors: dict[str, torch.Tensor] = {}
     formats: dict[str, dict] = {}
+    first_name: dict[tuple, str] = {}
+    tied: dict[str, str] = {}
     for name, t in _state_dict(model_or_state_dict).items():
+        ident = _identity(t)
+        if ident is not None and ident in first_name:
+            tied[name] = first_name[ident]
+            continue
+        if ident is not None:
+            first_name[ident] = name
         if isinstance(t, LowbitTensor):
             t = t.to_checkpoint()
             fields = {}
@@ -93,7 +119,7 @@ def flatten_state_dict(model_or_state_dict) -> tuple[dict[str, torch.Tensor], di
             }
         else:
             tensors[name] = t.detach().contiguous()
-    return tensors, {_KEY: _metadata_json(formats)}
+    return tensors, {_KEY: _metadata_json(formats, tied)}
 
 
 def _lowbit_version() -> str:
@@ -102,9 +128,12 @@ def _lowbit_version() -> str:
     return __version__
 
 
-def _metadata_json(formats: dict[str, dict]) -> str:
-    """The ``"lowbit"`` metadata entry: schema, the lowbit version writing it, per-tensor formats."""
-    return json.dumps({"schema": _SCHEMA_VERSION, "lowbit_version": _lowbit_version(), "tensors": formats})
+def _metadata_json(formats: dict[str, dict], tied: dict[str, str] | None = None) -> str:
+    """The ``"lowbit"`` metadata entry: schema, the lowbit version writing it, per-tensor formats, ties."""
+    info = {"schema": _SCHEMA_VERSION, "lowbit_version": _lowbit_version(), "tensors": formats}
+    if tied:
+        info["tied"] = tied
+    return json.dumps(info)
 
 
 def save_file(model_or_state_dict, path: str, metadata: dict[str, str] | None = None) -> None:
@@ -117,17 +146,8 @@ def save_file(model_or_state_dict, path: str, metadata: dict[str, str] | None = 
     st_save(tensors, path, metadata=md)
 
 
-def load_file(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a file written by ``save_file`` into a state dict of plain and packed tensors.
-
-    Packed tensors are rebuilt through the format registry and placed on ``device`` with
-    the format's ``from_checkpoint`` (which may repack for that device, or raise
-    ``UnsupportedError`` naming why the format cannot run there). A tensor saved by an
-    older format version is converted on load (``register_format_converter``); one saved
-    by a newer version raises ``NewerFormatError``.
-    """
-    raw, md = _read_safetensors(path)
-    return unflatten_state_dict(raw, md, device, path=path)
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded: corrupt, edited, truncated, or not what the model holds."""
 
 
 def _read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -137,45 +157,76 @@ def _read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             md = f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
+            # safetensors aligns tensor data to 8 bytes only (it depends on the header length);
+            # kernels with aligned vector loads (ops/alignment.py) need more, so any tensor off
+            # the allocator's 64-byte boundary is copied once here, not on every call.
+            raw = {k: aligned_copy(f.get_tensor(k)) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
         raise CheckpointError(
-            f"{path}: cannot read it as safetensors ({e}); the file is truncated or corrupt, save or download it again"
+            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); it may be "
+            f"truncated or corrupt: save it again"
         ) from None
     return raw, md
 
 
 def read_lowbit_metadata(md: dict[str, str], path="<checkpoint>") -> dict:
-    """The parsed ``"lowbit"`` metadata entry of a file's metadata (empty if it has none)."""
+    """The parsed ``"lowbit"`` metadata entry of a file's metadata, checked for the structure
+    ``save_file`` writes (empty if the file has none)."""
     try:
         info = json.loads(md.get(_KEY, '{"schema": 1, "tensors": {}}'))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: its 'lowbit' metadata entry is not valid JSON ({e}); save the file again") from None
-    if not isinstance(info, dict) or not isinstance(info.get("tensors", {}), dict):
-        raise CheckpointError(f"{path}: its 'lowbit' metadata entry is not a JSON object with 'tensors'; save it again")
-    if info.get("schema", 1) > _SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: the {_KEY!r} metadata is not valid JSON ({e}); the file was edited, save it again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("tensors", {}), dict) or not isinstance(info.get("tied", {}), dict):
+        raise CheckpointError(
+            f"{path}: the {_KEY!r} metadata must be an object with a 'tensors' object, got {str(info)[:200]!r}; "
+            f"the file was edited, save it again"
+        )
+    schema = info.get("schema", 1)
+    if not isinstance(schema, int):
+        raise CheckpointError(f"{path}: metadata schema must be an integer, got {schema!r}")
+    if schema > _SCHEMA_VERSION:
         raise NewerFormatError(
-            f"{path} was written by a newer lowbit (schema {info['schema']}); upgrade lowbit to "
+            f"{path} was written by a newer lowbit (schema {schema}); upgrade lowbit to "
             f"{info.get('lowbit_version', 'a newer release')} or later (this is {_lowbit_version()}, "
             f"reading up to schema {_SCHEMA_VERSION})"
         )
     return info
 
 
-def unflatten_state_dict(
-    raw: dict[str, torch.Tensor], md: dict[str, str], device: str | torch.device = "cpu", path="<checkpoint>"
-) -> dict[str, torch.Tensor]:
-    """Inverse of ``flatten_state_dict``: plain tensors + metadata back to a state dict.
+def _spec_error(path, name, what) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: the metadata of packed tensor {name!r} {what}; expected "
+        f"{{'format': str, 'version': int, 'fields': [str], 'meta': {{...}}}} as save_file writes it. "
+        f"The file was edited or is corrupt: save it again"
+    )
 
-    ``raw`` is consumed (its packed fields are removed as they are used).
-    """
-    info = read_lowbit_metadata(md, path)
-    out: dict[str, torch.Tensor] = {}
-    for name, spec in info["tensors"].items():
-        out[name] = rebuild_tensor(name, spec, raw, device, path=path, writer=info.get("lowbit_version"))
-    for name, t in raw.items():
-        out[name] = t if device is None else t.to(device)
-    return out
+
+def _check_fields_against_meta(path, name, t: LowbitTensor) -> None:
+    """The stored tensors must agree with the metadata (shape, group size...): rebuilt on
+    the meta device and dequantized there, no data touched."""
+    f = t._fields()
+    for n in t.data_fields:
+        if f[n] is not None:
+            f[n] = f[n].to("meta")
+    try:
+        d = type(t)(**f).dequantize()
+        ok = tuple(d.shape) == tuple(t.shape)
+    except Exception as e:  # noqa: BLE001 - any failure here means the fields do not fit the metadata
+        raise CheckpointError(
+            f"{path}: packed tensor {name!r} ({t.format_name}) has stored tensors that do not fit its "
+            f"metadata ({type(e).__name__}: {str(e)[:200]}); fields "
+            f"{ {n: tuple(getattr(t, n).shape) for n in t.data_fields if getattr(t, n) is not None} }, "
+            f"shape {tuple(t.shape)}; the file was edited or is corrupt"
+        ) from None
+    if not ok:
+        raise CheckpointError(f"{path}: packed tensor {name!r} dequantizes to {tuple(d.shape)}, its metadata says {tuple(t.shape)}")
+    for n in t.data_fields:
+        v = getattr(t, n)
+        # float8 has no isfinite kernel: check those codes widened.
+        if v is not None and v.is_floating_point() and not bool(torch.isfinite(v if v.element_size() > 1 else v.float()).all()):
+            raise CheckpointError(f"{path}: packed tensor {name!r} holds NaN/Inf in {n!r}; the file is corrupt")
 
 
 def rebuild_tensor(name: str, spec: dict, raw: dict[str, torch.Tensor], device, path="<checkpoint>", writer=None):
@@ -183,19 +234,34 @@ def rebuild_tensor(name: str, spec: dict, raw: dict[str, torch.Tensor], device, 
 
     ``device`` None returns the stored form itself (no ``from_checkpoint``: no repacking).
     """
+    if not isinstance(spec, dict):
+        raise _spec_error(path, name, f"is a {type(spec).__name__}, not an object")
+    for key, typ in (("format", str), ("version", int), ("fields", list), ("meta", dict)):
+        if not isinstance(spec.get(key), typ):
+            raise _spec_error(path, name, f"has {key!r} = {spec.get(key)!r}")
     cls = format_class(name, spec, path)
-    fields = spec.get("fields", [])
-    missing = [f"{name}{_SEP}{fld}" for fld in fields if f"{name}{_SEP}{fld}" not in raw]
+    _check_not_newer(name, spec, cls, path, writer)  # before the fields: a newer version may have others
+    bad = [fld for fld in spec["fields"] if fld not in cls.data_fields]
+    if bad:
+        raise _spec_error(path, name, f"lists fields {bad} that {cls.__name__} does not have (it has {list(cls.data_fields)})")
+    missing = [f"{name}{_SEP}{fld}" for fld in spec["fields"] if f"{name}{_SEP}{fld}" not in raw]
     if missing:
         raise CheckpointError(
             f"{path}: {name!r} ({spec['format']}) needs tensor {missing[0]!r}, which the file "
             f"lacks (missing: {missing}); the file is truncated or was edited, save it again"
         )
-    # Copies: safetensors hands out views of the file at arbitrary byte offsets, and
-    # ATen's int8 CPU GEMV (_weight_int8pack_mm) segfaults on a misaligned weight pointer.
-    data = {fld: raw.pop(f"{name}{_SEP}{fld}").clone() for fld in fields}
-    meta = {k: _decode_meta(v) for k, v in spec.get("meta", {}).items()}
+    allowed = set(cls.meta_fields) | {"shape", "dtype"}
+    unknown = sorted(set(spec["meta"]) - allowed)
+    if unknown or "shape" not in spec["meta"] or "dtype" not in spec["meta"]:
+        raise _spec_error(path, name, f"has meta keys {sorted(spec['meta'])}; {cls.__name__} takes {sorted(allowed)}")
+    data = {fld: raw.pop(f"{name}{_SEP}{fld}") for fld in spec["fields"]}
+    try:
+        meta = {k: _decode_meta(v) for k, v in spec["meta"].items()}
+    except (AttributeError, TypeError, ValueError) as e:
+        raise _spec_error(path, name, f"has an undecodable meta value ({e})") from None
     data, meta = upgrade_fields(name, spec, data, meta, path=path, writer=writer)
+    if not isinstance(meta["dtype"], torch.dtype) or not meta["dtype"].is_floating_point:
+        raise _spec_error(path, name, f"has dtype {spec['meta']['dtype']!r}, not a float dtype")
     # Optional fields added in later versions default to None when absent.
     for fld in cls.optional_data_fields:
         data.setdefault(fld, None)
@@ -203,16 +269,102 @@ def rebuild_tensor(name: str, spec: dict, raw: dict[str, torch.Tensor], device, 
         meta.setdefault(m, None)
     try:
         t = cls(**data, **meta)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: {name!r} ({spec['format']}) cannot be rebuilt from the file: {e}") from None
-    return t if device is None else t.from_checkpoint(torch.device(device))
+    except (TypeError, ValueError, RuntimeError, StopIteration) as e:
+        raise _spec_error(path, name, f"does not build a {cls.__name__} ({type(e).__name__}: {e})") from None
+    _check_fields_against_meta(path, name, t)
+    if device is None:
+        return t
+    try:
+        return t.from_checkpoint(torch.device(device))
+    except UnsupportedError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(
+            f"{path}: packed tensor {name!r} ({spec['format']}) could not be prepared for {device} "
+            f"({type(e).__name__}: {str(e)[:300]}); the file was edited or is corrupt"
+        ) from None
+
+
+def load_file(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a file written by ``save_file`` into a state dict of plain and packed tensors.
+
+    Packed tensors are rebuilt through the format registry and placed on ``device`` with
+    the format's ``from_checkpoint`` (which may repack for that device, or raise
+    ``UnsupportedError`` naming why the format cannot run there). A tensor saved by an
+    older format version is converted on load (``register_format_converter``); one saved
+    by a newer version raises ``NewerFormatError``. A file that is truncated, corrupt or
+    has edited metadata raises ``CheckpointError`` (a ValueError) naming the tensor and
+    what is wrong.
+    """
+    raw, md = _read_safetensors(path)
+    return unflatten_state_dict(raw, md, device, path=path)
+
+
+def unflatten_state_dict(
+    raw: dict[str, torch.Tensor], md: dict[str, str], device: str | torch.device | None = "cpu", path="<checkpoint>"
+) -> dict[str, torch.Tensor]:
+    """Inverse of ``flatten_state_dict``: plain tensors + metadata back to a state dict.
+
+    ``raw`` is consumed (its packed fields are removed as they are used).
+    """
+    info = read_lowbit_metadata(md, path)
+    writer = info.get("lowbit_version")
+    out: dict[str, torch.Tensor] = {}
+    for name, spec in info.get("tensors", {}).items():
+        out[name] = rebuild_tensor(name, spec, raw, device, path=path, writer=writer)
+    for name, t in raw.items():
+        out[name] = t if device is None else t.to(device)
+    for alias, src in info.get("tied", {}).items():
+        if not isinstance(alias, str) or not isinstance(src, str) or src not in out or alias in out:
+            raise CheckpointError(
+                f"{path}: tied entry {alias!r} -> {src!r} must name a tensor in the file and a name "
+                f"that is not one; the file was edited, save it again"
+            )
+        out[alias] = out[src]
+    return out
+
+
+def _closest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    return f" (closest: {', '.join(close)})" if close else ""
+
+
+def _check_state_dict_fits(model: nn.Module, sd: dict[str, torch.Tensor], path: str) -> None:
+    """Every key, shape and dtype of ``sd`` must fit ``model``; raise naming each mismatch."""
+    expected = model.state_dict(keep_vars=True)
+    problems = []
+    for k in expected:
+        if k not in sd:
+            problems.append(f"missing {k!r}{_closest(k, sd)}")
+    for k in sd:
+        if k not in expected:
+            problems.append(f"unexpected {k!r}{_closest(k, expected)}")
+    for k, got in sd.items():
+        want = expected.get(k)
+        if want is None:
+            continue
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{k!r}: shape {tuple(got.shape)} in the file, {tuple(want.shape)} in the model")
+        elif want.is_floating_point() != got.is_floating_point() or (
+            not want.is_floating_point() and want.dtype != got.dtype
+        ):
+            problems.append(f"{k!r}: dtype {got.dtype} in the file, {want.dtype} in the model")
+    # A weight the model ties (one Parameter under several names) must be one tensor in the file.
+    by_param: dict[int, list[str]] = {}
+    for k, t in expected.items():
+        by_param.setdefault(id(t), []).append(k)
+    for keys in by_param.values():
+        if len(keys) > 1 and all(k in sd for k in keys) and any(sd[k] is not sd[keys[0]] for k in keys):
+            problems.append(f"{keys} are tied in the model but separate tensors in the file")
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit {type(model).__name__}: " + "; ".join(problems[:10])
+            + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
+            + ". Nothing was loaded; build the model the checkpoint was saved from"
+        )
 
 
 # ---------------------------------------------------------------------- format versions
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read: truncated, corrupt, or naming what this lowbit lacks."""
 
 
 class NewerFormatError(CheckpointError):
@@ -253,16 +405,21 @@ def format_class(name: str, spec: dict, path="<checkpoint>") -> type[LowbitTenso
     return cls
 
 
-def upgrade_fields(name: str, spec: dict, data: dict, meta: dict, path="<checkpoint>", writer=None):
-    """Bring one tensor's fields from its saved format version to the current one."""
-    cls = format_class(name, spec, path)
-    version = int(spec.get("version", 1))
-    if version > cls.format_version:
+def _check_not_newer(name: str, spec: dict, cls, path, writer) -> None:
+    version = spec.get("version", 1)
+    if isinstance(version, int) and version > cls.format_version:
         raise NewerFormatError(
             f"{path}: {name!r} is {spec['format']} v{version}, this lowbit reads up to "
             f"v{cls.format_version}; upgrade lowbit to {writer or 'a newer release'} or later (the version "
             f"that wrote the file; this is {_lowbit_version()})"
         )
+
+
+def upgrade_fields(name: str, spec: dict, data: dict, meta: dict, path="<checkpoint>", writer=None):
+    """Bring one tensor's fields from its saved format version to the current one."""
+    cls = format_class(name, spec, path)
+    _check_not_newer(name, spec, cls, path, writer)
+    version = int(spec.get("version", 1))
     while version < cls.format_version:
         fn = _CONVERTERS.get((cls.format_name, version))
         if fn is None:
@@ -334,14 +491,35 @@ def upgrade_file(path, out_path=None) -> list[str]:
 
 
 def load_into(model: nn.Module, path: str, device: str | torch.device | None = None) -> nn.Module:
-    """Load ``path`` into ``model`` (assigning packed tensors in place of float ones)."""
+    """Load ``path`` into ``model``, all or nothing.
+
+    Packed tensors take the place of float ones (the file decides each layer's format).
+    Everything is read and checked first (file structure, keys, shapes, dtypes, ties); on
+    any error the model is exactly as it was. Packed weights load frozen
+    (``requires_grad=False``); tied weights stay tied (one Parameter).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_into takes an nn.Module, got {type(model).__name__}")
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else "cpu"
     sd = load_file(path, device)
-    model.load_state_dict(sd, assign=True)
-    for name, p in model.named_parameters():
+    _check_state_dict_fits(model, sd, path)
+    # One Parameter per distinct tensor, so modules that shared a weight share the new one.
+    expected = model.state_dict(keep_vars=True)
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    wrapped: dict[int, torch.Tensor] = {}
+    final = {}
+    for k, t in sd.items():
+        if k in params:
+            if id(t) not in wrapped:
+                wrapped[id(t)] = nn.Parameter(t, requires_grad=expected[k].requires_grad)
+            final[k] = wrapped[id(t)]
+        else:
+            final[k] = t
+    model.load_state_dict(final, assign=True)
+    # assign=True copies the old parameter's requires_grad onto the new one: packed weights are frozen.
+    for p in model.parameters():
         if isinstance(p, LowbitTensor) and p.requires_grad:
             p.requires_grad_(False)
     return model
-

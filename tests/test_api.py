@@ -138,7 +138,10 @@ def test_fqn_exact_names(net):
 
 def test_fqn_regex_must_match_the_whole_name(net):
     # "re:proj" would match inside "blocks.0.proj" with re.search, but not as a full match.
-    quantize_(net, FqnToConfig({"re:proj": Int8WeightOnlyConfig(), r"re:blocks\.\d\.attn": Int8WeightOnlyConfig()}))
+    with pytest.raises(ValueError, match=r"'re:proj' \(closest: 'blocks.1.proj', 'blocks.0.proj'\)"):
+        quantize_(net, FqnToConfig({"re:proj": Int8WeightOnlyConfig(), r"re:blocks\.\d\.attn": Int8WeightOnlyConfig()}))
+    assert _quantized_names(net) == []
+    quantize_(net, FqnToConfig({r"re:blocks\.\d\.attn": Int8WeightOnlyConfig()}))
     assert _quantized_names(net) == ["blocks.0.attn", "blocks.1.attn"]
 
 
@@ -239,17 +242,27 @@ def test_already_quantized_layers_are_left_alone(net):
     # Default filter: quantized layers are not targeted again.
     report = quantize_(net, Int8DynamicActivationInt8WeightConfig())
     assert net.head.weight is head_weight and "head" not in report.quantized
-    # A filter that offers them anyway: skipped with the reason.
+    # Nothing float is left: quantizing again is refused, whatever the filter offers.
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_(net, FqnToConfig({"head": Int8WeightOnlyConfig()}))
+    with pytest.raises(ValueError, match=r"already quantized: 5 targeted layers .*head: already quantized \(Int8Tensor\)|already quantized"):
+        quantize_(net, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+    assert net.head.weight is head_weight
+
+
+def test_already_quantized_layer_among_float_ones_is_skipped_with_reason(net):
     quantize_(net, FqnToConfig({"head": Int8WeightOnlyConfig()}))
     report = quantize_(net, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
-    assert net.head.weight is head_weight
     assert report.skipped["head"] == "already quantized (Int8Tensor)"
+    assert len(report.quantized) == len(_ALL_LINEARS) - 1
 
 
 def test_module_without_weight_is_skipped_with_reason(net):
-    report = quantize_(net, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn == "blocks")
+    with pytest.raises(lowbit.UnsupportedError, match="served none of the 1 layers.*blocks: module has no weight tensor"):
+        quantize_(net, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn == "blocks")
+    report = quantize_(net, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in ("blocks", "head"))
     assert report.skipped == {"blocks": "module has no weight tensor"}
-    assert _quantized_names(net) == []
+    assert _quantized_names(net) == ["head"]
 
 
 # ----------------------------------------------------------------------------- bad arguments

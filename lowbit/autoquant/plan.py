@@ -48,10 +48,10 @@ class Plan(FqnToConfig):
         self.torch_version = torch_version
         self.lowbit_version = lowbit_version
 
-    def config_for(self, fqn: str) -> BaseConfig | None:
+    def _canonical(self, fqn: str) -> str:
         if fqn.startswith(_COMPILED_PREFIX) and fqn not in self.exact:
-            fqn = fqn[len(_COMPILED_PREFIX):]
-        return super().config_for(fqn)
+            return fqn[len(_COMPILED_PREFIX):]
+        return fqn
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan (and its report) to a JSON file."""

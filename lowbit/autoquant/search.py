@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import quantize_
-from ..config import handler_for
+from ..config import BaseConfig, handler_for
 from ..errors import UnsupportedError
 from ..tensors.base import LowbitTensor, UnsupportedOpError
 from . import report as R
@@ -182,7 +182,7 @@ class AutoquantSession:
     def finalize(self) -> Plan:
         """Measure, decide and (unless ``apply=False``) quantize the model; return the plan."""
         if self.finalized:
-            raise RuntimeError("this autoquant session is already finalized; call lowbit.autoquant again")
+            raise ValueError("this autoquant session is already finalized (its plan was returned); call lowbit.autoquant again")
         never_run = [fqn for fqn, layer in self.layers.items() if not layer.counts]
         if never_run and self.unrun == "raise":
             raise ValueError(
@@ -509,6 +509,18 @@ def autoquant(
         raise ValueError(f"mode must be one of {[m.value for m in Mode]}, got {mode!r}") from None
     if min_sqnr is not None and (isinstance(min_sqnr, bool) or not isinstance(min_sqnr, (int, float))):
         raise TypeError(f"min_sqnr must be a number of dB or None, got {min_sqnr!r}")
+    if min_sqnr is not None and not math.isfinite(min_sqnr):
+        raise ValueError(f"min_sqnr must be a finite number of dB (e.g. 30) or None, got {min_sqnr!r}")
+    if candidates is None or not isinstance(candidates, (str, Candidate, BaseConfig, list, tuple)):
+        raise TypeError(
+            f"candidates must be a set name (e.g. 'default'), a candidate name, a config or a list of "
+            f"them, got {type(candidates).__name__}"
+        )
+    if isinstance(candidates, (list, tuple)) and not candidates:
+        raise ValueError(
+            "candidates is empty: autoquant would only keep the float weights; pass a set such as "
+            "'default' or 'int8', or do not call autoquant"
+        )
     if min_sqnr is None:
         log.warning("lowbit.autoquant: min_sqnr=None: candidates are chosen on speed alone, with no accuracy bar")
     if not 0.0 <= interpolation <= 1.0:

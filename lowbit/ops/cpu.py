@@ -8,6 +8,7 @@ from ..device_caps import cpu_has_native_bf16
 from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from . import reference as _reference
 from ._ext import load_cpu_extension, warn_fallback_once
+from .alignment import aligned_rows, int8pack_mm_unsafe_reason
 from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from here)
     CPU_INT4_GEMV_MAX_M,
     CPU_INT4_TINYGEMM_MAX_M,
@@ -21,7 +22,6 @@ from .reference import quantize_per_token_int8
 aten = torch.ops.aten
 
 
-
 def _register(name):
     return register_device_kernel(name, "cpu")
 
@@ -32,24 +32,19 @@ def _gemm_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if (dtype == torch.float32 or cpu_has_native_bf16()) else torch.float32
 
 
-def _aligned(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in 64-byte-aligned memory: ATen's _weight_int8pack_mm segfaults (AVX512 CPU,
-    torch 2.13) on an activation whose data pointer is not 32-byte aligned, e.g. a tensor
-    read from a safetensors file at an odd offset or a view starting mid-buffer."""
-    return x if x.data_ptr() % 64 == 0 else x.clone(memory_format=torch.contiguous_format)
-
-
 @_register("int8_weight_only_linear")
 def int8_weight_only_linear(x, qdata, scale):
     path = choose_path("int8_weight_only_linear", x.shape[0])
     if path == "brgemm":
         return int8_weight_only_brgemm(x, qdata, scale)
-    if path == "gemv":
+    # The GEMV's layout needs (K % 16, aligned rows) are checked in ops/alignment.py; a
+    # weight that misses them takes the GEMM below (same function, no ATen crash).
+    if path == "gemv" and int8pack_mm_unsafe_reason(x, qdata) is None:
         # ATen's int8 GEMV is vectorized for bf16 inputs only (fp16/fp32 run 12-20x
         # slower on AVX2), so other activations are rounded to bf16 for it: 2^-9 relative
         # error per element, well under the int8 weight error (~43 dB vs ~55 dB).
-        y = aten._weight_int8pack_mm(_aligned(x.to(torch.bfloat16).contiguous()), _aligned(qdata),
-                                     scale.reshape(-1).to(torch.bfloat16))
+        xb = aligned_rows(x.to(torch.bfloat16))
+        y = aten._weight_int8pack_mm(xb, qdata, scale.reshape(-1).to(torch.bfloat16))
         return y.to(x.dtype)
     dt = _gemm_dtype(x.dtype)
     y = torch.mm(x.to(dt), qdata.to(dt).t())
@@ -62,12 +57,12 @@ def int8_dynamic_linear(x, qdata, scale):
     path = choose_path("int8_dynamic_linear", x.shape[0])
     if path == "brgemm":
         return int8_dynamic_brgemm(x, xq, xs, qdata, scale)
-    if path == "gemv":
+    if path == "gemv" and int8pack_mm_unsafe_reason(x, qdata) is None:
         # The codes are exact in bf16 and the GEMV accumulates in fp32, rounding only its
         # output to bf16 (~55 dB vs the exact integer sum). With fp32 inputs the same
         # kernel runs 13-18x slower on AVX2, so bf16 is the fast exact-input form.
         ones = torch.ones(qdata.shape[0], dtype=torch.bfloat16)
-        acc = aten._weight_int8pack_mm(_aligned(xq.to(torch.bfloat16)), _aligned(qdata), ones).to(torch.float32)
+        acc = aten._weight_int8pack_mm(aligned_rows(xq.to(torch.bfloat16)), qdata, ones).to(torch.float32)
     else:
         # torch._int_mm on CPU is a slow reference loop (1.4 s at 256x4096x4096 on a
         # 2-core Zen3). An fp32 GEMM over the integer values is exact while |sum| < 2^24.

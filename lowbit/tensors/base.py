@@ -12,6 +12,7 @@ copy of its parent's. An op the class does not implement raises
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -222,6 +223,16 @@ class LowbitTensor(torch.Tensor):
         kwargs = kwargs or {}
         impl = cls._lookup(func)
         if impl is not None:
+            if func is F.linear:
+                x, w, b = linear_args(args, kwargs)
+                if isinstance(w, LowbitTensor):
+                    _check_linear_rank(x, w)
+                    if x.shape[-1] == w.shape[1] and x.numel() == 0:
+                        # No rows: some kernels reject M = 0 (the C++ int4 GEMV), the answer is empty.
+                        y = x.new_zeros((*x.shape[:-1], w.shape[0]))
+                        return y if b is None else y + b.to(y.dtype)
+                    if torch.is_grad_enabled() and _needs_input_grad(x, w, b):
+                        return _PackedLinearFunction.apply(x, w, b, impl)
             return impl(func, types, args, kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
@@ -236,6 +247,63 @@ class LowbitTensor(torch.Tensor):
                 f"math silently. Call .dequantize() first if a float weight is what you need."
             )
         return impl(func, types, args, kwargs)
+
+
+# ---------------------------------------------------------------------- backward
+# One behaviour for every format and every batch size (README, "Training on a quantized
+# base"): packed weights are frozen, and the input gets the straight-through gradient of
+# the dequantized weight, grad_x = grad_y @ W_dequant (activation quantization, where a
+# format has it, counts as identity). Kernels then never need a derivative of their own,
+# and the gradient does not depend on which kernel a batch size picked.
+
+
+def _check_linear_rank(x, w: LowbitTensor) -> None:
+    if isinstance(x, torch.Tensor) and x.dim() == 0:
+        raise ValueError(
+            f"{type(w).__name__} linear needs an input of shape [..., {w.shape[1]}], got a 0-D tensor; "
+            f"use x.reshape(1, -1) or pass a vector of {w.shape[1]} features"
+        )
+
+
+_warned_frozen = False
+
+
+def _needs_input_grad(x, w: LowbitTensor, b) -> bool:
+    global _warned_frozen
+    if w.requires_grad and not _warned_frozen:
+        # load_state_dict(assign=True) copies the float weight's requires_grad=True onto the
+        # packed one; it still gets no gradient, and the user is told once.
+        _warned_frozen = True
+        warnings.warn(
+            f"{type(w).__name__} weights are frozen (lowbit computes input gradients only), but "
+            f"this one has requires_grad=True and will get no gradient; call "
+            f"weight.requires_grad_(False), or train float adapters (e.g. LoRA) on top",
+            UserWarning,
+            stacklevel=4,
+        )
+    return (isinstance(x, torch.Tensor) and x.requires_grad) or (isinstance(b, torch.Tensor) and b.requires_grad)
+
+
+class _PackedLinearFunction(torch.autograd.Function):
+    """``F.linear(x, packed_w, b)`` with the straight-through input gradient (see above)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, impl):
+        ctx.w = w
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.b_dtype = None if b is None else b.dtype
+        return impl(F.linear, (), (x, w, b), {})
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        w = ctx.w
+        g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(torch.float32)
+        grad_x = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g2 @ w.dequantize(torch.float32)).reshape(ctx.x_shape).to(ctx.x_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0).to(ctx.b_dtype)
+        return grad_x, None, grad_b, None
 
 
 # ---------------------------------------------------------------------- generic ops
@@ -285,6 +353,17 @@ def _with_dtype(self, dtype: torch.dtype) -> LowbitTensor:
             f"{type(self).__name__} stands for a float weight; it can change to float32/"
             f"float16/bfloat16, not {dtype}"
         )
+    # A dtype the format refuses at quantize time is refused here too (e.g. DA8W4 and
+    # float16), instead of at the first forward. Only the dtype's own reason counts:
+    # supports() may also object to the device the tensor is stored on.
+    probe = torch.empty(tuple(self.shape), dtype=dtype, device="meta")
+    here = torch.empty(tuple(self.shape), dtype=self.dtype, device="meta")
+    reason = type(self).supports(probe, self.device)
+    if reason is not None and type(self).supports(here, self.device) is None:
+        raise UnsupportedOpError(
+            f"{type(self).__name__} cannot stand for a {dtype} weight: {reason}; keep the model in "
+            f"{self.dtype}, or quantize the {dtype} model with a format that supports it"
+        )
     return self._replace(dtype=dtype)
 
 
@@ -300,11 +379,24 @@ LowbitTensor._to_device = _to_device
 @LowbitTensor.implements(aten.copy_.default)
 def _copy_(func, types, args, kwargs):
     dst, src = args[0], args[1]
+    if not isinstance(dst, LowbitTensor):
+        raise UnsupportedOpError(
+            f"cannot copy a packed {type(src).__name__}{tuple(src.shape)} into a float tensor: this "
+            f"is a quantized state dict loaded into a float model. Use lowbit.load_into(model, path) "
+            f"or model.load_state_dict(state_dict, assign=True), which replace the weights"
+        )
     if type(src) is not type(dst) or src._meta_key() != dst._meta_key():
+        if type(src) is not type(dst):
+            diff = f"class {type(src).__name__} vs {type(dst).__name__}"
+        else:
+            names = ("shape", "dtype") + tuple(dst.meta_fields)
+            diff = ", ".join(
+                f"{n} {a!r} vs {b!r}" for n, a, b in zip(names, src._meta_key(), dst._meta_key()) if a != b
+            )
         raise UnsupportedOpError(
             f"copy_ into {type(dst).__name__}{tuple(dst.shape)} needs a source of the same class "
-            f"and metadata, got {type(src).__name__}{tuple(src.shape)}; quantize the source "
-            f"with the same config first"
+            f"and metadata; they differ in {diff} (source vs destination). Quantize the model with "
+            f"the checkpoint's config, or load with lowbit.load_into / load_state_dict(assign=True)"
         )
     for n in dst.data_fields:
         d, s = getattr(dst, n), getattr(src, n)

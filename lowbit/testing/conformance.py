@@ -28,6 +28,7 @@ from torch import nn
 from ..primitives import sqnr
 from ..serialization import load_file, save_file
 from ..tensors.base import LowbitTensor, UnsupportedOpError
+from .bad_input import BadInputMatrix
 from .contract import ContractMixin
 
 __all__ = ["FormatConformance", "make_weight", "skip_unless_supported", "assert_same_tensor"]
@@ -72,7 +73,7 @@ def assert_same_tensor(a: LowbitTensor, b: LowbitTensor) -> None:
             assert torch.equal(x.cpu().view(torch.uint8) if x.element_size() == 1 else x.cpu(), y.cpu().view(torch.uint8) if y.element_size() == 1 else y.cpu()), n
 
 
-class FormatConformance(ContractMixin):
+class FormatConformance(ContractMixin, BadInputMatrix):
     """Tests every packed format must pass (see module docstring)."""
 
     tensor_cls: ClassVar[type[LowbitTensor]]

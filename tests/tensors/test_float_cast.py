@@ -57,10 +57,15 @@ def test_config_round_trip_and_quantize():
 
 
 def test_same_dtype_is_skipped_with_reason():
+    # The config serves none of the layers it was pointed at: quantize_ raises with the reason.
     m = torch.nn.Linear(64, 32, dtype=torch.float32)
-    rep = lowbit.quantize_(m, FloatCastConfig(torch.float32))
-    assert "already torch.float32" in rep.skipped[""]
+    with pytest.raises(lowbit.UnsupportedError, match="already torch.float32"):
+        lowbit.quantize_(m, FloatCastConfig(torch.float32))
     assert type(m.weight) is torch.nn.Parameter
+    # Among layers it does serve, the same-dtype layer is skipped with the reason.
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32, dtype=torch.float32), torch.nn.Linear(32, 16, dtype=torch.bfloat16))
+    rep = lowbit.quantize_(net, FloatCastConfig(torch.float32))
+    assert "already torch.float32" in rep.skipped["0"] and "1" in rep.quantized
 
 
 def test_bad_dtype_raises():
