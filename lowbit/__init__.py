@@ -26,6 +26,7 @@ from .configs import (  # noqa: E402
 )
 from .env import env_report  # noqa: E402
 from .errors import UnsupportedError  # noqa: E402
+from .fuse import fuse_projections  # noqa: E402
 from .primitives import sqnr  # noqa: E402
 from .serialization import load_file, load_into, save_file  # noqa: E402
 from .tensors import (  # noqa: E402
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "quantize_",
+    "fuse_projections",
     "FqnToConfig",
     "QuantizeReport",
     "BaseConfig",
