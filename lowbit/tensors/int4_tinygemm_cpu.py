@@ -165,7 +165,7 @@ def _linear(func, types, args, kwargs):
     if w.transposed:
         raise UnsupportedOpError("F.linear needs the untransposed Int4TinygemmCpuTensor; call .t() again")
     check_linear_input(x, w)
-    if w.device.type != "cpu":  # e.g. a pickled CPU blob loaded with map_location="cuda"
+    if w._lb_device.type != "cpu":  # e.g. a pickled CPU blob loaded with map_location="cuda"
         raise UnsupportedError(
             f"Int4TinygemmCpuTensor holds a CPU-only packing but lives on {w.device}; repack it for that "
             f"device with w.from_checkpoint(torch.device({str(w.device)!r}))"
@@ -176,7 +176,7 @@ def _linear(func, types, args, kwargs):
             f"{tinygemm_cpu_layout()!r} (another CPU or ATEN_CPU_CAPABILITY); repack it exactly with "
             "w.from_checkpoint(torch.device('cpu')), or save/load through lowbit.save_file/load_file"
         )
-    n, k = w.shape
+    n, k = w._lb_shape  # plain copy of w.shape (a subclass property read costs us per call)
     y = kernel("int4_tinygemm_cpu_linear", x.device.type)(x.reshape(-1, k), w.qdata, w.scale_and_zero, w.group_size, n, w.cpu_layout)
     y = y.reshape(*x.shape[:-1], n)
     if bias is not None:
