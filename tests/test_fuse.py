@@ -51,13 +51,18 @@ def test_fuse_float_model_same_logits_and_4_linears_per_layer():
     torch.testing.assert_close(model(ids).logits, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_fused_weight_has_the_codes_of_the_parts(name):
-    cfg = CONFIGS[name]
+def _fused_and_parts(cfg):
+    """The same tiny model quantized with ``cfg``: fused first, and as it is."""
     model = tiny_llama()
     parts = copy.deepcopy(model)
     lowbit.quantize_(model, cfg, fuse_projections=True)
     lowbit.quantize_(parts, cfg)
+    return model, parts
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_weight_has_the_codes_of_the_parts(name):
+    model, parts = _fused_and_parts(CONFIGS[name])
     for i in range(2):
         attn, attn_p = model.model.layers[i].self_attn, parts.model.layers[i].self_attn
         mlp, mlp_p = model.model.layers[i].mlp, parts.model.layers[i].mlp
@@ -70,11 +75,7 @@ def test_fused_weight_has_the_codes_of_the_parts(name):
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_fused_quantized_model_computes_the_unfused_one(name):
-    cfg = CONFIGS[name]
-    model = tiny_llama()
-    parts = copy.deepcopy(model)
-    lowbit.quantize_(model, cfg, fuse_projections=True)
-    lowbit.quantize_(parts, cfg)
+    model, parts = _fused_and_parts(CONFIGS[name])
     ids = torch.randint(0, 128, (1, 7))
     with torch.no_grad():
         got, want = model(ids).logits.float(), parts(ids).logits.float()
