@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .api import quantize_
+from .api import FqnToConfig, quantize_
 from .config import BaseConfig
 from .fuse import fuse_projections
 from .tensors.base import LowbitTensor
@@ -122,6 +122,7 @@ class DemoConfig:
     fuse: bool = False
     head: bool = False
     compiled: bool = False
+    head_config: BaseConfig | None = None  # with ``head``: the head's own config (default: ``config``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +185,9 @@ def demo_configs() -> list[DemoConfig]:
         ("da8w4-g64", "-fused-head", {"fuse": True, "head": True}),
         ("int4-g32", "-fused-head-compiled", {"fuse": True, "head": True, "compiled": True}),
     ]
+    if "int8-weight-only" in by_name:  # an int8 head keeps the output logits closer to float
+        head8 = {"fuse": True, "head": True, "head_config": by_name["int8-weight-only"].config}
+        variants += [("int4-g32", "-fused-head8", head8), ("int4-g32", "-fused-head8-compiled", {**head8, "compiled": True})]
     for base, suffix, flags in variants:
         if base in by_name:
             rows.append(dataclasses.replace(by_name[base], name=base + suffix, **flags))
@@ -657,7 +661,10 @@ def _build_row(dc: DemoConfig, model, tokenizer, tokens, s: _Settings, result: D
         result.autoquant_report = plan.report.to_markdown()
     elif dc.config is not None:
         filt = _all_linears_filter(fresh) if dc.head else _tied_lm_head_filter(fresh)
-        report = quantize_(fresh, dc.config, filter_fn=filt)
+        cfg = dc.config
+        if dc.head and dc.head_config is not None:
+            cfg = FqnToConfig({"lm_head": dc.head_config, "_default": dc.config})
+        report = quantize_(fresh, cfg, filter_fn=filt)
         n_quant, n_skip = len(report.quantized), len(report.skipped)
         if n_quant == 0:
             result.notes.append(f"{dc.name}: left out, no layer can use it on {s.device.type} ({next(iter(report.skipped.values()), '')})")

@@ -238,6 +238,7 @@ def test_demo_configs_have_fused_compiled_and_head_rows():
     rows = {c.name: c for c in demo.demo_configs()}
     assert rows["int4-g32-fused-head-compiled"].fuse and rows["int4-g32-fused-head-compiled"].compiled
     assert rows["int4-g32-fused-head"].config == rows["int4-g32"].config
+    assert rows["int4-g32-fused-head8"].head_config == lowbit.Int8WeightOnlyConfig()
     assert ("llama.cpp" in names) == (importlib.util.find_spec("llama_cpp") is not None)
 
 
