@@ -19,6 +19,7 @@ from .config import BaseConfig  # noqa: E402
 from .configs import *  # noqa: E402,F403
 from .env import env_report  # noqa: E402
 from .errors import UnsupportedError  # noqa: E402
+from .fuse import fuse_projections  # noqa: E402
 from .primitives import sqnr  # noqa: E402
 from .serialization import load_file, load_into, save_file  # noqa: E402
 from .tensors import *  # noqa: E402,F403
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "quantize_",
+    "fuse_projections",
     "FqnToConfig",
     "QuantizeReport",
     "BaseConfig",

@@ -253,6 +253,8 @@ def quantize_(
     model: nn.Module,
     config: BaseConfig | FqnToConfig,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    *,
+    fuse_projections: bool = False,
 ) -> QuantizeReport:
     """Quantize the weights of ``model``'s layers in place.
 
@@ -260,6 +262,8 @@ def quantize_(
         model: the model; changed in place.
         config: one config for every targeted layer, or an ``FqnToConfig`` per layer.
         filter_fn: ``(module, fqn) -> bool`` choosing the layers; default ``nn.Linear``.
+        fuse_projections: first fuse q/k/v and gate/up of a Llama-family model
+            (``lowbit.fuse_projections``; same codes, fewer linear calls).
 
     Returns:
         A ``QuantizeReport``: layers quantized, layers skipped with their reasons,
@@ -278,6 +282,10 @@ def quantize_(
         )
     if isinstance(config, BaseConfig):
         handler_for(config)  # fail before touching anything if no handler exists
+    if fuse_projections:
+        from .fuse import fuse_projections as _fuse
+
+        _fuse(model)  # output-preserving; raises (model unchanged) on an unknown architecture
     filter_fn = filter_fn or default_filter
     report = QuantizeReport()
     # model.parameters() yields a shared Parameter once, so tied weights count once.

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="bf16",
         help="dtype of the quantized rows (default bf16: the CPU int8 kernel is fast for bf16 activations only)",
     )
+    demo.add_argument("--device", default="cpu", help="where the rows run: cpu (default) or cuda")
+    demo.add_argument("--repeats", type=_positive_int, default=None, metavar="N", help="interleaved timed runs per row (default 3)")
+    demo.add_argument("--prefill", type=_positive_int, default=None, metavar="N", help="prefill column's prompt tokens (default 512)")
     demo.add_argument("--list", action="store_true", help="list the available configs and exit")
     demo.set_defaults(func=_run_demo)
     _add_quantize(sub)
@@ -296,6 +299,9 @@ def _run_demo(args) -> int:
         ppl_tokens=args.ppl_tokens,
         threads=args.threads,
         dtype=demo.parse_dtype(args.dtype),
+        device=args.device,
+        repeats=args.repeats,
+        prefill_tokens=args.prefill,
     )
     print(demo.format_table(result))  # the command's product output
     return 0

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,8 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .api import quantize_
+from .api import FqnToConfig, quantize_
 from .config import BaseConfig
+from .fuse import fuse_projections
 from .tensors.base import LowbitTensor
 
 __all__ = [
@@ -91,6 +93,7 @@ PROMPT = "Explain in two sentences why the sky is blue."
 # Default and --quick sizes. Quick keeps the CI smoke test to seconds per config.
 PPL_TOKENS, PPL_WINDOW, NEW_TOKENS = 4096, 512, 64
 QUICK_PPL_TOKENS, QUICK_PPL_WINDOW, QUICK_NEW_TOKENS = 256, 128, 8
+REPEATS, PREFILL_TOKENS, QUICK_PREFILL_TOKENS = 3, 512, 64
 
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -107,11 +110,27 @@ class DemoConfig:
     """One row of the demo: a name, a lowbit config (``None``: float), and a fixed dtype.
 
     ``dtype`` ``None`` means the run's ``--dtype``; float baselines pin theirs.
+    ``fuse``: ``fuse_projections`` first (q/k/v and gate/up as one linear each).
+    ``head``: quantize the output head too (an untied packed copy; the input embedding
+    stays float), as llama.cpp's Q4_1 file does. ``compiled``: decode through
+    transformers' static cache + ``torch.compile`` (``lowbit.decode``).
     """
 
     name: str
     config: BaseConfig | None
     dtype: torch.dtype | None = None
+    fuse: bool = False
+    head: bool = False
+    compiled: bool = False
+    head_config: BaseConfig | None = None  # with ``head``: the head's own config (default: ``config``)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaCppDemo:
+    """The llama.cpp row: the same GGUF through ``llama-cpp-python`` (when installed)."""
+
+    def short_name(self) -> str:
+        return "llama.cpp (llama-cpp-python) on the same GGUF"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +158,7 @@ def demo_configs() -> list[DemoConfig]:
     rows = [
         DemoConfig("float-bf16", None, torch.bfloat16),
         DemoConfig("float-fp32", None, torch.float32),
+        DemoConfig("float-bf16-compiled", None, torch.bfloat16, compiled=True),
     ]
     wanted = [
         ("int8-weight-only", "Int8WeightOnlyConfig", {}),
@@ -155,7 +175,25 @@ def demo_configs() -> list[DemoConfig]:
             log.info("demo: %s left out: lowbit has no %s", name, cls_name)
             continue
         rows.append(DemoConfig(name, cls(**kwargs)))
-    rows.append(DemoConfig("autoquant", AutoquantDemo()))
+    by_name = {r.name: r for r in rows}
+    # Fused (and head-quantized, compiled) variants of the configs that exist here.
+    variants = [
+        ("int8-weight-only", "-fused", {"fuse": True}),
+        ("int4-g32", "-fused", {"fuse": True}),
+        ("da8w4-g64", "-fused", {"fuse": True}),
+        ("int4-g32", "-fused-head", {"fuse": True, "head": True}),
+        ("da8w4-g64", "-fused-head", {"fuse": True, "head": True}),
+        ("int4-g32", "-fused-head-compiled", {"fuse": True, "head": True, "compiled": True}),
+    ]
+    if "int8-weight-only" in by_name:  # an int8 head keeps the output logits closer to float
+        head8 = {"fuse": True, "head": True, "head_config": by_name["int8-weight-only"].config}
+        variants += [("int4-g32", "-fused-head8", head8), ("int4-g32", "-fused-head8-compiled", {**head8, "compiled": True})]
+    for base, suffix, flags in variants:
+        if base in by_name:
+            rows.append(dataclasses.replace(by_name[base], name=base + suffix, **flags))
+    rows.append(DemoConfig("autoquant-fused", AutoquantDemo(), fuse=True))
+    if importlib.util.find_spec("llama_cpp") is not None:
+        rows.append(DemoConfig("llama.cpp", LlamaCppDemo()))
     return rows
 
 
@@ -364,21 +402,76 @@ def _generate(model, inputs, n: int) -> torch.Tensor:
     )
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def decode_speed(model: nn.Module, tokenizer, n_new: int, prompt: str = PROMPT) -> tuple[float, str]:
     """Greedy-decode ``n_new`` tokens after the chat-formatted ``prompt``: (tokens/s, text).
 
     One warm-up generation (4 tokens) runs first. The timed run includes the prompt's
-    prefill (a few dozen tokens), so tokens/s is ``n_new / total seconds``.
+    prefill (a few dozen tokens), so tokens/s is ``n_new / total seconds``. (``run_demo``
+    times its rows interleaved and repeated instead; this is the one-model form.)
     """
     if n_new < 1:
         raise DemoError(f"the number of new tokens must be at least 1, got {n_new}")
-    inputs = _prompt_ids(tokenizer, prompt)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in _prompt_ids(tokenizer, prompt).items()}
     _generate(model, inputs, min(4, n_new))
-    t0 = time.perf_counter()
-    out = _generate(model, inputs, n_new)
-    seconds = time.perf_counter() - t0
+    seconds, out = _time_decode(model, inputs, n_new, device)
     new = out[0, inputs["input_ids"].shape[1] :]
     return n_new / seconds, tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _time_decode(model, inputs, n: int, device) -> tuple[float, torch.Tensor]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = _generate(model, inputs, n)
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+@torch.inference_mode()
+def _time_prefill(model, ids: torch.Tensor, device) -> float:
+    """Seconds of one forward over ``ids`` [1, T] as generate's prefill runs it (last logits only)."""
+    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    _sync(device)
+    t0 = time.perf_counter()
+    model(input_ids=ids, use_cache=False, **kwargs)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------- llama.cpp
+
+
+class _LlamaCppModel:
+    """The GGUF through ``llama-cpp-python``, timed like the torch rows (same token ids)."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int, device: torch.device):
+        import llama_cpp
+
+        self.version = getattr(llama_cpp, "__version__", "?")
+        kwargs = {"n_gpu_layers": -1} if device.type == "cuda" else {"n_gpu_layers": 0}
+        self.llm = llama_cpp.Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+                                   n_batch=min(512, n_ctx), verbose=False, logits_all=False, **kwargs)
+
+    def decode(self, ids: list[int], n: int) -> tuple[float, list[int]]:
+        self.llm.reset()
+        out: list[int] = []
+        t0 = time.perf_counter()
+        for tok in self.llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(tok))
+            if len(out) == n:
+                break
+        return time.perf_counter() - t0, out
+
+    def prefill(self, ids: list[int]) -> float:
+        self.llm.reset()
+        t0 = time.perf_counter()
+        self.llm.eval(ids)
+        return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------- the run
@@ -386,18 +479,20 @@ def decode_speed(model: nn.Module, tokenizer, n_new: int, prompt: str = PROMPT) 
 
 @dataclasses.dataclass
 class DemoRow:
-    """One config's results."""
+    """One config's results (speeds: medians of the interleaved repeats)."""
 
     name: str
     dtype: str
     linear_mb: float
     total_mb: float
-    perplexity: float
+    perplexity: float | None
     tokens_per_s: float
     quantize_s: float
     layers_quantized: int
     layers_skipped: int
     sample: str
+    prefill_tokens_per_s: float | None = None
+    decode_runs: list[float] = dataclasses.field(default_factory=list)  # tokens/s of each repeat
 
 
 @dataclasses.dataclass
@@ -415,6 +510,10 @@ class DemoResult:
     new_tokens: int
     dtype: str
     autoquant_report: str | None = None
+    device: str = "cpu"
+    repeats: int = 1
+    prefill_tokens: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def row(self, name: str) -> DemoRow | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -431,6 +530,18 @@ def parse_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+def _parse_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DemoError(f"--device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise DemoError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DemoError("--device cuda asked for, but this torch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
 def run_demo(
     configs: Sequence[str] | None = None,
     *,
@@ -442,12 +553,15 @@ def run_demo(
     dtype: torch.dtype = torch.bfloat16,
     model: nn.Module | None = None,
     tokenizer=None,
+    device: str | torch.device = "cpu",
+    repeats: int | None = None,
+    prefill_tokens: int | None = None,
 ) -> DemoResult:
     """Quantize a fresh copy of SmolLM2-135M with each config and measure it.
 
     Args:
         configs: names from ``demo_configs()`` (default: all of them).
-        quick: small sizes for CI (256 perplexity tokens, 8 new tokens).
+        quick: small sizes for CI (256 perplexity tokens, 8 new tokens, 1 repeat, prefill 64).
         new_tokens: tokens to greedy-decode for tokens/s.
         ppl_tokens: tokens of evaluation text for perplexity.
         ppl_window: perplexity window length.
@@ -459,6 +573,11 @@ def run_demo(
             activations and ~10x slower with fp32 ones on an AVX2 Zen3.
         model, tokenizer: an already loaded fp32 model (from ``load_model``) to copy from;
             it is not modified.
+        device: "cpu" or "cuda": where every row runs (llama.cpp offloads all layers there).
+        repeats: timed runs per row (default 3; quick 1). Rows are timed interleaved (row
+            1, 2, ..., n, then again), and each speed is the median of its runs, so a busy
+            moment on a shared machine touches one run of several rows, not one row.
+        prefill_tokens: prompt length of the prefill column (default 512; quick 64).
 
     Returns:
         A ``DemoResult``; ``format_table`` renders it.
@@ -466,77 +585,163 @@ def run_demo(
     new_tokens = new_tokens if new_tokens is not None else (QUICK_NEW_TOKENS if quick else NEW_TOKENS)
     ppl_tokens = ppl_tokens if ppl_tokens is not None else (QUICK_PPL_TOKENS if quick else PPL_TOKENS)
     ppl_window = ppl_window if ppl_window is not None else (QUICK_PPL_WINDOW if quick else PPL_WINDOW)
-    for flag, value, least in (("--tokens", new_tokens, 1), ("--ppl-tokens", ppl_tokens, 2), ("ppl window", ppl_window, 2)):
-        if not isinstance(value, int) or value < least:
+    repeats = repeats if repeats is not None else (1 if quick else REPEATS)
+    prefill_tokens = prefill_tokens if prefill_tokens is not None else (QUICK_PREFILL_TOKENS if quick else PREFILL_TOKENS)
+    for flag, value, least in (
+        ("--tokens", new_tokens, 1), ("--ppl-tokens", ppl_tokens, 2), ("ppl window", ppl_window, 2),
+        ("--repeats", repeats, 1), ("--prefill", prefill_tokens, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise DemoError(f"{flag} must be an integer >= {least}, got {value!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise DemoError(f"--threads must be an integer >= 1, got {threads!r}")
     if dtype not in _DTYPES.values():
         raise DemoError(f"dtype must be torch.bfloat16 or torch.float32, got {dtype}")
+    dev = _parse_device(device)
     chosen = select_configs(configs)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer)
+        settings = _Settings(new_tokens, ppl_tokens, ppl_window, dtype, dev, repeats, prefill_tokens)
+        return _run(chosen, settings, model, tokenizer)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(chosen, new_tokens, ppl_tokens, ppl_window, dtype, model, tokenizer) -> DemoResult:
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    new_tokens: int
+    ppl_tokens: int
+    ppl_window: int
+    dtype: torch.dtype
+    device: torch.device
+    repeats: int
+    prefill_tokens: int
+
+
+def _all_linears_filter(model: nn.Module) -> Callable[[nn.Module, str], bool]:
+    """``quantize_`` filter: every float ``nn.Linear``, the tied output head included (untied:
+    the head gets a packed copy, the input embedding keeps the float tensor)."""
+
+    def keep(module: nn.Module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear) and not isinstance(module.weight, LowbitTensor)
+
+    return keep
+
+
+@dataclasses.dataclass
+class _Built:
+    dc: DemoConfig
+    row: DemoRow
+    model: object  # nn.Module or _LlamaCppModel
+    inputs: dict
+    times: list[float] = dataclasses.field(default_factory=list)
+    prefill: list[float] = dataclasses.field(default_factory=list)
+
+
+def _build_row(dc: DemoConfig, model, tokenizer, tokens, s: _Settings, result: DemoResult) -> _Built | None:
+    """Quantize one row's model and measure what does not need the clock (size, perplexity)."""
+    if isinstance(dc.config, LlamaCppDemo):
+        threads = torch.get_num_threads()
+        cpp = _LlamaCppModel(find_gguf(), threads, max(s.prefill_tokens, 256) + s.new_tokens + 64, s.device)
+        result.notes.append(f"llama.cpp: llama-cpp-python {cpp.version}, {threads} threads, the GGUF's own Q4_1 weights")
+        row = DemoRow(dc.name, "Q4_1", float("nan"), find_gguf().stat().st_size / 2**20, None, 0.0, 0.0, 0, 0, "")
+        return _Built(dc, row, cpp, {})
+    row_dtype = dc.dtype or s.dtype
+    fresh = copy.deepcopy(model).to(row_dtype).to(s.device)
+    t0 = time.perf_counter()
+    n_quant = n_skip = 0
+    if dc.fuse:
+        fuse_projections(fresh)
+    if isinstance(dc.config, AutoquantDemo):
+        plan = _autoquant(fresh, tokens.to(s.device), dc.config)
+        n_quant = sum(1 for c in plan.exact.values() if c is not None)
+        n_skip = len(plan.exact) - n_quant
+        result.autoquant_report = plan.report.to_markdown()
+    elif dc.config is not None:
+        filt = _all_linears_filter(fresh) if dc.head else _tied_lm_head_filter(fresh)
+        cfg = dc.config
+        if dc.head and dc.head_config is not None:
+            cfg = FqnToConfig({"lm_head": dc.head_config, "_default": dc.config})
+        report = quantize_(fresh, cfg, filter_fn=filt)
+        n_quant, n_skip = len(report.quantized), len(report.skipped)
+        if n_quant == 0:
+            result.notes.append(f"{dc.name}: left out, no layer can use it on {s.device.type} ({next(iter(report.skipped.values()), '')})")
+            return None
+    quantize_s = time.perf_counter() - t0
+    linear_b, total_b = model_bytes(fresh)
+    t0 = time.perf_counter()
+    ppl = perplexity(fresh, tokens.to(s.device), s.ppl_window)
+    log.info("demo: %s perplexity %.3f (%.1f s)", dc.name, ppl, time.perf_counter() - t0)
+    inputs = {k: v.to(s.device) for k, v in _prompt_ids(tokenizer, PROMPT).items()}
+    if dc.compiled:
+        from .decode import static_compiled_decode
+
+        static_compiled_decode(fresh, inputs["input_ids"].shape[1] + s.new_tokens)
+    row = DemoRow(dc.name, _dtype_name(row_dtype), linear_b / 2**20, total_b / 2**20, ppl, 0.0, quantize_s, n_quant, n_skip, "")
+    return _Built(dc, row, fresh, inputs)
+
+
+def _run(chosen, s: _Settings, model, tokenizer) -> DemoResult:
     if model is None or tokenizer is None:
         model, tokenizer = load_model(torch.float32)
-    tokens = eval_tokens(tokenizer, ppl_tokens)
+    tokens = eval_tokens(tokenizer, s.ppl_tokens)
+    prefill_ids = eval_tokens(tokenizer, s.prefill_tokens).reshape(1, -1)
     import transformers
 
-    result = DemoResult(
-        rows=[],
-        python=platform.python_version(),
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        machine=f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}",
-        threads=torch.get_num_threads(),
-        ppl_tokens=ppl_tokens,
-        ppl_window=ppl_window,
-        new_tokens=new_tokens,
-        dtype=_dtype_name(dtype),
+    machine = (
+        f"{torch.cuda.get_device_name(s.device)}" if s.device.type == "cuda"
+        else f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
     )
-    for dc in chosen:
-        row_dtype = dc.dtype or dtype
-        fresh = copy.deepcopy(model).to(row_dtype)
+    result = DemoResult(
+        rows=[], python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+        machine=machine, threads=torch.get_num_threads(), ppl_tokens=s.ppl_tokens, ppl_window=s.ppl_window,
+        new_tokens=s.new_tokens, dtype=_dtype_name(s.dtype), device=str(s.device), repeats=s.repeats,
+        prefill_tokens=s.prefill_tokens,
+    )
+    built = [b for dc in chosen if (b := _build_row(dc, model, tokenizer, tokens, s, result)) is not None]
+    # Warm-up (compiled rows compile here: a full-length decode, the timed runs' cache size).
+    for b in list(built):
         t0 = time.perf_counter()
-        n_quant = n_skip = 0
-        if isinstance(dc.config, AutoquantDemo):
-            plan = _autoquant(fresh, tokens, dc.config)
-            n_quant = sum(1 for c in plan.exact.values() if c is not None)
-            n_skip = len(plan.exact) - n_quant
-            result.autoquant_report = plan.report.to_markdown()
-        elif dc.config is not None:
-            report = quantize_(fresh, dc.config, filter_fn=_tied_lm_head_filter(fresh))
-            n_quant, n_skip = len(report.quantized), len(report.skipped)
-        quantize_s = time.perf_counter() - t0
-        linear_b, total_b = model_bytes(fresh)
-        t0 = time.perf_counter()
-        ppl = perplexity(fresh, tokens, ppl_window)
-        log.info("demo: %s perplexity %.3f (%.1f s)", dc.name, ppl, time.perf_counter() - t0)
-        tps, sample = decode_speed(fresh, tokenizer, new_tokens)
-        log.info("demo: %s %.1f tokens/s; continuation: %r", dc.name, tps, sample)
-        result.rows.append(
-            DemoRow(
-                name=dc.name,
-                dtype=_dtype_name(row_dtype),
-                linear_mb=linear_b / 2**20,
-                total_mb=total_b / 2**20,
-                perplexity=ppl,
-                tokens_per_s=tps,
-                quantize_s=quantize_s,
-                layers_quantized=n_quant,
-                layers_skipped=n_skip,
-                sample=sample,
-            )
-        )
-        del fresh
+        if isinstance(b.model, _LlamaCppModel):
+            b.model.decode(_prompt_list(tokenizer), min(4, s.new_tokens))
+        elif b.dc.compiled:
+            try:  # torch.compile of a whole model can fail where eager runs: say so, keep the others
+                _generate(b.model, b.inputs, s.new_tokens)
+            except Exception as e:  # noqa: BLE001 - reported in the table's notes
+                result.notes.append(f"{b.dc.name}: left out, compiling failed: {type(e).__name__}: {str(e)[:300]}")
+                log.error("demo: %s: compiling failed: %s", b.dc.name, e)
+                built.remove(b)
+                continue
+        else:
+            _generate(b.model, b.inputs, min(4, s.new_tokens))
+        log.info("demo: %s warm-up %.1f s", b.dc.name, time.perf_counter() - t0)
+    # Timed runs, interleaved: every row once per round.
+    prompt = _prompt_list(tokenizer)
+    for rnd in range(s.repeats):
+        for b in built:
+            if isinstance(b.model, _LlamaCppModel):
+                dt, out = b.model.decode(prompt, s.new_tokens)
+                b.times.append(dt)
+                b.prefill.append(b.model.prefill(prefill_ids[0].tolist()))
+                b.row.sample = tokenizer.decode(out, skip_special_tokens=True)
+                continue
+            dt, out = _time_decode(b.model, b.inputs, s.new_tokens, s.device)
+            b.times.append(dt)
+            b.prefill.append(_time_prefill(b.model, prefill_ids.to(s.device), s.device))
+            b.row.sample = tokenizer.decode(out[0, b.inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            log.info("demo: round %d %s %.1f tokens/s", rnd + 1, b.dc.name, s.new_tokens / dt)
+    for b in built:
+        b.row.decode_runs = [s.new_tokens / t for t in b.times]
+        b.row.tokens_per_s = s.new_tokens / statistics.median(b.times)
+        b.row.prefill_tokens_per_s = s.prefill_tokens / statistics.median(b.prefill)
+        result.rows.append(b.row)
     return result
+
+
+def _prompt_list(tokenizer) -> list[int]:
+    return _prompt_ids(tokenizer, PROMPT)["input_ids"][0].tolist()
 
 
 def _autoquant(model, tokens: torch.Tensor, cfg: AutoquantDemo):
@@ -562,33 +767,46 @@ def format_table(result: DemoResult) -> str:
     ref_ppl = result.row(f"float-{result.dtype}") or result.row("float-fp32") or result.row("float-bf16")
     ref_speed = result.row("float-bf16") or result.row("float-fp32")
     lines = [
-        "| config | dtype | linear-weight MB | total model MB | perplexity | tokens/s | quantize s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| config | dtype | linear-weight MB | total model MB | perplexity | decode tokens/s | prefill-{result.prefill_tokens} tokens/s | quantize s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def ratio(value, ref):
+        return "" if ref is None or ref is value or not ref else f" ({value / ref:.2f}x)"
+
     for r in result.rows:
-        ppl = f"{r.perplexity:.3f}"
-        if ref_ppl is not None and r is not ref_ppl:
-            ppl += f" ({r.perplexity - ref_ppl.perplexity:+.3f})"
-        tps = f"{r.tokens_per_s:.1f}"
-        if ref_speed is not None and r is not ref_speed:
-            tps += f" ({r.tokens_per_s / ref_speed.tokens_per_s:.2f}x)"
+        if r.perplexity is None:
+            ppl = "n/a"
+        else:
+            ppl = f"{r.perplexity:.3f}"
+            if ref_ppl is not None and r is not ref_ppl and ref_ppl.perplexity is not None:
+                ppl += f" ({r.perplexity - ref_ppl.perplexity:+.3f})"
+        tps = f"{r.tokens_per_s:.1f}" + ("" if ref_speed is None or r is ref_speed else ratio(r.tokens_per_s, ref_speed.tokens_per_s))
+        pre = "n/a" if r.prefill_tokens_per_s is None else f"{r.prefill_tokens_per_s:.0f}"
+        if r.prefill_tokens_per_s is not None and ref_speed is not None and r is not ref_speed:
+            pre += ratio(r.prefill_tokens_per_s, ref_speed.prefill_tokens_per_s)
+        lin = "n/a" if math.isnan(r.linear_mb) else f"{r.linear_mb:.1f}"
         lines.append(
-            f"| {r.name} | {r.dtype} | {r.linear_mb:.1f} | {r.total_mb:.1f} | {ppl} | {tps} | {r.quantize_s:.2f} |"
+            f"| {r.name} | {r.dtype} | {lin} | {r.total_mb:.1f} | {ppl} | {tps} | {pre} | {r.quantize_s:.2f} |"
         )
     notes = [
         "",
         f"SmolLM2-135M-Instruct ({GGUF_FILE}, dequantized); perplexity over {result.ppl_tokens} tokens "
         f"of Python {result.python} stdlib docstrings in windows of {result.ppl_window}"
         + (f" (delta vs {ref_ppl.name})" if ref_ppl else "")
-        + f"; tokens/s: greedy decode of {result.new_tokens} tokens incl. prompt prefill"
-        + (f" (ratio vs {ref_speed.name})" if ref_speed else "")
-        + f"; torch {result.torch}, transformers {result.transformers}, {result.machine}, "
-        f"{result.threads} threads. A tied lm_head stays float.",
+        + f"; decode tokens/s: greedy decode of {result.new_tokens} tokens incl. prompt prefill; "
+        f"prefill: one forward over {result.prefill_tokens} tokens (last-token logits, as generate's prefill)"
+        + (f"; ratios vs {ref_speed.name}" if ref_speed else "")
+        + f"; speeds are medians of {result.repeats} interleaved runs per row; torch {result.torch}, "
+        f"transformers {result.transformers}, {result.device}: {result.machine}, {result.threads} threads. "
+        "A tied lm_head stays float except in -head rows (an untied packed copy); -fused: q/k/v and gate/up "
+        "fused (lowbit.fuse_projections); -compiled: static cache + torch.compile decode (lowbit.decode; "
+        "prefill eager).",
     ]
+    notes += result.notes
     first_q = next((r for r in result.rows if r.layers_quantized), None)
     if first_q is not None:
         notes.append(f"{first_q.name} says: {first_q.sample.strip()!r}")
     if result.autoquant_report:
         notes += ["", "### autoquant plan", "", result.autoquant_report]
     return "\n".join(lines + notes)
-

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TimingRequest", "Timer", "Measure", "measure", "device_name", "BenchmarkCache"]
+__all__ = ["BenchmarkCache", "Measure", "Timer", "TimingRequest", "device_name", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class TimingRequest:
     phase: str = "op"
     long: bool = False
     best_so_far: float | None = None
+    share: float = 1.0  # fraction of the budget (interleaved rounds split one budget)
 
 
 Timer = Callable[[Callable[[], Any], TimingRequest], float]
@@ -103,7 +104,7 @@ class Measure:
         self.long_budget_s = long_budget_s
 
     def __call__(self, fn: Callable[[], Any], request: TimingRequest) -> float:
-        budget = self.long_budget_s if request.long else self.budget_s
+        budget = (self.long_budget_s if request.long else self.budget_s) * request.share
         if request.device.type == "cuda":
             return _measure_cuda(fn, budget)
         return _measure_cpu(fn, budget, request.best_so_far, self.flush_cache, self.statistic)

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["CandidateResult", "LayerReport", "AutoquantReport", "shape_label"]
+__all__ = ["AutoquantReport", "CandidateResult", "LayerReport", "shape_label"]
 
 # Candidate statuses.
 OK = "ok"  # measured and in the running
@@ -74,6 +74,10 @@ class AutoquantReport:
     finalize_seconds: float = 0.0
     benchmarks_run: int = 0
     cache_hits: int = 0
+    # End-to-end check of the plan (see search.validate_end_to_end): the model's time on
+    # the calibration calls with each variant (s), and what was decided.
+    validation: dict[str, float] = dataclasses.field(default_factory=dict)
+    validation_note: str = ""
 
     @property
     def choices(self) -> dict[str, str]:
@@ -117,6 +121,15 @@ class AutoquantReport:
             f"mode: {self.mode}; min SQNR: {bar}; finalize {self.finalize_seconds:.1f} s; "
             f"{self.benchmarks_run} benchmarks run, {self.cache_hits} cache hits",
             "",
+        ]
+        if self.validation:
+            lines += [
+                "end to end on the calibration calls: "
+                + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.validation.items())
+                + (f"; {self.validation_note}" if self.validation_note else ""),
+                "",
+            ]
+        lines += [
             "| layer | weight | shapes seen (count) | choice | time vs keep | why |",
             "|---|---|---|---|---|---|",
         ]

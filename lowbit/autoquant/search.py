@@ -15,9 +15,11 @@ Three steps (STYLE §6), using only public pieces (configs, ``quantize_``):
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,11 +34,11 @@ from ..errors import UnsupportedError
 from ..tensors.base import LowbitTensor, UnsupportedOpError
 from . import report as R
 from .accuracy import DEFAULT_MIN_SQNR, make_activation, output_sqnr, reference_output
-from .bench import BenchmarkCache, Timer, TimingRequest, device_name, measure
+from .bench import BenchmarkCache, Measure, Timer, TimingRequest, device_name, measure
 from .candidates import Candidate, resolve_candidates
 from .plan import Plan
 
-__all__ = ["Mode", "autoquant", "finalize", "AutoquantSession", "DEFAULT_INTERPOLATION", "DEFAULT_MIN_SQNR"]
+__all__ = ["DEFAULT_INTERPOLATION", "DEFAULT_MIN_SQNR", "AutoquantSession", "Mode", "autoquant", "finalize", "validate_end_to_end"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,16 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERPOLATION = 0.85
 # Candidates within this fraction of a shape's best time get a second, longer measurement.
 _REFINE_WITHIN = 0.10
+_REFINE_ROUNDS = 3
+# End-to-end check after finalize: the plan must be no slower than the float model and
+# within this fraction of the fastest single-config alternative, else the faster one is
+# kept. Up to _VALIDATE_SINGLES single-config alternatives (the ones the per-layer
+# timings rank fastest) are timed; model calls replayed: the first _VALIDATE_CALLS.
+_VALIDATE_TOLERANCE = 0.05
+_VALIDATE_SINGLES = 3
+_VALIDATE_CALLS = 16
+_VALIDATE_ROUNDS = 3
+_VALIDATE_MORE_ROUNDS = 4  # when the decision is within 3% of a threshold
 # Rows of real activation kept per layer and shape for the SQNR check (memory stays
 # small on big models; a shape with more rows reuses them, tiled).
 _SAMPLE_ROWS = 64
@@ -148,12 +160,12 @@ class AutoquantSession:
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs.get("input")
             if not isinstance(x, torch.Tensor) or x.ndim == 0:
-                return None
+                return
             key = (math.prod(x.shape[:-1]), x.dtype)
             layer.counts[key] = layer.counts.get(key, 0) + 1
             if keep_samples and key not in layer.samples:
                 layer.samples[key] = x.detach().reshape(-1, x.shape[-1])[:_SAMPLE_ROWS].clone()
-            return None
+            return
 
         return hook
 
@@ -224,6 +236,7 @@ class AutoquantSession:
         configs.update({fqn: None for fqn in never_run})
         plan = Plan(configs, rep, rep.device, rep.torch_version, lowbit_version)
         self._remove_hooks()
+        plan = validate_end_to_end(self, plan)
         if self.apply:
             quantize_(self.model, plan)
         rep.finalize_seconds = time.perf_counter() - t0
@@ -299,18 +312,8 @@ class AutoquantSession:
                     self.cache.put(ckey, entry)
                 entries[cand.name] = (ckey, entry)
                 best = entry["time"] if best is None else min(best, entry["time"])
-            # Second, longer measurement where the race is close.
-            close = [n for n, (_, e) in entries.items() if best is not None and e["time"] <= best * (1 + _REFINE_WITHIN)]
-            if len(close) > 1:
-                for name in close:
-                    ckey, entry = entries[name]
-                    if entry.get("long"):
-                        continue
-                    cand = next(c for c in ordered if c.name == name)
-                    entry = self._time(cand, built[name], bias, x, (n, k), None, long=True)
-                    benches += 1
-                    self.cache.put(ckey, entry)
-                    entries[name] = (ckey, entry)
+            # Second, longer measurement where the race is close: interleaved rounds.
+            benches += self._remeasure_close(entries, best, ordered, built, bias, x, (n, k))
             for name, (_, entry) in entries.items():
                 res = lr.result(name)
                 res.times[label] = entry["time"]
@@ -341,6 +344,37 @@ class AutoquantSession:
             lr.reason = f"fastest: {keep.weighted_time / best_res.weighted_time:.2f}x faster than keep{sq}"
         return lr, benches
 
+    def _remeasure_close(self, entries, best, ordered, built, bias, x, wshape) -> int:
+        """Re-time the candidates within ``_REFINE_WITHIN`` of the best, interleaved.
+
+        ``_REFINE_ROUNDS`` rounds of one short measurement per close candidate (A, B, C,
+        A, B, C, ...; each a share of the long budget), and the median per candidate: a
+        busy moment on a shared machine then touches one round of each, not all of one.
+        Updates ``entries`` and the cache; returns the number of measurements run.
+        """
+        close = [n for n, (_, e) in entries.items() if best is not None and e["time"] <= best * (1 + _REFINE_WITHIN)]
+        close = [n for n in close if not entries[n][1].get("long")]
+        if len(close) < 2:
+            return 0
+        cands = {c.name: c for c in ordered}
+        runs: dict[str, list[dict]] = {name: [] for name in close}
+        for _ in range(_REFINE_ROUNDS):
+            for name in close:
+                runs[name].append(self._time(cands[name], built[name], bias, x, wshape, None, long=True,
+                                             share=1.0 / _REFINE_ROUNDS))
+        for name in close:
+            ckey, _ = entries[name]
+            rounds = runs[name]
+            entry = dict(rounds[0])
+            for field in ("time", "matmul_time", "op_time"):
+                vals = [r[field] for r in rounds if field in r]
+                if vals:
+                    entry[field] = statistics.median(vals)
+            entry["long"] = True
+            self.cache.put(ckey, entry)
+            entries[name] = (ckey, entry)
+        return len(close) * _REFINE_ROUNDS
+
     def _build(self, cand: Candidate, w: torch.Tensor, bias, fqn: str) -> torch.Tensor:
         """The candidate's new weight for this layer, built as ``quantize_`` builds it.
 
@@ -352,11 +386,11 @@ class AutoquantSession:
         with torch.no_grad():
             return handler_for(cand.config)(w, cand.config, fqn)
 
-    def _time(self, cand: Candidate, q, bias, x, wshape, best, long: bool) -> dict:
+    def _time(self, cand: Candidate, q, bias, x, wshape, best, long: bool, share: float = 1.0) -> dict:
         m, k = x.shape
 
         def req(phase, best_so_far):
-            return TimingRequest(cand.name, wshape, (m, k), x.dtype, x.device, phase, long, best_so_far)
+            return TimingRequest(cand.name, wshape, (m, k), x.dtype, x.device, phase, long, best_so_far, share)
 
         def op():
             return F.linear(x, q, bias)
@@ -461,6 +495,7 @@ def autoquant(
     record_activations: bool = True,
     apply: bool = True,
     progress: bool = False,
+    validate: bool = True,
 ) -> Plan | AutoquantSession:
     """Pick, per linear layer, the fastest candidate format on this device above an accuracy bar.
 
@@ -490,6 +525,10 @@ def autoquant(
             (else random normal activations are used).
         apply: quantize the model with the plan at finalize (False: only return the plan).
         progress: show a tqdm bar if tqdm is installed (progress is logged either way).
+        validate: check the plan end to end at finalize (``validate_end_to_end``): the
+            model's calibration calls are replayed with the plan, with the float weights
+            and with the fastest single configs; a plan slower than float, or more than 5%
+            slower than a single config, is replaced by the faster one (logged, reported).
 
     Returns:
         The ``Plan`` (with ``plan.report``) when calibrated now; with ``manual=True``
@@ -542,6 +581,8 @@ def autoquant(
     )
     target.__dict__[_SESSION_ATTR] = session
     target.__dict__["finalize_autoquant"] = session.finalize
+    if validate:
+        _record_model_calls(session)
     if target is not model:
         session._run_wrapper_eagerly(model)
     if manual:
@@ -561,3 +602,141 @@ def finalize(model: nn.Module) -> Plan:
     if session is None:
         raise ValueError("this model has no autoquant in progress; call lowbit.autoquant(model, manual=True) first")
     return session.finalize()
+
+
+# ---------------------------------------------------------------------- end-to-end check
+
+
+def _record_model_calls(session: AutoquantSession) -> None:
+    """Keep the model's first ``_VALIDATE_CALLS`` calibration calls (arguments only) for
+    ``validate_end_to_end``; the hook is removed at finalize."""
+    calls: list[tuple[tuple, dict]] = []
+    session._model_calls = calls
+
+    @torch._dynamo.disable
+    def hook(module, args, kwargs):
+        if len(calls) < _VALIDATE_CALLS:
+            calls.append((args, dict(kwargs)))
+
+    session._model_call_handle = session.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _single_config_plans(session: AutoquantSession, plan: Plan) -> dict[str, Plan]:
+    """Alternatives to the plan: one candidate wherever it passed the checks (float
+    elsewhere), for the ``_VALIDATE_SINGLES`` candidates the per-layer timings rank fastest."""
+    rep = plan.report
+    by_name = {c.name: c for c in session.candidates}
+    totals: dict[str, float] = {}
+    for cand in session.candidates:
+        if cand.config is None:
+            continue
+        total, used = 0.0, 0
+        for lr in rep.layers.values():
+            res, keep = lr.result(cand.name), lr.result("keep")
+            if res is not None and res.weighted_time is not None:
+                total, used = total + res.weighted_time, used + 1
+            elif keep is not None and keep.weighted_time is not None:
+                total += keep.weighted_time
+        if used:
+            totals[cand.name] = total
+    best = sorted(totals, key=totals.get)[:_VALIDATE_SINGLES]
+    out = {}
+    for name in best:
+        cfg = by_name[name].config
+        configs = {}
+        for fqn, lr in rep.layers.items():
+            res = lr.result(name)
+            configs[fqn] = cfg if res is not None and res.weighted_time is not None else None
+        configs.update({fqn: None for fqn in rep.never_run})
+        if any(v is not None for v in configs.values()) and configs != dict(plan.exact):
+            out[name] = Plan(configs, rep, plan.device, plan.torch_version, plan.lowbit_version)
+    return out
+
+
+def _replay(model: nn.Module, calls) -> None:
+    with torch.no_grad():
+        for args, kwargs in calls:
+            model(*args, **kwargs)
+
+
+def _time_variants(session: AutoquantSession, models: dict[str, nn.Module], calls, rounds: int,
+                   times: dict[str, list[float]]) -> None:
+    """Interleaved rounds: each variant replays the calls once per round (wall clock, or
+    the injected timer's ``time_model(variant_name, fn) -> seconds``)."""
+    device = next(iter(models.values())).parameters().__next__().device
+    for _ in range(rounds):
+        for name, m in models.items():
+            if isinstance(session.timer, Measure):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                _replay(m, calls)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+            else:
+                dt = float(session.timer.time_model(name, lambda m=m: _replay(m, calls)))
+            times.setdefault(name, []).append(dt)
+
+
+def validate_end_to_end(session: AutoquantSession, plan: Plan) -> Plan:
+    """Time the plan on the recorded calibration calls against float and single configs.
+
+    The plan stands if it is no slower than the float model and within 5% of the fastest
+    single-config alternative; otherwise the fastest variant measured replaces it and the
+    report says so. Returns the plan to apply. No-op (the plan is returned) when no
+    model call was recorded, e.g. with ``validate=False``.
+    """
+    handle = getattr(session, "_model_call_handle", None)
+    if handle is not None:
+        handle.remove()
+        session._model_call_handle = None
+    calls = getattr(session, "_model_calls", None)
+    rep = plan.report
+    if not calls or rep is None:
+        return plan
+    if not isinstance(session.timer, Measure) and not hasattr(session.timer, "time_model"):
+        log.info("lowbit.autoquant: end-to-end check skipped: the injected timer has no time_model(name, fn)")
+        return plan
+    alternatives = _single_config_plans(session, plan)
+    variants: dict[str, Plan | None] = {"float": None, "plan": plan, **{f"all {k}": v for k, v in alternatives.items()}}
+    models: dict[str, nn.Module] = {}
+    for name, p in variants.items():
+        if p is None:
+            models[name] = session.model  # not yet quantized: the float model itself
+            continue
+        m = copy.deepcopy(session.model)
+        quantize_(m, p)
+        models[name] = m
+    times: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for m in models.values():  # warm-up: first-call allocations, kernel builds
+            _replay(m, calls[:1])
+        _time_variants(session, models, calls, _VALIDATE_ROUNDS, times)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best_single = min((v for k, v in med.items() if k.startswith("all ")), default=None)
+        limits = [med["float"]] + ([best_single * (1 + _VALIDATE_TOLERANCE)] if best_single is not None else [])
+        if any(abs(med["plan"] / lim - 1) < 0.03 for lim in limits):  # a close call: measure more
+            _time_variants(session, models, calls, _VALIDATE_MORE_ROUNDS, times)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            best_single = min((v for k, v in med.items() if k.startswith("all ")), default=None)
+    rep.validation = dict(med)
+    ok = med["plan"] <= med["float"] and (best_single is None or med["plan"] <= best_single * (1 + _VALIDATE_TOLERANCE))
+    if ok:
+        rep.validation_note = "the plan is no slower than float and within 5% of every single config: kept"
+        return plan
+    fastest = min(med, key=med.get)
+    rep.validation_note = (
+        f"the plan ({med['plan'] * 1e3:.1f} ms) is slower than {fastest} ({med[fastest] * 1e3:.1f} ms) end to end; "
+        f"kept {fastest} instead"
+    )
+    log.warning("lowbit.autoquant: %s", rep.validation_note)
+    chosen = variants[fastest]
+    if chosen is None:  # float: every layer keeps its weight
+        chosen = Plan({fqn: None for fqn in plan.exact}, rep, plan.device, plan.torch_version, plan.lowbit_version)
+    for fqn, lr in rep.layers.items():
+        cfg = chosen.exact.get(fqn)
+        new = "keep" if cfg is None else next(c.name for c in session.candidates if c.config == cfg)
+        if new != lr.choice:
+            lr.choice, lr.reason = new, f"end-to-end check: {fastest} was faster than the per-layer plan"
+    return chosen

@@ -35,6 +35,8 @@ __all__ = [
 
 # format_name -> class; filled by __init_subclass__, read by serialization.
 format_registry: dict[str, type[LowbitTensor]] = {}
+# (class, func) -> op implementation or None, memoized by ``_lookup``; cleared by ``implements``.
+_RESOLVED: dict[tuple[type, Any], Callable | None] = {}
 
 # Metadata every format carries: the logical (unpacked) weight shape and the float dtype
 # the weight stands for (what dequantize() returns and what outputs are cast to).
@@ -104,6 +106,9 @@ class LowbitTensor(torch.Tensor):
         fields = self._bind(args, kwargs)
         for name in self.data_fields + self.meta_fields:
             setattr(self, name, fields[name])
+        # Plain copies for hot paths (check_linear_input), see there.
+        self._lb_shape = tuple(fields["shape"])
+        self._lb_device = next(fields[n] for n in self.data_fields if fields[n] is not None).device
 
     @classmethod
     def _bind(cls, args, kwargs) -> dict[str, Any]:
@@ -206,17 +211,28 @@ class LowbitTensor(torch.Tensor):
         def decorator(fn):
             for op in ops:
                 cls._op_table[op] = fn
+            _RESOLVED.clear()  # a subclass may now resolve ``op`` differently
             return fn
 
         return decorator
 
     @classmethod
     def _lookup(cls, func) -> Callable | None:
+        # Memoized per (class, func): every F.linear and every ``w.shape``/``w.device``
+        # read of a packed weight comes through here (an MRO walk cost ~1-2 us each).
+        key = (cls, func)
+        try:
+            return _RESOLVED[key]
+        except KeyError:
+            pass
+        impl = None
         for klass in cls.__mro__:
             table = klass.__dict__.get("_op_table")
             if table is not None and func in table:
-                return table[func]
-        return None
+                impl = table[func]
+                break
+        _RESOLVED[key] = impl
+        return impl
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -434,12 +450,15 @@ def check_linear_input(x, w: LowbitTensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {got}")
-    if x.shape[-1] != w.shape[1]:
+    # ``w.shape``/``w.device`` on a subclass go through __torch_function__ (a few us each,
+    # per linear call): read the plain values stored at construction when present.
+    shape = w.__dict__.get("_lb_shape") or tuple(w.shape)
+    if x.shape[-1] != shape[1]:
         raise ValueError(
-            f"linear input has {x.shape[-1]} features but the weight expects {w.shape[1]} "
-            f"(weight shape {tuple(w.shape)})"
+            f"linear input has {x.shape[-1]} features but the weight expects {shape[1]} "
+            f"(weight shape {shape})"
         )
-    if x.device != w.device:
+    if x.device != w.__dict__.get("_lb_device", w.device):
         raise ValueError(f"input is on {x.device} but the weight is on {w.device}; move one of them")
 
 

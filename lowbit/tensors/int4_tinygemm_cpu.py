@@ -152,7 +152,7 @@ def _linear(func, types, args, kwargs):
     if w.transposed:
         raise UnsupportedOpError("F.linear needs the untransposed Int4TinygemmCpuTensor; call .t() again")
     check_linear_input(x, w)
-    if w.device.type != "cpu":  # e.g. a pickled CPU blob loaded with map_location="cuda"
+    if w._lb_device.type != "cpu":  # e.g. a pickled CPU blob loaded with map_location="cuda"
         raise UnsupportedError(
             f"Int4TinygemmCpuTensor holds a CPU-only packing but lives on {w.device}; repack it for that "
             f"device with w.from_checkpoint(torch.device({str(w.device)!r}))"
@@ -163,7 +163,7 @@ def _linear(func, types, args, kwargs):
             f"{tinygemm_cpu_layout()!r} (another CPU or ATEN_CPU_CAPABILITY); repack it exactly with "
             "w.from_checkpoint(torch.device('cpu')), or save/load through lowbit.save_file/load_file"
         )
-    n, k = w.shape
+    n, k = w._lb_shape  # plain copy of w.shape (a subclass property read costs per call)
     x2 = x.reshape(-1, k)
     if x2.shape[0] == 0:  # an empty batch: the C++ GEMV refuses M = 0
         y = x.new_empty((*x.shape[:-1], n))

@@ -1,0 +1,82 @@
+"""``static_compiled_decode``: transformers' static-cache + ``torch.compile`` recipe, set up
+so that ``generate`` compiles the decode step once and never recompiles.
+
+transformers compiles the single-token decode step when the KV cache is static
+(``cache_implementation="static"``; on CPU only when asked). Its cache is sized per call
+(prompt + ``max_new_tokens``), and a new size is a new tensor shape for every layer's
+keys and values: the first ``generate`` with other lengths recompiles, and with
+``fullgraph=True`` a few such calls reach dynamo's recompile limit. Fixing the cache
+length (``generation_config.max_cache_len``, transformers >= 5; older versions keep the
+largest length seen, ``_previous_max_cache_length``) makes every decode step the same
+graph: batch 1, one token, the same cache shapes. lowbit's packed linears are custom ops
+with fake implementations, so they are captured inside that graph.
+
+    lowbit.quantize_(model, lowbit.Int4WeightOnlyConfig(group_size=32), fuse_projections=True)
+    static_compiled_decode(model, max_cache_len=1024)
+    model.generate(**inputs, max_new_tokens=64)   # compiles once (first call), then reuses
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+__all__ = ["count_compiles", "static_compiled_decode"]
+
+log = logging.getLogger(__name__)
+
+
+def static_compiled_decode(
+    model: nn.Module,
+    max_cache_len: int,
+    *,
+    mode: str | None = None,
+    backend: str = "inductor",
+    fullgraph: bool = True,
+) -> None:
+    """Make ``model.generate`` use a static KV cache of ``max_cache_len`` and a compiled decode step.
+
+    Args:
+        model: a transformers generative model (``generation_config`` and ``generate``).
+        max_cache_len: tokens the cache holds (prompt + new tokens of the longest call).
+            A call that needs more gets a larger cache, and that one recompiles.
+        mode: ``torch.compile`` mode; default ``"reduce-overhead"`` (CUDA graphs) on CUDA
+            and ``"default"`` elsewhere (CUDA graphs do not exist on CPU).
+        backend: ``torch.compile`` backend (``"eager"``/``"aot_eager"`` for tests).
+        fullgraph: compile the decode step as one graph (a graph break raises).
+
+    Prefill (the prompt) runs eagerly, as transformers does it: its length changes per call.
+    """
+    gen = getattr(model, "generation_config", None)
+    if gen is None or not hasattr(model, "generate"):
+        raise TypeError(
+            f"static_compiled_decode needs a transformers generative model (with generation_config "
+            f"and generate), got {type(model).__name__}"
+        )
+    if isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < 2:
+        raise ValueError(f"max_cache_len must be an integer >= 2 (prompt + new tokens), got {max_cache_len!r}")
+    try:
+        from transformers.generation import CompileConfig
+    except ImportError:
+        raise ValueError(
+            "static_compiled_decode needs transformers with generation.CompileConfig (>= 4.48); "
+            "upgrade transformers"
+        ) from None
+    device = next(model.parameters()).device
+    if mode is None:
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+    cc = CompileConfig(fullgraph=fullgraph, mode=mode, backend=backend)
+    cc._compile_all_devices = True  # transformers compiles on CUDA only unless asked
+    gen.cache_implementation = "static"
+    gen.compile_config = cc
+    gen.max_cache_len = max_cache_len  # read by transformers >= 5 (ignored by older versions)
+    # Older versions size the cache from the largest length seen so far; start there.
+    model._previous_max_cache_length = max(max_cache_len, getattr(model, "_previous_max_cache_length", -1))
+    log.info("lowbit: static cache of %d tokens, decode step compiled (%s, mode %s)", max_cache_len, backend, mode)
+
+
+def count_compiles() -> int:
+    """Graphs dynamo compiled so far in this process (a test helper for recompiles)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])

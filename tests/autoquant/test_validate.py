@@ -1,0 +1,106 @@
+"""autoquant's interleaved re-measure of close calls and its end-to-end check of the plan."""
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit import autoquant as aq
+from lowbit.tensors import Int8Tensor
+
+from aq_fake_timer import FakeTimer
+
+K = 64
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(K, 128, dtype=torch.bfloat16), nn.ReLU(), nn.Linear(128, K, dtype=torch.bfloat16))
+
+
+def _x(m=4):
+    return torch.randn(m, K, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+
+
+class ModelTimer(FakeTimer):
+    """FakeTimer that also answers the end-to-end check: seconds per variant name."""
+
+    def __init__(self, table=None, default=1.0, model_times=None):
+        super().__init__(table, default)
+        self.model_times = dict(model_times or {})
+        self.model_calls = []
+
+    def time_model(self, name, fn):
+        self.model_calls.append(name)
+        return self.model_times.get(name, 1.0)
+
+
+def test_close_candidates_are_remeasured_interleaved():
+    timer = FakeTimer()  # 1.0 s for everything: all candidates are close
+    lowbit.autoquant(_model(), (_x(),), candidates="int8", timer=timer)
+    long_calls = [r.candidate for r in timer.calls(long=True) if tuple(r.weight_shape) == (128, K)]
+    n = len(set(long_calls))
+    assert n == 3 and len(long_calls) == 3 * aq.search._REFINE_ROUNDS
+    first_round = long_calls[:n]
+    assert long_calls == first_round * aq.search._REFINE_ROUNDS  # A, B, C, A, B, C, ...
+    assert all(r.share == pytest.approx(1 / aq.search._REFINE_ROUNDS) for r in timer.calls(long=True))
+
+
+def test_plan_faster_than_float_and_singles_is_kept():
+    timer = ModelTimer({("int8_weight_only",): 0.1}, model_times={"float": 2.0, "plan": 1.0, "all int8_weight_only": 1.0})
+    plan = lowbit.autoquant(m := _model(), (_x(),), candidates="int8", timer=timer)
+    assert {"float", "plan"} <= set(plan.report.validation)
+    assert "all int8_weight_only" not in plan.report.validation  # that one is the plan itself
+    assert "kept" in plan.report.validation_note and "instead" not in plan.report.validation_note
+    assert isinstance(m[0].weight, Int8Tensor)
+    # Interleaved: every variant once per round.
+    names = list(dict.fromkeys(timer.model_calls))
+    assert timer.model_calls[: 2 * len(names)] == names * 2
+
+
+def test_plan_slower_than_float_end_to_end_keeps_float():
+    timer = ModelTimer({("int8_weight_only",): 0.1}, model_times={"float": 1.0, "plan": 1.5})
+    m = _model()
+    plan = lowbit.autoquant(m, (_x(),), candidates="int8", timer=timer)
+    assert "kept float instead" in plan.report.validation_note
+    assert all(cfg is None for cfg in plan.exact.values())
+    assert not any(isinstance(p, lowbit.LowbitTensor) for p in m.parameters())
+    assert set(plan.report.choices.values()) == {"keep"}
+    assert "end-to-end check" in plan.report.to_markdown()
+
+
+def test_plan_more_than_5_percent_behind_a_single_config_takes_it():
+    # Per layer int8_dynamic looks fastest, but the whole model is faster with all int8_weight_only.
+    timer = ModelTimer(
+        {("int8_dynamic",): 0.1, ("int8_weight_only",): 0.2},
+        model_times={"float": 3.0, "plan": 1.2, "all int8_weight_only": 1.0, "all int8_dynamic": 1.2},
+    )
+    m = _model()
+    plan = lowbit.autoquant(m, (_x(),), candidates="int8", timer=timer, min_sqnr=None)
+    assert "all int8_weight_only" in plan.report.validation_note
+    assert set(plan.report.choices.values()) == {"int8_weight_only"}
+    assert all(type(m[i].weight) is Int8Tensor for i in (0, 2))  # weight-only (Int8DynActTensor is the other)
+
+
+def test_within_tolerance_of_a_single_config_is_kept():
+    timer = ModelTimer(
+        {("int8_dynamic",): 0.1, ("int8_weight_only",): 0.2},
+        model_times={"float": 3.0, "plan": 1.04, "all int8_weight_only": 1.0},
+    )
+    plan = lowbit.autoquant(_model(), (_x(),), candidates="int8", timer=timer, min_sqnr=None)
+    assert "instead" not in plan.report.validation_note
+    assert "int8_dynamic" in set(plan.report.choices.values())
+
+
+def test_validate_false_and_plain_injected_timers_skip_the_check():
+    plan = lowbit.autoquant(_model(), (_x(),), candidates="int8", timer=ModelTimer(), validate=False)
+    assert plan.report.validation == {}
+    plan = lowbit.autoquant(_model(), (_x(),), candidates="int8", timer=FakeTimer())
+    assert plan.report.validation == {}
+
+
+def test_wall_clock_check_runs_on_a_real_model():
+    plan = lowbit.autoquant(_model(), (_x(),), candidates="int8")
+    assert {"float", "plan"} <= set(plan.report.validation)
+    assert all(v > 0 for v in plan.report.validation.values())
+    assert plan.report.validation_note

@@ -1,0 +1,74 @@
+"""``static_compiled_decode``: one compiled decode graph across generate calls of other lengths."""
+
+import copy
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.decode import count_compiles, static_compiled_decode
+
+transformers = pytest.importorskip("transformers", reason="static_compiled_decode drives transformers' generate")
+
+
+def tiny_llama():
+    cfg = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
+
+
+def _generate(model, prompt_len, n):
+    ids = torch.randint(0, 128, (1, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+    with torch.inference_mode():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize(
+    "name, cfg",
+    [("int8-wo", lowbit.Int8WeightOnlyConfig()), ("int4-g32", lowbit.Int4WeightOnlyConfig(group_size=32))],
+    ids=["int8-wo", "int4-g32"],
+)
+def test_two_generate_calls_of_other_lengths_compile_once(name, cfg):
+    model = tiny_llama()
+    lowbit.quantize_(model, cfg, fuse_projections=True)
+    eager = copy.deepcopy(model)
+    static_compiled_decode(model, max_cache_len=48, backend="aot_eager")  # AOT traces the custom ops' fake impls
+    torch._dynamo.reset()
+    before = count_compiles()
+    calls = [(5, 6), (11, 9), (3, 4)]
+    outs = [_generate(model, p, n) for p, n in calls]
+    assert count_compiles() - before == 1, "the decode step recompiled"
+    for (p, n), out in zip(calls, outs):
+        assert torch.equal(out, _generate(eager, p, n))  # greedy tokens of the eager model
+
+
+def test_without_a_fixed_cache_length_the_second_call_recompiles():
+    # What the helper prevents: transformers sizes the static cache per call.
+    from transformers.generation import CompileConfig
+
+    model = tiny_llama()
+    lowbit.quantize_(model, lowbit.Int8WeightOnlyConfig())
+    cc = CompileConfig(fullgraph=True, mode="default", backend="eager")
+    cc._compile_all_devices = True
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = cc
+    torch._dynamo.reset()
+    before = count_compiles()
+    _generate(model, 5, 6)
+    _generate(model, 11, 9)
+    assert count_compiles() - before == 2
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2.5, True, "64"], ids=["zero", "one", "float", "bool", "str"])
+def test_bad_cache_length(bad):
+    with pytest.raises(ValueError, match="max_cache_len must be an integer"):
+        static_compiled_decode(tiny_llama(), bad)
+
+
+def test_not_a_generative_model():
+    with pytest.raises(TypeError, match="generative model"):
+        static_compiled_decode(torch.nn.Linear(2, 2), 16)
