@@ -74,6 +74,8 @@ class BadInputMatrix:
 
     # Dtypes offered as activations: each must give a correct output or a clear error.
     bad_input_act_dtypes: ClassVar[tuple] = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32)
+    # True where one activation scale covers the whole batch (NaN/Inf rows then reach every row).
+    per_tensor_activation_scale: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -139,6 +141,8 @@ class BadInputMatrix:
     def test_bad_input_nonfinite_rows_stay_in_their_rows(self, device):
         # A NaN/Inf row may give NaN in that row only (per-token activation quantization
         # included); every finite row must still match the reference.
+        if self.per_tensor_activation_scale:
+            pytest.skip("one activation scale for the whole batch: a NaN/Inf anywhere reaches every row")
         shape, t = self._bad_input_setup(device)
         x = torch.randn(4, shape[1]).to(self.weight_dtype).to(device)
         x[1, 3] = float("nan")
