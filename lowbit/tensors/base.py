@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 aten = torch.ops.aten
 
 __all__ = [
+    "register_rowwise_views",
     "FLOAT_DTYPES",
     "LowbitTensor",
     "UnsupportedOpError",
@@ -517,3 +518,30 @@ def slice_blocked(w: LowbitTensor, data: str, params: tuple[str, ...], dim, star
     shape = list(w.shape)
     shape[dim] = end - start
     return w._replace(**new, shape=tuple(shape))
+
+
+def register_rowwise_views(cls: type[LowbitTensor], data: str = "qdata", params: tuple[str, ...] = ("scale",)) -> None:
+    """``t()``, slicing on both dims and the ``mm``/``addmm`` form ``F.linear`` decomposes into,
+    for a format whose ``data`` field is unpacked [N, K] with per-row/per-block ``params``
+    (int8, float8). ``cls._is_row_layout()`` tells the untransposed form."""
+
+    @cls.implements(aten.t.default)
+    def _t(func, types, args, kwargs):
+        w = args[0]
+        return w._replace(lambda t: t.t(), shape=(w.shape[1], w.shape[0]))
+
+    @cls.implements(aten.slice.Tensor)
+    def _slice(func, types, args, kwargs):
+        w, dim, start, end, step = slice_args(args, kwargs)
+        return slice_blocked(w, data, params, dim, start, end, step)
+
+    @cls.implements(aten.mm.default, aten.addmm.default)
+    def _mm(func, types, args, kwargs):
+        # F.linear decomposed: mm(x, w.t()) / addmm(bias, x, w.t()).
+        bias, x, wt = (args[0], args[1], args[2]) if func is aten.addmm.default else (None, args[0], args[1])
+        if not isinstance(wt, cls) or isinstance(x, LowbitTensor) or wt._is_row_layout():
+            raise UnsupportedOpError(
+                f"{type(wt).__name__} supports mm(x, w.t()) only (the form F.linear decomposes into)"
+            )
+        w = wt.t()
+        return type(w)._lookup(F.linear)(F.linear, (), (x, w, bias), {})

@@ -31,8 +31,7 @@ from .base import (
     check_linear_input,
     finish_linear,
     linear_args,
-    slice_args,
-    slice_blocked,
+    register_rowwise_views,
 )
 
 aten = torch.ops.aten
@@ -175,25 +174,4 @@ Float8DynActPerTensorTensor.implements(F.linear, aten.linear.default)(_linear("f
 # ---------------------------------------------------------------------- views
 
 
-@Float8Tensor.implements(aten.t.default)
-def _t(func, types, args, kwargs):
-    w = args[0]
-    return w._replace(lambda t: t.t(), shape=(w.shape[1], w.shape[0]))
-
-
-@Float8Tensor.implements(aten.slice.Tensor)
-def _slice(func, types, args, kwargs):
-    w, dim, start, end, step = slice_args(args, kwargs)
-    return slice_blocked(w, "qdata", ("scale",), dim, start, end, step)
-
-
-@Float8Tensor.implements(aten.mm.default, aten.addmm.default)
-def _mm(func, types, args, kwargs):
-    # F.linear decomposed: mm(x, w.t()) / addmm(bias, x, w.t()).
-    bias, x, wt = (args[0], args[1], args[2]) if func is aten.addmm.default else (None, args[0], args[1])
-    if not isinstance(wt, Float8Tensor) or isinstance(x, LowbitTensor) or wt._is_row_layout():
-        raise UnsupportedOpError(
-            f"{type(wt).__name__} supports mm(x, w.t()) only (the form F.linear decomposes into)"
-        )
-    w = wt.t()
-    return type(w)._lookup(F.linear)(F.linear, (), (x, w, bias), {})
+register_rowwise_views(Float8Tensor)

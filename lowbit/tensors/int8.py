@@ -18,13 +18,12 @@ from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..ops.library import kernel
 from ..granularity import per_row
 from .base import (
+    register_rowwise_views,
     LowbitTensor,
     UnsupportedOpError,
     check_linear_input,
     finish_linear,
     linear_args,
-    slice_args,
-    slice_blocked,
 )
 
 aten = torch.ops.aten
@@ -134,28 +133,4 @@ def _linear_dynamic(func, types, args, kwargs):
 # ---------------------------------------------------------------------- views
 
 
-@Int8Tensor.implements(aten.t.default)
-def _t(func, types, args, kwargs):
-    w = args[0]
-    return w._replace(lambda t: t.t(), shape=(w.shape[1], w.shape[0]))
-
-
-@Int8Tensor.implements(aten.slice.Tensor)
-def _slice(func, types, args, kwargs):
-    w, dim, start, end, step = slice_args(args, kwargs)
-    return slice_blocked(w, "qdata", ("scale",), dim, start, end, step)
-
-
-@Int8Tensor.implements(aten.mm.default, aten.addmm.default)
-def _mm(func, types, args, kwargs):
-    # F.linear decomposed: mm(x, w.t()) / addmm(bias, x, w.t()).
-    if func is aten.addmm.default:
-        bias, x, wt = args[0], args[1], args[2]
-    else:
-        bias, x, wt = None, args[0], args[1]
-    if not isinstance(wt, Int8Tensor) or isinstance(x, LowbitTensor) or wt._is_row_layout():
-        raise UnsupportedOpError(
-            f"{type(wt).__name__} supports mm(x, w.t()) only (the form F.linear decomposes into)"
-        )
-    w = wt.t()
-    return type(w)._lookup(F.linear)(F.linear, (), (x, w, bias), {})
+register_rowwise_views(Int8Tensor)
