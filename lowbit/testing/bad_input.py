@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..primitives import sqnr
 from ..tensors.base import UnsupportedOpError
+from .weights import make_weight
 
 __all__ = ["BadInputMatrix", "misaligned", "run_isolated"]
 
@@ -160,8 +161,6 @@ class BadInputMatrix:
 
     def _memory_safety_results(self, device) -> dict[str, str]:
         """Run every memory-safety case here; {case: 'ok' | 'refused' | 'FAIL ...'}."""
-        from .conformance import make_weight
-
         out: dict[str, str] = {}
 
         def case(name, fn):

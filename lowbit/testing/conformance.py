@@ -30,18 +30,9 @@ from ..serialization import load_file, save_file
 from ..tensors.base import LowbitTensor, UnsupportedOpError
 from .bad_input import BadInputMatrix
 from .contract import ContractMixin
+from .weights import make_weight
 
 __all__ = ["FormatConformance", "make_weight", "skip_unless_supported", "assert_same_tensor"]
-
-
-def make_weight(shape, dtype=torch.bfloat16, device="cpu", seed=0, heavy_tail=False) -> torch.Tensor:
-    """A reproducible random weight (Student-t when ``heavy_tail``, like real LLM weights)."""
-    g = torch.Generator().manual_seed(seed)
-    if heavy_tail:
-        w = torch.distributions.StudentT(torch.tensor(4.0)).sample(shape) * 0.02
-    else:
-        w = torch.randn(shape, generator=g) * 0.02
-    return w.to(dtype=dtype, device=device)
 
 
 def _skip_unless_device(device) -> None:
