@@ -11,13 +11,13 @@ from lowbit.decode import count_compiles, static_compiled_decode
 transformers = pytest.importorskip("transformers", reason="static_compiled_decode drives transformers' generate")
 
 
-def tiny_llama():
+def tiny_llama(dtype=torch.bfloat16):
     cfg = transformers.LlamaConfig(
         vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
     )
     torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
+    return transformers.LlamaForCausalLM(cfg).eval().to(dtype)
 
 
 def _generate(model, prompt_len, n):
@@ -33,7 +33,10 @@ def _generate(model, prompt_len, n):
     ids=["int8-wo", "int4-g32"],
 )
 def test_two_generate_calls_of_other_lengths_compile_once(name, cfg):
-    model = tiny_llama()
+    # float32: the static cache pads attention to max_cache_len, which in bf16 rounds
+    # differently from the eager dynamic cache and can flip a near-tie of a random model's
+    # greedy argmax; in float32 both paths give the same tokens.
+    model = tiny_llama(torch.float32)
     lowbit.quantize_(model, cfg, fuse_projections=True)
     eager = copy.deepcopy(model)
     static_compiled_decode(model, max_cache_len=48, backend="aot_eager")  # AOT traces the custom ops' fake impls
