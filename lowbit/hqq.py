@@ -25,8 +25,9 @@ best, so the result is never worse than min-max in L2 (SQNR) for any group.
 
 Speed: the groups are processed in chunks of 2^18 weights per CPU thread, so each
 stage's chain of elementwise ops stays in the CPU's cache instead of streaming the whole
-layer through memory per op, and stages 1 and 2 stop once an iteration lowers the
-chunk's total L2 error by less than ``tol`` (relative). It runs on the weight's device.
+layer through memory per op, and in stages 1 and 2 each group stops once an iteration
+lowers its L2 error by less than ``tol`` (relative), so the result of a group never
+depends on the chunking. It runs on the weight's device.
 """
 
 from __future__ import annotations
@@ -123,23 +124,30 @@ def _optimize_chunk(wg, round_z, iters, lp, beta, kappa, refit_iters, tol):
             z_c = torch.round(z_c).clamp(_QMIN, _QMAX)
         best.keep(s_c, z_c)
 
-    def converged(before: float) -> bool:
-        after = best.total()
-        return tol > 0 and before - after <= tol * max(before, 1e-30)
+    # Early stop is per group: a group whose L2 error improved by less than ``tol`` keeps
+    # its (s, z) from then on, so every group's result depends on that group alone (not on
+    # which chunk, thread count or fused neighbour it was processed with).
+    def still_active(active, before):
+        if tol <= 0:
+            return active
+        return active & ((before - best.err) > tol * before.clamp(min=1e-30)).reshape(active.shape)
 
     # Stage 1: half-quadratic iterations on z (s fixed).
     s, z = best.s.clone(), best.z.clone()
     b = beta
+    active = torch.ones_like(z, dtype=torch.bool)
     for _ in range(iters):
-        before = best.total() if tol > 0 else 0.0
+        before = best.err.clone()
         q = _codes(wg, s, z)
         e_out = _shrink_lp(wg - (q - z) * s, b, lp)
-        z = (q - (wg - e_out) / s).mean(dim=1, keepdim=True)
+        z_new = (q - (wg - e_out) / s).mean(dim=1, keepdim=True)
         if round_z:
-            z = torch.round(z).clamp(_QMIN, _QMAX)
+            z_new = torch.round(z_new).clamp(_QMIN, _QMAX)
+        z = torch.where(active, z_new, z)
         b *= kappa
         best.keep(s, z)
-        if converged(before):
+        active = still_active(active, before)
+        if not bool(active.any()):
             break
 
     # Stage 2: least-squares refit of (s, z) for the best codes so far, then re-round;
@@ -153,11 +161,14 @@ def _optimize_chunk(wg, round_z, iters, lp, beta, kappa, refit_iters, tol):
                 z_n = z_n.clamp(_QMIN, _QMAX)
             best.keep(s * ds, z_n)
         s, z = best.s.clone(), best.z.clone()
+        active = torch.ones_like(z, dtype=torch.bool)
         for _ in range(refit_iters):
-            before = best.total() if tol > 0 else 0.0
-            s, z = _refit(wg, s, z, round_z)
+            before = best.err.clone()
+            s_new, z_new = _refit(wg, s, z, round_z)
+            s, z = torch.where(active, s_new, s), torch.where(active, z_new, z)
             best.keep(s, z)
-            if converged(before):
+            active = still_active(active, before)
+            if not bool(active.any()):
                 break
     return best.s, best.z
 
@@ -180,8 +191,8 @@ def hqq_int4_qparams(
     ``"int"`` returns integer-valued zeros in [0, 15] (as float32) for ``x = (q - z) * s``.
     ``iters``: half-quadratic iterations (stage 1), off by default: after the nudged
     refit of stage 2 they cost 3x the time for < 0.01 dB (benchmarks/hqq_speed.py).
-    ``tol``: stages 1 and 2 stop when an iteration improves a chunk's L2 error by less
-    than this fraction (0: run every iteration). Runs on ``w``'s device.
+    ``tol``: in stages 1 and 2 a group stops when an iteration improves its L2 error by
+    less than this fraction (0: run every iteration). Runs on ``w``'s device.
     """
     kind = P._enum(P.ZeroPointKind, zero_point_kind, "zero_point_kind")
     round_z = kind is P.ZeroPointKind.INT

@@ -80,3 +80,16 @@ def test_speed_benchmark_runs_and_prints_its_table(capsys):
     mod.main(["--shape", "32", "256", "--no-old"])
     out = capsys.readouterr().out
     assert "| min-max |" in out and "| HQQ (new" in out and "threads" in out
+
+
+@pytest.mark.parametrize("kind", ["float", "int"])
+def test_hqq_result_does_not_depend_on_chunking(kind, monkeypatch):
+    # Early stop is per group, so a group's qparams are the same whatever chunk (thread
+    # count, fused neighbour layer) it is optimized with.
+    from lowbit import hqq
+
+    w = torch.randn(48, 256, generator=torch.Generator().manual_seed(3)) * 0.02
+    s_ref, z_ref = hqq.hqq_int4_qparams(w, 64, kind)
+    monkeypatch.setattr(hqq, "_CPU_CHUNK_ELEMS_PER_THREAD", 64 * 5)  # 5 groups per chunk and thread
+    s, z = hqq.hqq_int4_qparams(w, 64, kind)
+    assert torch.equal(s, s_ref) and torch.equal(z, z_ref)
