@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["BaseConfig", "register_handler", "config_from_dict", "handler_for"]
+from .errors import UnsupportedError
+
+__all__ = ["BaseConfig", "register_handler", "config_from_dict", "handler_for", "from_float_if_supported"]
 
 _CONFIG_CLASSES: dict[str, type[BaseConfig]] = {}
 _HANDLERS: dict[type, Callable] = {}
@@ -149,3 +151,12 @@ def handler_for(config: BaseConfig) -> Callable:
         if klass in _HANDLERS:
             return _HANDLERS[klass]
     raise TypeError(f"no handler is registered for {type(config).__name__}")
+
+
+def from_float_if_supported(cls, weight: torch.Tensor, fqn: str | None):
+    """``cls.from_float(weight)``, or ``UnsupportedError`` with ``cls.supports``'s reason
+    (what a handler of a config without format options does)."""
+    reason = cls.supports(weight, weight.device)
+    if reason is not None:
+        raise UnsupportedError(f"{cls.__name__} cannot serve {fqn or 'this layer'}: {reason}")
+    return cls.from_float(weight)

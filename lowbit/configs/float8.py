@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..autoquant.candidates import register_candidate
-from ..config import BaseConfig, register_handler
-from ..errors import UnsupportedError
+from ..config import BaseConfig, from_float_if_supported, register_handler
 from ..tensors.float8 import (
     Float8DynActPerTensorTensor,
     Float8DynActTensor,
@@ -51,21 +50,14 @@ class Float8DynamicActivationFloat8WeightConfig(BaseConfig):
             )
 
 
-def _make(cls, weight, fqn):
-    reason = cls.supports(weight, weight.device)
-    if reason is not None:
-        raise UnsupportedError(f"{cls.__name__} cannot serve {fqn or 'this layer'}: {reason}")
-    return cls.from_float(weight)
-
-
 @register_handler(Float8WeightOnlyConfig)
 def _float8_weight_only(weight, config, fqn):
-    return _make(Float8Tensor, weight, fqn)
+    return from_float_if_supported(Float8Tensor, weight, fqn)
 
 
 @register_handler(Float8DynamicActivationFloat8WeightConfig)
 def _float8_dynamic(weight, config, fqn):
-    return _make(_DYNAMIC_CLASSES[config.granularity], weight, fqn)
+    return from_float_if_supported(_DYNAMIC_CLASSES[config.granularity], weight, fqn)
 
 
 # Float8 (e4m3): CUDA sm89+ only (supports() skips them elsewhere with the reason, before

@@ -8,8 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ..autoquant.candidates import register_candidate
-from ..config import BaseConfig, register_handler
-from ..errors import UnsupportedError
+from ..config import BaseConfig, from_float_if_supported, register_handler
 from ..ops.reference import quantize_per_token_int8
 from ..tensors.int8 import Int8DynActTensor, Int8Tensor
 
@@ -30,21 +29,14 @@ class Int8DynamicActivationInt8WeightConfig(BaseConfig):
     """Per-token symmetric int8 activations (quantized at run time) x per-channel int8 weights."""
 
 
-def _make(cls, weight, fqn):
-    reason = cls.supports(weight, weight.device)
-    if reason is not None:
-        raise UnsupportedError(f"{cls.__name__} cannot serve {fqn or 'this layer'}: {reason}")
-    return cls.from_float(weight)
-
-
 @register_handler(Int8WeightOnlyConfig)
 def _int8_weight_only(weight, config, fqn):
-    return _make(Int8Tensor, weight, fqn)
+    return from_float_if_supported(Int8Tensor, weight, fqn)
 
 
 @register_handler(Int8DynamicActivationInt8WeightConfig)
 def _int8_dynamic(weight, config, fqn):
-    return _make(Int8DynActTensor, weight, fqn)
+    return from_float_if_supported(Int8DynActTensor, weight, fqn)
 
 
 def _int8_dynamic_matmul_only(weight: torch.Tensor, x: torch.Tensor) -> Callable[[], torch.Tensor]:
