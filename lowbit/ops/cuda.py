@@ -9,6 +9,7 @@ import torch
 
 from ..device_caps import float8_device_reason
 from ..errors import UnsupportedError
+from .alignment import aligned_copy
 from .library import register_device_kernel
 from .reference import quantize_per_tensor_float8
 
@@ -76,6 +77,18 @@ def _float8_kernels(x):
     return _triton_int8()
 
 
+# cuBLAS (torch._scaled_mm) and tinygemm (aten._weight_int4pack_mm) load 16 bytes at a
+# time and fault on a pointer off a 16-byte boundary ("CUDA error: misaligned address",
+# which poisons the whole CUDA context); a tensor viewed out of a safetensors buffer or
+# sliced at an odd offset can be. Such an operand is copied once per call (the caching
+# allocator's blocks are aligned); aligned contiguous tensors pass through untouched.
+_CUDA_LOAD_ALIGN = 16
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    return aligned_copy(t, _CUDA_LOAD_ALIGN)
+
+
 def _register(name):
     return register_device_kernel(name, "cuda")
 
@@ -135,7 +148,7 @@ def float8_dynamic_linear(x, qdata, scale):
     # Row-wise scaling: scale_a [M, 1], scale_b [1, N] float32, bf16 output (the only
     # output dtype torch 2.11 allows with row-wise scales); the weight goes in as
     # qdata.t(), the column-major [K, N] operand _scaled_mm wants.
-    y = torch._scaled_mm(xq, qdata.t(), scale_a=xs, scale_b=scale.reshape(1, -1),
+    y = torch._scaled_mm(xq, _aligned(qdata).t(), scale_a=xs, scale_b=_aligned(scale).reshape(1, -1),
                          out_dtype=torch.bfloat16, use_fast_accum=True)
     return y.to(x.dtype)
 
@@ -146,7 +159,7 @@ def float8_dynamic_per_tensor_linear(x, qdata, scale):
     xq, xs = quantize_per_tensor_float8(x)
     if x.shape[0] <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
         return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
-    return torch._scaled_mm(xq, qdata.t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),
+    return torch._scaled_mm(xq, _aligned(qdata).t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),
                             out_dtype=x.dtype, use_fast_accum=True)
 
 
@@ -253,7 +266,8 @@ def _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size):
 @_register("int4_tiled_cuda_mm")
 def int4_tiled_cuda_mm(x, qdata, scale_and_zero, group_size):
     # The kernel takes bf16 activations only; other float dtypes are cast in and out.
-    xb = x.to(torch.bfloat16).contiguous()
+    xb = _aligned(x.to(torch.bfloat16))
+    qdata, scale_and_zero = _aligned(qdata), _aligned(scale_and_zero)
     if x.shape[0] > CUDA_INT4_SLOWER_THAN_BF16_M:
         _warn_slow_int4(x.shape[0])
     if x.shape[0] <= CUDA_INT4_TILED_MAX_M:
