@@ -261,7 +261,14 @@ def _cpu_model() -> str:
 def tune_cache_path() -> Path:
     """Where :func:`lowbit.tune` keeps this machine's table: one file per CPU model, torch
     version, ISA class and torch thread count (crossovers move with the threads), under ``$LOWBIT_CACHE_DIR`` (or ``~/.cache/lowbit``) ``/tune``."""
-    raw = f"{_cpu_model()}-torch{torch.__version__}-{isa_class()}-{torch.get_num_threads()}t"
+    return _tune_cache_path(torch.get_num_threads(), os.environ.get("LOWBIT_CACHE_DIR"), os.environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=64)
+def _tune_cache_path(threads: int, _cache_env: str | None, _home: str | None) -> Path:
+    # Memoized per thread count and cache location: every packed CPU linear asks for its
+    # path, and building this name (CPU model, pathlib) took ~40% of a small layer's call.
+    raw = f"{_cpu_model()}-torch{torch.__version__}-{isa_class()}-{threads}t"
     name = "".join(c if c.isalnum() or c in "-._" else "_" for c in raw)
     return cache_dir().parent / "tune" / f"{name}.json"
 
