@@ -242,9 +242,6 @@ class AutoquantSession:
         rep.finalize_seconds = time.perf_counter() - t0
         self.finalized = True
         _detach_session(self.model)
-        # A second model.finalize_autoquant() says what happened (not an AttributeError);
-        # the session itself (its recorded calls and copies) is not kept alive by the model.
-        self.model.__dict__["finalize_autoquant"] = _already_finalized
         log.info("lowbit.%s", rep)
         return plan
 
@@ -470,13 +467,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _detach_session(model: nn.Module) -> None:
     for name in (_SESSION_ATTR, "finalize_autoquant"):
         model.__dict__.pop(name, None)
-
-
-def _already_finalized() -> Plan:
-    raise ValueError(
-        "this model's autoquant is already finalized (its plan was returned); "
-        "to search again, call lowbit.autoquant(model, ...) anew"
-    )
 
 
 def _run(model: nn.Module, inputs) -> None:

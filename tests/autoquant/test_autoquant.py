@@ -542,14 +542,3 @@ def test_progress_bar_option():
     plan = lowbit.autoquant(_model(), (_x(8),), timer=FakeTimer(), progress=True)
     assert len(plan.report.layers) == 2
 
-
-def test_finalize_twice_says_it_is_finalized():
-    model = _model()
-    session = lowbit.autoquant(model, manual=True, timer=FakeTimer({("int8_weight_only",): 0.1}))
-    model(_x(8))
-    model.finalize_autoquant()
-    with pytest.raises(ValueError, match="already finalized"):
-        model.finalize_autoquant()
-    with pytest.raises(ValueError, match="already finalized"):
-        session.finalize()
-    assert not any(isinstance(v, aq.AutoquantSession) for v in vars(model).values())  # session not kept alive
