@@ -66,6 +66,28 @@ def _load_w_rows(w_ptr, rn, k, n_mask, k_mask, K, W_FP8: tl.constexpr):
     return w
 
 
+@triton.jit
+def _load_xt(x_ptr, rm, k, m_mask, k_mask, stride_xm):
+    # The [len(k), len(rm)] transposed tile of activation rows rm (row stride stride_xm);
+    # masked lanes read 0.
+    return tl.load(x_ptr + rm[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0)
+
+
+@triton.jit
+def _k_step_tiles(w_ptr, x_ptr, rn, rm, k, n_mask, m_mask, K, stride_xm, W_FP8: tl.constexpr):
+    # One K step of the y^T = W x^T kernels: the weight tile [len(rn), len(k)] and the
+    # transposed activation tile [len(k), len(rm)].
+    k_mask = k < K
+    return _load_w_rows(w_ptr, rn, k, n_mask, k_mask, K, W_FP8), _load_xt(x_ptr, rm, k, m_mask, k_mask, stride_xm)
+
+
+@triton.jit
+def _store_yt(y_ptr, yt, rn, rm, n_mask, m_mask, stride_ym):
+    # The y^T tile [len(rn), len(rm)] into y [M, N] (row stride stride_ym), in y's dtype.
+    tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], yt.to(y_ptr.dtype.element_ty),
+             mask=n_mask[:, None] & m_mask[None, :])
+
+
 @triton.jit(do_not_specialize=["M"])
 def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                W_FP8: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -117,19 +139,14 @@ def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     if W_IS_A:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + rk
-            k_mask = k < K
-            w = _load_w_rows(w_ptr, rn, k, n_mask, k_mask, K, W_FP8)
-            xt = tl.load(x_ptr + rm[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None],
-                         other=0.0)
+            w, xt = _k_step_tiles(w_ptr, x_ptr, rn, rm, k0 + rk, n_mask, m_mask, K, stride_xm, W_FP8)
             if F32_DOT:
                 acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
             else:
                 # Codes -> float32 -> activation dtype (exact for int8 and e4m3).
                 acc = tl.dot(w.to(tl.float32).to(xt.dtype), xt, acc)
         y = acc * s[:, None]
-        tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
-                 mask=n_mask[:, None] & m_mask[None, :])
+        _store_yt(y_ptr, y, rn, rm, n_mask, m_mask, stride_ym)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -161,10 +178,7 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym, stride_xs
     else:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
-        k = k0 + rk
-        k_mask = k < K
-        w = _load_w_rows(w_ptr, rn, k, n_mask, k_mask, K, FP8)
-        xt = tl.load(xq_ptr + rm[None, :] * K + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0)
+        w, xt = _k_step_tiles(w_ptr, xq_ptr, rn, rm, k0 + rk, n_mask, m_mask, K, K, FP8)
         if FP8:
             # e4m3 values are exact in bf16 and their products exact in float32.
             xt = xt.to(tl.float8e4nv, bitcast=True)
@@ -178,8 +192,7 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym, stride_xs
     ws = tl.load(ws_ptr + rn * stride_ws, mask=n_mask, other=0.0)
     xs = tl.load(xs_ptr + rm * stride_xs, mask=m_mask, other=0.0)
     y = acc.to(tl.float32) * ws[:, None] * xs[None, :]
-    tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
-             mask=n_mask[:, None] & m_mask[None, :])
+    _store_yt(y_ptr, y, rn, rm, n_mask, m_mask, stride_ym)
 
 
 @triton.jit
