@@ -495,7 +495,12 @@ def test_real_run_on_cpu():
     for lr in rep.layers.values():
         timed = [c for c in lr.candidates if c.weighted_time is not None]
         assert lr.result("keep") in timed
-        assert lr.result(lr.choice).weighted_time == min(c.weighted_time for c in timed)
+        if lr.reason.startswith("end-to-end check:"):
+            # The whole-model check replaced the per-layer plan (on a busy machine float can
+            # win a close end-to-end race); the report says so.
+            assert "end to end; kept" in rep.validation_note
+        else:
+            assert lr.result(lr.choice).weighted_time == min(c.weighted_time for c in timed)
         for c in timed:
             assert c.times["M=16 bfloat16"] > 0 and math.isfinite(c.times["M=16 bfloat16"])
     with torch.no_grad():
