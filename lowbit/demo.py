@@ -446,6 +446,38 @@ def _time_prefill(model, ids: torch.Tensor, device) -> float:
 # ---------------------------------------------------------------------- llama.cpp
 
 
+def _llama_cpp_crash_reason(path: Path, threads: int, device: torch.device) -> str | None:
+    """None if llama-cpp-python loads the GGUF, runs a prompt and generates in a child process, else why not.
+
+    A llama.cpp built for instructions this CPU (or VM) does not execute dies with SIGILL,
+    which no Python code can catch: seen with a ``GGML_NATIVE`` build using AMX tiles in a
+    VM that reports amx_int8. Probing in a subprocess keeps the demo's other rows alive.
+    """
+    import subprocess
+    import sys
+
+    gpu = -1 if device.type == "cuda" else 0
+    code = (
+        "import llama_cpp\n"
+        f"llm = llama_cpp.Llama(model_path={str(path)!r}, n_threads={threads}, n_ctx=256, n_batch=256, "
+        f"n_gpu_layers={gpu}, verbose=False)\n"
+        "llm.eval([17] * 96)\n"  # a prompt: the batched kernels (where the AMX build died)
+        "llm.reset()\n"
+        "llm('Hello', max_tokens=2)\n"  # and one-token decode steps
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "llama-cpp-python did not finish a 96-token prompt and 2 tokens within 300 s"
+    if proc.returncode == 0:
+        return None
+    how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+    hint = (" (illegal instruction: rebuild llama-cpp-python for this CPU, e.g. CMAKE_ARGS=\"-DGGML_NATIVE=OFF "
+            "-DGGML_AMX_INT8=OFF\")" if proc.returncode == -4 else "")
+    tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
+    return f"llama-cpp-python died on a 96-token prompt + 2 tokens ({how}){hint}" + (f": {tail[0][:200]}" if tail else "")
+
+
 class _LlamaCppModel:
     """The GGUF through ``llama-cpp-python``, timed like the torch rows (same token ids)."""
 
@@ -644,6 +676,11 @@ def _build_row(dc: DemoConfig, model, tokenizer, tokens, s: _Settings, result: D
     """Quantize one row's model and measure what does not need the clock (size, perplexity)."""
     if isinstance(dc.config, LlamaCppDemo):
         threads = torch.get_num_threads()
+        crash = _llama_cpp_crash_reason(find_gguf(), threads, s.device)
+        if crash is not None:
+            result.notes.append(f"llama.cpp: row skipped: {crash}")
+            log.warning("lowbit demo: llama.cpp row skipped: %s", crash)
+            return None
         cpp = _LlamaCppModel(find_gguf(), threads, max(s.prefill_tokens, 256) + s.new_tokens + 64, s.device)
         result.notes.append(f"llama.cpp: llama-cpp-python {cpp.version}, {threads} threads, the GGUF's own Q4_1 weights")
         row = DemoRow(dc.name, "Q4_1", float("nan"), find_gguf().stat().st_size / 2**20, None, 0.0, 0.0, 0, 0, "")

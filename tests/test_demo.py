@@ -257,3 +257,22 @@ def test_run_demo_bad_arguments(kwargs, match):
 def test_run_demo_cuda_without_gpu():
     with pytest.raises(demo.DemoError, match="no CUDA GPU"):
         demo.run_demo(["float-fp32"], device="cuda")
+
+
+@pytest.mark.parametrize(("returncode", "expect"), [(0, None), (-4, "signal 4"), (1, "exit code 1")])
+def test_llama_cpp_probe_reports_a_dead_child(monkeypatch, tmp_path, returncode, expect):
+    # A llama.cpp built for instructions the CPU lacks dies with SIGILL, which would take the
+    # whole demo down: the row is probed in a child process and skipped with the reason.
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen["code"] = cmd[-1]
+        return subprocess.CompletedProcess(cmd, returncode, "", "boom\n" if returncode else "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    reason = demo._llama_cpp_crash_reason(tmp_path / "m.gguf", 2, torch.device("cpu"))
+    assert "llm.eval(" in seen["code"] and "max_tokens=2" in seen["code"]  # prompt and decode both run
+    if expect is None:
+        assert reason is None
+    else:
+        assert expect in reason and ("GGML_NATIVE=OFF" in reason) == (returncode == -4)

@@ -320,6 +320,15 @@ def test_int8_on_meta_device(cfg):
     assert m.weight.qdata.shape == (64, 256)
 
 
+def test_int4_plain_on_meta_device():
+    # A shape-only model (meta device) quantizes to the portable int4 form; value checks
+    # on the codes are skipped there (a meta tensor has no values), shapes still checked.
+    m = nn.Linear(256, 64, device="meta", dtype=torch.bfloat16)
+    lowbit.quantize_(m, lowbit.Int4WeightOnlyConfig(group_size=64, packing="plain"))
+    w = m.weight
+    assert type(w).__name__ == "Int4PlainTensor" and w.device.type == "meta" and tuple(w.shape) == (64, 256)
+
+
 def test_nan_weight_error_names_the_layer():
     m = _two_layers()
     with torch.no_grad():

@@ -242,6 +242,9 @@ class AutoquantSession:
         rep.finalize_seconds = time.perf_counter() - t0
         self.finalized = True
         _detach_session(self.model)
+        # A second model.finalize_autoquant() says what happened (not an AttributeError);
+        # the session itself (its recorded calls and copies) is not kept alive by the model.
+        self.model.__dict__["finalize_autoquant"] = _already_finalized
         log.info("lowbit.%s", rep)
         return plan
 
@@ -469,6 +472,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _detach_session(model: nn.Module) -> None:
     for name in (_SESSION_ATTR, "finalize_autoquant"):
         model.__dict__.pop(name, None)
+
+
+def _already_finalized() -> Plan:
+    raise ValueError(
+        "this model's autoquant is already finalized (its plan was returned); "
+        "to search again, call lowbit.autoquant(model, ...) anew"
+    )
 
 
 def _run(model: nn.Module, inputs) -> None:

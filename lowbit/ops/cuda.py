@@ -9,6 +9,7 @@ import torch
 
 from ..device_caps import float8_device_reason
 from ..errors import UnsupportedError
+from .alignment import aligned_copy
 from .library import register_device_kernel
 from .reference import quantize_per_tensor_float8
 
@@ -76,6 +77,18 @@ def _float8_kernels(x):
     return _triton_int8()
 
 
+# cuBLAS (torch._scaled_mm) and tinygemm (aten._weight_int4pack_mm) load 16 bytes at a
+# time and fault on a pointer off a 16-byte boundary ("CUDA error: misaligned address",
+# which poisons the whole CUDA context); a tensor viewed out of a safetensors buffer or
+# sliced at an odd offset can be. Such an operand is copied once per call (the caching
+# allocator's blocks are aligned); aligned contiguous tensors pass through untouched.
+_CUDA_LOAD_ALIGN = 16
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    return aligned_copy(t, _CUDA_LOAD_ALIGN)
+
+
 def _register(name):
     return register_device_kernel(name, "cuda")
 
@@ -135,7 +148,7 @@ def float8_dynamic_linear(x, qdata, scale):
     # Row-wise scaling: scale_a [M, 1], scale_b [1, N] float32, bf16 output (the only
     # output dtype torch 2.11 allows with row-wise scales); the weight goes in as
     # qdata.t(), the column-major [K, N] operand _scaled_mm wants.
-    y = torch._scaled_mm(xq, qdata.t(), scale_a=xs, scale_b=scale.reshape(1, -1),
+    y = torch._scaled_mm(xq, _aligned(qdata).t(), scale_a=xs, scale_b=_aligned(scale).reshape(1, -1),
                          out_dtype=torch.bfloat16, use_fast_accum=True)
     return y.to(x.dtype)
 
@@ -146,7 +159,7 @@ def float8_dynamic_per_tensor_linear(x, qdata, scale):
     xq, xs = quantize_per_tensor_float8(x)
     if x.shape[0] <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
         return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
-    return torch._scaled_mm(xq, qdata.t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),
+    return torch._scaled_mm(xq, _aligned(qdata).t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),
                             out_dtype=x.dtype, use_fast_accum=True)
 
 
@@ -195,11 +208,13 @@ _TRITON_DEQUANT = None  # the compiled Triton kernel, built on first use (never 
 
 
 def _triton_tiled_dequant_kernel():
-    """Triton kernel: one program per BLOCK int32 words of the tiled layout, 8 nibbles each.
+    """Triton kernel: one program per [BLOCK_N, BLOCK_K] tile of the bf16 output.
 
-    Word (nt, ko, lane, p) holds, at nibble j = 4 d + 2 a + b, the element
-    n = 8 nt + lane // 4, k = ko * 16 ikt + 32 p + 16 a + 8 b + 2 (lane % 4) + d
-    (lowbit/packing/int4_tiled.py). All 8 lie in one 32-wide k span, so in one group.
+    Word (nt, ko, lane, p) of the tiled layout holds, at nibble j = 4 d + 2 a + b, the
+    element n = 8 nt + lane // 4, k = ko * K_OUTER + 32 p + 16 a + 8 b + 2 (lane % 4) + d
+    (lowbit/packing/int4_tiled.py). The kernel inverts that map per output element, so
+    its stores are contiguous along k (the gathered words are re-read from L1/L2); a
+    word-major kernel writes 8 scattered values per word and ran 3x slower on an H200.
     """
     global _TRITON_DEQUANT
     if _TRITON_DEQUANT is None:
@@ -207,30 +222,28 @@ def _triton_tiled_dequant_kernel():
         import triton.language as tl
 
         @triton.jit
-        def kernel(q_ptr, sz_ptr, out_ptr, total, N, K, KO,
-                   P: tl.constexpr, K_OUTER: tl.constexpr, GS: tl.constexpr, BLOCK: tl.constexpr):
-            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-            mask = offs < total
-            w = tl.load(q_ptr + offs, mask=mask, other=0)
-            p = offs % P
-            lane = (offs // P) % 32
-            ko = (offs // (P * 32)) % KO
-            n = (offs // (P * 32 * KO)) * 8 + lane // 4
-            k0 = ko * K_OUTER + p * 32
-            g = k0 // GS
-            s = tl.load(sz_ptr + (g * N + n) * 2, mask=mask, other=0.0).to(tl.float32)
-            z = tl.load(sz_ptr + (g * N + n) * 2 + 1, mask=mask, other=0.0).to(tl.float32)
-            kb = k0 + (lane % 4) * 2
-            for j in tl.static_range(8):
-                k = kb + ((j // 2) % 2) * 16 + (j % 2) * 8 + j // 4
-                nib = ((w >> (4 * j)) & 0xF).to(tl.float32)
-                tl.store(out_ptr + n * K + k, ((nib - 8.0) * s + z).to(tl.bfloat16), mask=mask)
+        def kernel(q_ptr, sz_ptr, out_ptr, N, K, KO,
+                   P: tl.constexpr, K_OUTER: tl.constexpr, GS: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+            n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
+            k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
+            mask = (n < N) & (k < K)
+            r = k % 32
+            lane = (n % 8) * 4 + (r % 8) // 2
+            word = (((n // 8) * KO + k // K_OUTER) * 32 + lane) * P + (k % K_OUTER) // 32
+            j = (r % 2) * 4 + (r // 16) * 2 + (r // 8) % 2
+            w = tl.load(q_ptr + word, mask=mask, other=0)
+            nib = ((w >> (4 * j)) & 0xF).to(tl.float32)
+            sz = sz_ptr + ((k // GS) * N + n) * 2
+            s = tl.load(sz, mask=mask, other=0.0).to(tl.float32)
+            z = tl.load(sz + 1, mask=mask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + n * K + k, ((nib - 8.0) * s + z).to(tl.bfloat16), mask=mask)
 
         _TRITON_DEQUANT = kernel
     return _TRITON_DEQUANT
 
 
-_DEQUANT_BLOCK = 1024  # int32 words per Triton program
+_DEQUANT_BLOCK_N, _DEQUANT_BLOCK_K = 16, 256  # output tile per Triton program
 
 
 def _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size):
@@ -244,16 +257,17 @@ def _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size):
     n_tiles, ko, _, p = qdata.shape
     n, k = n_tiles * 8, ko * p * 32
     out = torch.empty((n, k), dtype=torch.bfloat16, device=qdata.device)
-    total = qdata.numel()
-    grid = ((total + _DEQUANT_BLOCK - 1) // _DEQUANT_BLOCK,)
-    kernel[grid](qdata, scale_and_zero, out, total, n, k, ko, P=p, K_OUTER=p * 32, GS=group_size, BLOCK=_DEQUANT_BLOCK)
+    grid = (-(-n // _DEQUANT_BLOCK_N), -(-k // _DEQUANT_BLOCK_K))
+    kernel[grid](qdata, scale_and_zero, out, n, k, ko, P=p, K_OUTER=p * 32, GS=group_size,
+                 BLOCK_N=_DEQUANT_BLOCK_N, BLOCK_K=_DEQUANT_BLOCK_K)
     return out
 
 
 @_register("int4_tiled_cuda_mm")
 def int4_tiled_cuda_mm(x, qdata, scale_and_zero, group_size):
     # The kernel takes bf16 activations only; other float dtypes are cast in and out.
-    xb = x.to(torch.bfloat16).contiguous()
+    xb = _aligned(x.to(torch.bfloat16))
+    qdata, scale_and_zero = _aligned(qdata), _aligned(scale_and_zero)
     if x.shape[0] > CUDA_INT4_SLOWER_THAN_BF16_M:
         _warn_slow_int4(x.shape[0])
     if x.shape[0] <= CUDA_INT4_TILED_MAX_M:

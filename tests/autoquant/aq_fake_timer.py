@@ -29,3 +29,14 @@ class FakeTimer:
             and (phase is None or r.phase == phase)
             and (long is None or r.long == long)
         ]
+
+
+def assert_choices_follow_timing(rep):
+    """Each layer keeps its fastest timed candidate, unless the whole-model check at finalize
+    replaced the plan by a faster variant (and said so, per layer and in the report)."""
+    for lr in rep.layers.values():
+        timed = [c for c in lr.candidates if c.weighted_time is not None]
+        if lr.reason.startswith("end-to-end check:"):
+            assert rep.validation_note.endswith("instead") and lr.result(lr.choice) is not None
+        else:
+            assert lr.result(lr.choice).weighted_time == min(c.weighted_time for c in timed)

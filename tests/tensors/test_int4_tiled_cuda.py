@@ -1,6 +1,8 @@
 """Int4TiledCudaTensor: tiled pack/unpack (CPU), reference numerics, and on CUDA the
 bit-equality with aten._convert_weight_to_int4pack and the tinygemm kernel."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -192,6 +194,26 @@ def test_cuda_fast_dequantize_is_bit_exact(group_size):
     fast = lowbit_cuda._dequantize_int4_tiled_bf16(t.qdata, t.scale_and_zero, group_size)
     assert torch.equal(fast, lowbit_cuda._dequantize_int4_tiled_torch(t.qdata, t.scale_and_zero, group_size))
     assert torch.equal(fast.cpu(), t.dequantize(torch.float32).to(torch.bfloat16).cpu())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (pip install triton)")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the compiled kernel is tested above")
+@pytest.mark.parametrize(("group_size", "inner_k_tiles", "shape"),
+                         [(32, 2, (40, 2048)), (256, 8, (24, 1024)), (64, 8, (8, 256))])
+def test_fast_dequantize_in_the_triton_interpreter(monkeypatch, group_size, inner_k_tiles, shape):
+    # The CPU stand-in for the GPU kernel: every output element comes from the right nibble
+    # and group. The interpreter rounds float32 -> bf16 differently from CUDA, so this
+    # allows one bf16 step (an index error is off by whole quantization steps).
+    from lowbit.ops import cuda as lowbit_cuda
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(lowbit_cuda, "_TRITON_DEQUANT", None)  # re-decorate under the interpreter
+    t = Int4TiledCudaTensor.from_float(make_weight(shape, torch.float32), group_size=group_size,
+                                       inner_k_tiles=inner_k_tiles)
+    fast = lowbit_cuda._dequantize_int4_tiled_bf16(t.qdata, t.scale_and_zero, group_size).float()
+    exact = t.dequantize(torch.float32)
+    assert fast.shape == exact.shape
+    assert torch.all((fast - exact).abs() <= exact.abs() * 2**-7)
 
 
 @pytest.mark.parametrize("k", [576, 1024], ids=["K576", "K1024"])
