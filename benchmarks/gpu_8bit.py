@@ -57,6 +57,17 @@ def _graphed(fn):
     return graph.replay
 
 
+def _sample_ms(fn, inner: int) -> float:
+    """Milliseconds of ``inner`` back-to-back calls of ``fn``, timed by CUDA events."""
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(inner):
+        fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e)
+
+
 def time_us(fn, budget_ms: float, graph: bool, inner: int = 1) -> float:
     """Median microseconds per call of ``fn``; ``inner`` calls per timed sample (eager)."""
     if graph:
@@ -64,24 +75,9 @@ def time_us(fn, budget_ms: float, graph: bool, inner: int = 1) -> float:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(inner):
-        fn()
-    e.record()
-    e.synchronize()
-    one = max(s.elapsed_time(e), 1e-3)
+    one = max(_sample_ms(fn, inner), 1e-3)
     reps = int(max(5, min(200, budget_ms / one)))
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(inner):
-            fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1000.0 / inner)
-    return statistics.median(times)
+    return statistics.median(_sample_ms(fn, inner) * 1000.0 / inner for _ in range(reps))
 
 
 def _weights(n, k):

@@ -80,10 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--list", action="store_true", help="list the available configs and exit")
     demo.set_defaults(func=_run_demo)
     _add_quantize(sub)
-    _add_inspect(sub)
+    _add_checkpoint_commands(sub)
     _add_eval(sub)
     _add_bench(sub)
-    _add_upgrade(sub)
     tune = sub.add_parser("tune", help="measure this CPU's kernel crossovers and cache them for the dispatch")
     tune.set_defaults(func=_run_tune)
     tune.add_argument("--shape", default="4096x4096", metavar="NxK", help="layer timed (default 4096x4096)")
@@ -170,14 +169,21 @@ def _run_quantize(args) -> int:
     return 0
 
 
-def _add_inspect(sub) -> None:
-    p = _subcommand(
-        sub, "inspect", "formats, group sizes, versions, bytes and devices of a checkpoint",
-        "Show each tensor of a lowbit (or float) checkpoint: format and version, group size, bytes, "
-        "which devices can run it; totals and the lowbit version that wrote it. Reads headers only.",
-        ["lowbit inspect smollm2-int4/", "lowbit inspect model.safetensors"], _run_inspect,
-    )
-    p.add_argument("path", metavar="PATH", help="model directory or .safetensors file")
+def _add_checkpoint_commands(sub) -> None:
+    """``inspect`` and ``upgrade``: each takes one checkpoint PATH."""
+    for name, help, description, func in (
+        ("inspect", "formats, group sizes, versions, bytes and devices of a checkpoint",
+         "Show each tensor of a lowbit (or float) checkpoint: format and version, group size, bytes, "
+         "which devices can run it; totals and the lowbit version that wrote it. Reads headers only.",
+         _run_inspect),
+        ("upgrade", "rewrite a checkpoint's tensors at this lowbit's format versions",
+         "Convert packed tensors saved by an older format version to the current one (in place, "
+         "through a temporary file and a rename).",
+         _run_upgrade),
+    ):
+        examples = [f"lowbit {name} smollm2-int4/", f"lowbit {name} model.safetensors"]
+        p = _subcommand(sub, name, help, description, examples, func)
+        p.add_argument("path", metavar="PATH", help="model directory or .safetensors file")
 
 
 def _run_inspect(args) -> int:
@@ -187,16 +193,25 @@ def _run_inspect(args) -> int:
     return 0
 
 
+def _add_lm_command(sub, name: str, help: str, description: str, examples: Sequence[str], func,
+                    tokens: tuple[int, str]):
+    """A subcommand on one causal LM DIR with ``--tokens`` (default, help) and ``--threads``,
+    what ``_load_lm`` reads."""
+    p = _subcommand(sub, name, help, description, examples, func)
+    p.add_argument("dir", metavar="DIR", help="Hugging Face causal LM directory (float or lowbit)")
+    p.add_argument("--tokens", type=_positive_int, default=tokens[0], metavar="N", help=tokens[1])
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
+    return p
+
+
 def _add_eval(sub) -> None:
-    p = _subcommand(
+    p = _add_lm_command(
         sub, "eval", "perplexity of a causal LM directory on the demo's built-in text",
         "Perplexity on the demo's evaluation text (Python stdlib docstrings, nothing downloaded).",
         ["lowbit eval smollm2/", "lowbit eval smollm2-int4/ --tokens 4096"], _run_eval,
+        tokens=(1024, "evaluation tokens (default 1024)"),
     )
-    p.add_argument("dir", metavar="DIR", help="Hugging Face causal LM directory (float or lowbit)")
-    p.add_argument("--tokens", type=_positive_int, default=1024, metavar="N", help="evaluation tokens (default 1024)")
     p.add_argument("--window", type=_positive_int, default=512, metavar="N", help="window length (default 512)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
 
 
 def _load_lm(args):
@@ -230,14 +245,12 @@ def _run_eval(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = _subcommand(
+    _add_lm_command(
         sub, "bench", "greedy-decode tokens/s of a causal LM directory",
         "Greedy-decode N tokens after the demo's chat prompt (prefill included) and print tokens/s.",
         ["lowbit bench smollm2/ --tokens 64", "lowbit bench smollm2-int4/ --tokens 64 --threads 2"], _run_bench,
+        tokens=(32, "new tokens (default 32)"),
     )
-    p.add_argument("dir", metavar="DIR", help="Hugging Face causal LM directory (float or lowbit)")
-    p.add_argument("--tokens", type=_positive_int, default=32, metavar="N", help="new tokens (default 32)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads")
 
 
 def _run_bench(args) -> int:
@@ -248,16 +261,6 @@ def _run_bench(args) -> int:
     tps, text = demo.decode_speed(model, tokenizer, args.tokens)
     print(f"{args.dir}: {tps:.1f} tokens/s ({args.tokens} new tokens incl. prefill); says: {text.strip()!r}")
     return 0
-
-
-def _add_upgrade(sub) -> None:
-    p = _subcommand(
-        sub, "upgrade", "rewrite a checkpoint's tensors at this lowbit's format versions",
-        "Convert packed tensors saved by an older format version to the current one (in place, "
-        "through a temporary file and a rename).",
-        ["lowbit upgrade smollm2-int4/", "lowbit upgrade model.safetensors"], _run_upgrade,
-    )
-    p.add_argument("path", metavar="PATH", help="model directory or .safetensors file")
 
 
 def _run_upgrade(args) -> int:

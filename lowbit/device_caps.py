@@ -12,7 +12,9 @@ import importlib.util
 import torch
 
 __all__ = [
+    "SM80",
     "SM89",
+    "cuda_capability_reason",
     "cpu_has_avx2",
     "cpu_has_avx512",
     "cpu_has_native_bf16",
@@ -52,7 +54,19 @@ def cpu_has_avx2() -> bool:
     return bool(torch.cpu._is_avx2_supported())
 
 
+SM80 = (8, 0)  # bf16 tensor cores (mma.m16n8k16, tl.dot on bf16): Ampere or newer
 SM89 = (8, 9)  # first compute capability with float8 tensor cores (Ada, Hopper)
+
+
+def cuda_capability_reason(device, minimum: tuple[int, int] = SM80) -> str | None:
+    """Why CUDA ``device`` is older than compute capability ``minimum`` (None: it is not,
+    or CUDA is not available to ask)."""
+    if not torch.cuda.is_available():
+        return None
+    cap = torch.cuda.get_device_capability(device)
+    if cap < minimum:
+        return f"needs compute capability >= {minimum[0]}.{minimum[1]} (bf16 tensor cores), got {cap} on {device}"
+    return None
 
 
 def float8_device_reason(device) -> str | None:

@@ -271,15 +271,9 @@ def choose_qparams_affine(
     """
     mapping_type = _enum(MappingType, mapping_type, "mapping_type")
     zero_point_kind = _enum(ZeroPointKind, zero_point_kind, "zero_point_kind")
-    _check_float_input(input)
-    _check_block_size(input.shape, block_size)
-    if target_dtype not in _INT_DTYPES:
-        raise ValueError(
-            f"target_dtype must be an integer container {[_fmt_dtype(d) for d in _INT_DTYPES]}, "
-            f"got {_fmt_dtype(target_dtype)}; for float8 use choose_qparams_float8"
-        )
-    qmin, qmax = _default_range(target_dtype, quant_min, quant_max)
-    _check_range(qmin, qmax, target_dtype)
+    qmin, qmax = _check_quantize_args(
+        input, block_size, target_dtype, quant_min, quant_max, "target_dtype", "choose_qparams_float8"
+    )
     if zero_point_kind is ZeroPointKind.NONE and qmin >= 0:
         raise ValueError(
             f"zero_point_kind=NONE needs signed codes (quant_min < 0), got [{qmin}, {qmax}]; "
@@ -341,15 +335,9 @@ def quantize_affine(
     and stored in ``output_dtype``.
     """
     zero_point_kind = _enum(ZeroPointKind, zero_point_kind, "zero_point_kind")
-    _check_float_input(input)
-    _check_block_size(input.shape, block_size)
-    if output_dtype not in _INT_DTYPES:
-        raise ValueError(
-            f"output_dtype must be an integer container, got {_fmt_dtype(output_dtype)}; "
-            "for float8 use quantize_float8"
-        )
-    qmin, qmax = _default_range(output_dtype, quant_min, quant_max)
-    _check_range(qmin, qmax, output_dtype)
+    qmin, qmax = _check_quantize_args(
+        input, block_size, output_dtype, quant_min, quant_max, "output_dtype", "quantize_float8"
+    )
     _check_qparams(input.shape, block_size, scale, zero_point, zero_point_kind)
     return _quantize_affine(input, block_size, scale, zero_point, output_dtype, qmin, qmax, zero_point_kind)
 
@@ -504,6 +492,21 @@ def _enum(cls, value, name):
 def _default_range(dtype: torch.dtype, quant_min: int | None, quant_max: int | None) -> tuple[int, int]:
     lo, hi = dtype_range(dtype)
     return (lo if quant_min is None else quant_min), (hi if quant_max is None else quant_max)
+
+
+def _check_quantize_args(input, block_size, code_dtype, quant_min, quant_max, name: str, float8_fn: str):
+    """The checks shared by the ops that map floats to integer codes; returns the code
+    range ``(qmin, qmax)``. ``name`` is the code dtype's argument, ``float8_fn`` the float8 twin."""
+    _check_float_input(input)
+    _check_block_size(input.shape, block_size)
+    if code_dtype not in _INT_DTYPES:
+        raise ValueError(
+            f"{name} must be an integer container {[_fmt_dtype(d) for d in _INT_DTYPES]}, "
+            f"got {_fmt_dtype(code_dtype)}; for float8 use {float8_fn}"
+        )
+    qmin, qmax = _default_range(code_dtype, quant_min, quant_max)
+    _check_range(qmin, qmax, code_dtype)
+    return qmin, qmax
 
 
 def _check_qparams(shape, block_size, scale, zero_point, zero_point_kind: ZeroPointKind) -> None:

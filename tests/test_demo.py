@@ -112,7 +112,7 @@ def test_demo_configs_float_first_and_named_once():
     names = [c.name for c in configs]
     assert names[:2] == ["float-bf16", "float-fp32"]
     assert len(set(names)) == len(names)
-    assert all(c.config is None or isinstance(c.config, (lowbit.BaseConfig, demo.AutoquantDemo)) for c in configs)
+    assert all(c.config is None or isinstance(c.config, (lowbit.BaseConfig, demo.AutoquantDemo, demo.LlamaCppDemo)) for c in configs)
 
 
 @pytest.mark.parametrize(

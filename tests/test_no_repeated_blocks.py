@@ -1,7 +1,6 @@
-"""No block of six or more lines is written twice in lowbit/ (Python; the per-ISA C++
-kernel variants in lowbit/csrc/ are documented repeats and not scanned, and so are the
-Triton kernel files lowbit/ops/triton_*.py, whose kernels each open with the same tile
-preamble of program ids, offsets and masks).
+"""No block of six or more lines is written twice in lowbit/ (Python, Triton kernels
+included; the per-ISA C++ kernel variants in lowbit/csrc/ are documented repeats and not
+scanned).
 
 Lines are compared with whitespace stripped; blank lines, comments and import lines
 (parenthesized import lists included) are left out (an import list names what a module
@@ -34,7 +33,7 @@ def _lines(path):
 def test_no_six_line_block_is_repeated():
     seen: dict[tuple[str, ...], tuple[str, int]] = {}
     repeats = []
-    for path in sorted(p for p in ROOT.rglob("*.py") if not p.name.startswith("triton_")):
+    for path in sorted(ROOT.rglob("*.py")):
         lines = _lines(path)
         rel = path.relative_to(ROOT.parent)
         for i in range(len(lines) - MIN_LINES + 1):

@@ -265,7 +265,7 @@ _BAD_CALLS = [
     ("float8-target-dtype", P.choose_qparams_affine, (_x(), "symmetric", (1, 8), torch.float8_e4m3fn), {},
      ValueError, r"target_dtype must be an integer container .* got float8_e4m3fn"),
     ("float-output-dtype-quantize", P.quantize_affine, (_x(), (1, 8), _S, _Z, torch.float16), {},
-     ValueError, r"output_dtype must be an integer container, got float16"),
+     ValueError, r"output_dtype must be an integer container .* got float16; for float8 use quantize_float8"),
     ("int-output-dtype-dequantize", P.dequantize_affine, (_Q, (1, 8), _S, _Z), {"output_dtype": torch.int32},
      ValueError, r"output_dtype must be a float dtype, got int32"),
     ("int-scale-dtype", P.choose_qparams_affine, (_x(), "symmetric", (1, 8)), {"scale_dtype": torch.int32},

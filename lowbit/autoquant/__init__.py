@@ -18,17 +18,10 @@ New formats add candidates with ``register_candidate(name, config, sets=(...))``
 import sys as _sys
 import types as _types
 
+from . import candidates
 from .accuracy import DEFAULT_MIN_SQNR
 from .bench import BenchmarkCache, Measure, TimingRequest, device_name, measure
-from .candidates import (
-    KEEP,
-    Candidate,
-    candidate_sets,
-    register_candidate,
-    registered_candidates,
-    resolve_candidates,
-    unregister_candidate,
-)
+from .candidates import *  # noqa: F403  (the candidate registry's API, candidates.__all__)
 from .plan import Plan
 from .report import AutoquantReport, CandidateResult, LayerReport
 from .search import DEFAULT_INTERPOLATION, AutoquantSession, Mode, autoquant, finalize
@@ -47,13 +40,7 @@ __all__ = [
     "measure",
     "Measure",
     "device_name",
-    "Candidate",
-    "KEEP",
-    "register_candidate",
-    "unregister_candidate",
-    "registered_candidates",
-    "candidate_sets",
-    "resolve_candidates",
+    *candidates.__all__,
     "DEFAULT_MIN_SQNR",
     "DEFAULT_INTERPOLATION",
 ]

@@ -15,6 +15,7 @@ Three steps (STYLE §6), using only public pieces (configs, ``quantize_``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import logging
@@ -31,7 +32,7 @@ from torch import nn
 from ..api import quantize_
 from ..config import BaseConfig, handler_for
 from ..errors import UnsupportedError
-from ..tensors.base import LowbitTensor, UnsupportedOpError
+from ..tensors.base import LowbitTensor, UnsupportedOpError, float_weight_reason
 from . import report as R
 from .accuracy import DEFAULT_MIN_SQNR, make_activation, output_sqnr, reference_output
 from .bench import BenchmarkCache, Measure, Timer, TimingRequest, device_name, measure
@@ -61,7 +62,6 @@ _VALIDATE_MORE_ROUNDS = 4  # when the decision is within 3% of a threshold
 # Rows of real activation kept per layer and shape for the SQNR check (memory stays
 # small on big models; a shape with more rows reuses them, tiled).
 _SAMPLE_ROWS = 64
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _SESSION_ATTR = "_lowbit_autoquant"
 # Errors that mean "this candidate cannot serve this layer": lowbit's own, nothing else.
 _CANDIDATE_ERRORS = (UnsupportedError, UnsupportedOpError)
@@ -264,15 +264,11 @@ class AutoquantSession:
             if cand.config is None:
                 built[cand.name] = w
                 continue
-            try:
+            with _candidate_step(res, layer.fqn, f"building candidate {cand.name} for layer {layer.fqn}"):
                 q = self._build(cand, w, bias, layer.fqn)
                 res.sqnr = min(output_sqnr(xs[key], refs[key], q, bias) for key in xs)
-            except _CANDIDATE_ERRORS as e:
-                _record_error(res, e, layer.fqn)
+            if res.status != R.OK:
                 continue
-            except Exception as e:
-                e.add_note(f"lowbit.autoquant: while building candidate {cand.name} for layer {layer.fqn}")
-                raise
             if self.min_sqnr is not None and not res.sqnr >= self.min_sqnr:
                 res.status = R.REJECTED
                 res.message = f"output SQNR {res.sqnr:.1f} dB < min_sqnr {self.min_sqnr:g} dB"
@@ -300,14 +296,10 @@ class AutoquantSession:
                 ckey = self.cache.key(w.device, (n, k), w.dtype, bias is not None, (m, k), adt, cand.config_key(), self.mode.value)
                 entry = self.cache.get(ckey)
                 if entry is None:
-                    try:
+                    with _candidate_step(res, layer.fqn, f"timing {cand.name} on {layer.fqn} at {label}"):
                         entry = self._time(cand, built[cand.name], bias, x, (n, k), best, long=False)
-                    except _CANDIDATE_ERRORS as e:
-                        _record_error(res, e, layer.fqn)
+                    if res.status != R.OK:
                         continue
-                    except Exception as e:
-                        e.add_note(f"lowbit.autoquant: while timing {cand.name} on {layer.fqn} at {label}")
-                        raise
                     benches += 1
                     self.cache.put(ckey, entry)
                 entries[cand.name] = (ckey, entry)
@@ -422,11 +414,21 @@ def _ineligible_reason(module: nn.Module) -> str | None:
         return "module has no weight tensor"
     if isinstance(w, LowbitTensor):
         return f"already quantized ({type(w).__name__})"
-    if w.ndim != 2:
-        return f"needs a 2-D weight, got {w.ndim}-D"
-    if w.dtype not in _FLOATS:
-        return f"needs a float32/float16/bfloat16 weight, got {w.dtype}"
-    return None
+    return float_weight_reason(w)
+
+
+@contextlib.contextmanager
+def _candidate_step(res: R.CandidateResult, fqn: str, what: str):
+    """Run the block for candidate ``res``: an unsupported-candidate error is recorded on
+    ``res`` (its status stops being OK) and swallowed; any other error is re-raised with
+    "while <what>" noted."""
+    try:
+        yield
+    except _CANDIDATE_ERRORS as e:
+        _record_error(res, e, fqn)
+    except Exception as e:
+        e.add_note(f"lowbit.autoquant: while {what}")
+        raise
 
 
 def _record_error(res: R.CandidateResult, e: Exception, fqn: str) -> None:

@@ -112,6 +112,25 @@ static int64_t resolve_isa(int64_t isa) {
 static inline float load_f(const float* p) { return *p; }
 static inline float load_f(const c10::BFloat16* p) { return static_cast<float>(*p); }
 
+// A row's scale s, zero point z and code range [lo, hi] from its min mn (<= 0) and max
+// mx (>= 0); shared by the scalar and AVX2 rows, so both give the same codes bit for bit.
+// Symmetric int8 codes are stored shifted by 128 so both mappings are uint8.
+static inline void row_qparams(float mn, float mx, bool symmetric, float& s, float& z, float& lo, float& hi) {
+  if (symmetric) {
+    s = std::max(-mn, mx) / 127.0f;
+    if (s < FLT_EPSILON) s = FLT_EPSILON;
+    z = 0.f;
+    lo = -127.f;
+    hi = 127.f;
+  } else {
+    s = (mx - mn) / 255.0f;
+    if (s < FLT_EPSILON) s = FLT_EPSILON;
+    z = std::min(std::max(0.f - std::nearbyint(mn / s), 0.f), 255.f);
+    lo = 0.f;
+    hi = 255.f;
+  }
+}
+
 // One row: codes, scale, zero point and per-group code sums (see file comment).
 template <typename T>
 static void quantize_row(const T* x, int64_t K, int64_t gs, bool symmetric, uint8_t* q, float* scale,
@@ -133,24 +152,9 @@ static void quantize_row(const T* x, int64_t K, int64_t gs, bool symmetric, uint
     for (int64_t g = 0; g < G; ++g) gsum[g] = 0;
     return;
   }
-  float s;
-  float z;
-  float lo, hi;
-  if (symmetric) {
-    s = std::max(-mn, mx) / 127.0f;
-    if (s < FLT_EPSILON) s = FLT_EPSILON;
-    z = 0.f;
-    lo = -127.f;
-    hi = 127.f;
-  } else {
-    s = (mx - mn) / 255.0f;
-    if (s < FLT_EPSILON) s = FLT_EPSILON;
-    z = std::min(std::max(0.f - std::nearbyint(mn / s), 0.f), 255.f);
-    lo = 0.f;
-    hi = 255.f;
-  }
-  // Symmetric int8 codes are stored shifted by 128 so both mappings are uint8.
-  const int32_t shift = symmetric ? 128 : 0;
+  float s, z, lo, hi;
+  row_qparams(mn, mx, symmetric, s, z, lo, hi);
+  const int32_t shift = symmetric ? 128 : 0;  // symmetric codes are stored shifted (see row_qparams)
   for (int64_t g = 0; g < G; ++g) {
     int32_t sum = 0;
     for (int64_t k = g * gs; k < (g + 1) * gs; ++k) {
@@ -201,20 +205,8 @@ __attribute__((target("avx2,fma"))) static void quantize_row_avx2(const T* x, in
     mx = std::max(mx, tmx[i]);
   }
   float s, z, lo, hi;
-  if (symmetric) {
-    s = std::max(-mn, mx) / 127.0f;
-    if (s < FLT_EPSILON) s = FLT_EPSILON;
-    z = 0.f;
-    lo = -127.f;
-    hi = 127.f;
-  } else {
-    s = (mx - mn) / 255.0f;
-    if (s < FLT_EPSILON) s = FLT_EPSILON;
-    z = std::min(std::max(0.f - std::nearbyint(mn / s), 0.f), 255.f);
-    lo = 0.f;
-    hi = 255.f;
-  }
-  const int32_t shift = symmetric ? 128 : 0;
+  row_qparams(mn, mx, symmetric, s, z, lo, hi);
+  const int32_t shift = symmetric ? 128 : 0;  // symmetric codes are stored shifted (see row_qparams)
   const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
   const __m256i vshift = _mm256_set1_epi32(shift);
   // Byte 0 of each int32 lane, per 128-bit lane.
@@ -564,18 +556,31 @@ static Args make_args(const ActQ& aq, const at::Tensor& qdata, const at::Tensor&
   return p;
 }
 
+// Both entry points, after check_inputs: quantize the activations and run the GEMM into
+// out (float32 [M, N]; with HOOK the int32 group accumulators [M, N, G]).
+template <bool HOOK>
+static void run_gemm(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale,
+                     const at::Tensor& zero_point, const at::Tensor& qsum, int64_t group_size, bool symmetric,
+                     int64_t isa, const at::Tensor& out) {
+  const int64_t M = x.size(0), K = x.size(1);
+  if (M == 0) return;
+  const ActQ aq = quantize_act(x, group_size, symmetric, isa);
+  Args p = make_args(aq, qdata, scale, zero_point, qsum, M, K, group_size);
+  if constexpr (HOOK) {
+    p.acc_out = out.data_ptr<int32_t>();
+  } else {
+    p.out = out.data_ptr<float>();
+  }
+  gemm<HOOK>(isa, p);
+}
+
 at::Tensor da8w4_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale,
                         const at::Tensor& zero_point, const at::Tensor& qsum, int64_t group_size, bool symmetric,
                         int64_t isa) {
   check_inputs(x, qdata, scale, zero_point, qsum, group_size);
   isa = resolve_isa(isa);
-  const int64_t M = x.size(0), K = x.size(1), N = qdata.size(0) * kBlockN;
-  at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M == 0) return out.to(x.scalar_type());
-  const ActQ aq = quantize_act(x, group_size, symmetric, isa);
-  Args p = make_args(aq, qdata, scale, zero_point, qsum, M, K, group_size);
-  p.out = out.data_ptr<float>();
-  gemm<false>(isa, p);
+  at::Tensor out = at::empty({x.size(0), qdata.size(0) * kBlockN}, x.options().dtype(at::kFloat));
+  run_gemm<false>(x, qdata, scale, zero_point, qsum, group_size, symmetric, isa, out);
   return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
@@ -585,13 +590,8 @@ at::Tensor da8w4_group_acc(const at::Tensor& x, const at::Tensor& qdata, const a
                            int64_t isa) {
   check_inputs(x, qdata, scale, zero_point, qsum, group_size);
   isa = resolve_isa(isa);
-  const int64_t M = x.size(0), K = x.size(1), N = qdata.size(0) * kBlockN;
-  at::Tensor acc = at::zeros({M, N, K / group_size}, x.options().dtype(at::kInt));
-  if (M == 0) return acc;
-  const ActQ aq = quantize_act(x, group_size, symmetric, isa);
-  Args p = make_args(aq, qdata, scale, zero_point, qsum, M, K, group_size);
-  p.acc_out = acc.data_ptr<int32_t>();
-  gemm<true>(isa, p);
+  at::Tensor acc = at::zeros({x.size(0), qdata.size(0) * kBlockN, x.size(1) / group_size}, x.options().dtype(at::kInt));
+  run_gemm<true>(x, qdata, scale, zero_point, qsum, group_size, symmetric, isa, acc);
   return acc;
 }
 

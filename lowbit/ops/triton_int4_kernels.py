@@ -35,6 +35,27 @@ def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: 
 
 
 @triton.jit
+def _mm_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # This program's split-K index (grid axis 1), the row / column offsets of its output
+    # tile (grid axis 0, grouped order), the K offsets of one step and the row mask.
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return tl.program_id(1), offs_m, offs_n, tl.arange(0, BLOCK_K), offs_m < M
+
+
+@triton.jit
+def _dequant(nib, s, z, INT_ZP: tl.constexpr):
+    # Codes (as float32) times scale: (q - z) * s with an integer zero point, else the
+    # float zero point form (q - 8) * s + z.
+    if INT_ZP:
+        w = (nib - z) * s
+    else:
+        w = (nib - 8.0) * s + z
+    return w
+
+
+@triton.jit
 def _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K: tl.constexpr):
     # Split-K partial sums add into an fp32 buffer; otherwise store in the output dtype.
     out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
@@ -81,11 +102,7 @@ def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_x
             a = tl.load(x_ptr + pid_m * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
             s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
             nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
-            if INT_ZP:
-                w = (nib - z[None, :]) * s[None, :]
-            else:
-                w = (nib - 8.0) * s[None, :] + z[None, :]
-            acc += w * a[:, None]
+            acc += _dequant(nib, s[None, :], z[None, :], INT_ZP) * a[:, None]
     y = tl.reduce(acc, 0, _add)
     out = out_ptr + pid_m * stride_om + offs_n
     if SPLIT_K > 1:
@@ -101,12 +118,7 @@ def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, Kp, stride_xm, strid
     # Each BLOCK_K step gathers the [BLOCK_K, BLOCK_N] codes in natural k order: code k
     # sits in word row 16 (k // 128) + k % 16 at nibble (k % 128) // 16, so the loads
     # along N stay coalesced and the 8 codes of a word come from L1 after the first.
-    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_kk = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < M
+    pid_k, offs_m, offs_n, offs_kk, m_mask = _mm_tile(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     n_mask = offs_n < N
     per_split = _cdiv(_cdiv(Kp, BLOCK_K), SPLIT_K)
     t0 = pid_k * per_split
@@ -128,10 +140,7 @@ def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, Kp, stride_xm, strid
             ok = k_ok[:, None] & n_mask[None, :]
             s = tl.load(s_ptr + g_ptr, mask=ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + g_ptr, mask=ok, other=0).to(tl.float32)
-        if INT_ZP:
-            w = (nib - z) * s
-        else:
-            w = (nib - 8.0) * s + z
+        w = _dequant(nib, s, z, INT_ZP)
         a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(a, w.to(a.dtype), acc)
     _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K)
@@ -150,10 +159,7 @@ def dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K,
         k = k0 + offs_i
         nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
         s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
-        if INT_ZP:
-            w = (nib - z[None, :]) * s[None, :]
-        else:
-            w = (nib - 8.0) * s[None, :] + z[None, :]
+        w = _dequant(nib, s[None, :], z[None, :], INT_ZP)
         tl.store(out_ptr + k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty),
                  mask=(k[:, None] < K) & n_mask[None, :])
 
@@ -192,12 +198,7 @@ def marlin_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, st
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                      GROUP_M: tl.constexpr):
     # Fused dequantize + tl.dot straight from the Marlin layout (gathers in _marlin_codes).
-    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_kk = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < M
+    pid_k, offs_m, offs_n, offs_kk, m_mask = _mm_tile(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     n_k = K // BLOCK_K
     per_split = _cdiv(n_k, SPLIT_K)
     t0 = pid_k * per_split

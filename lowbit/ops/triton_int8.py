@@ -56,6 +56,38 @@ INT8_QMAX = 127.0  # symmetric int8 codes use [-127, 127]
 # ---------------------------------------------------------------------- kernels
 
 
+@triton.jit
+def _load_w_rows(w_ptr, rn, k, n_mask, k_mask, K, W_FP8: tl.constexpr):
+    # The [len(rn), len(k)] tile of weight codes (row stride K), bitcast to e4m3 if W_FP8.
+    # Masked lanes read byte 0: integer 0 and e4m3 +0.0 alike.
+    w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+    if W_FP8:
+        w = w.to(tl.float8e4nv, bitcast=True)
+    return w
+
+
+@triton.jit
+def _load_xt(x_ptr, rm, k, m_mask, k_mask, stride_xm):
+    # The [len(k), len(rm)] transposed tile of activation rows rm (row stride stride_xm);
+    # masked lanes read 0.
+    return tl.load(x_ptr + rm[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0)
+
+
+@triton.jit
+def _k_step_tiles(w_ptr, x_ptr, rn, rm, k, n_mask, m_mask, K, stride_xm, W_FP8: tl.constexpr):
+    # One K step of the y^T = W x^T kernels: the weight tile [len(rn), len(k)] and the
+    # transposed activation tile [len(k), len(rm)].
+    k_mask = k < K
+    return _load_w_rows(w_ptr, rn, k, n_mask, k_mask, K, W_FP8), _load_xt(x_ptr, rm, k, m_mask, k_mask, stride_xm)
+
+
+@triton.jit
+def _store_yt(y_ptr, yt, rn, rm, n_mask, m_mask, stride_ym):
+    # The y^T tile [len(rn), len(rm)] into y [M, N] (row stride stride_ym), in y's dtype.
+    tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], yt.to(y_ptr.dtype.element_ty),
+             mask=n_mask[:, None] & m_mask[None, :])
+
+
 @triton.jit(do_not_specialize=["M"])
 def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                W_FP8: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -70,9 +102,7 @@ def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
         k_mask = k < K
-        w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-        if W_FP8:
-            w = w.to(tl.float8e4nv, bitcast=True)
+        w = _load_w_rows(w_ptr, rn, k, n_mask, k_mask, K, W_FP8)
         x = tl.load(x_ptr + pid_m * stride_xm + k, mask=k_mask, other=0.0)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     s = tl.load(s_ptr + rn, mask=n_mask, other=0.0)
@@ -81,16 +111,18 @@ def _w8a16_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
 
 
 @triton.jit
-def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
-    # (weight-row block, batch-row block) of this program. Grouped ordering: GROUP_N
-    # weight-row blocks sweep all batch blocks before moving on, so each weight tile is
-    # read from HBM about once.
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr):
+    # This program's tile: weight rows rn, batch rows rm, the K offsets rk of one step and
+    # the masks of rn and rm. Grouped ordering: GROUP_N weight-row blocks sweep all batch
+    # blocks before moving on, so each weight tile is read from HBM about once.
     pid = tl.program_id(0)
     grid_n = tl.cdiv(N, BLOCK_N)
     width = GROUP_N * tl.cdiv(M, BLOCK_M)
     first_n = (pid // width) * GROUP_N
     size_n = min(grid_n - first_n, GROUP_N)
-    return first_n + (pid % width) % size_n, (pid % width) // size_n
+    rn = (first_n + (pid % width) % size_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = ((pid % width) // size_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return rn, rm, tl.arange(0, BLOCK_K), rn < N, rm < M
 
 
 @triton.jit(do_not_specialize=["M"])  # one compiled kernel for every batch size
@@ -102,31 +134,19 @@ def _w8a16_mm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     # Else y tile [BLOCK_M, BLOCK_N] = x tile @ W^T tile (the weight is the second operand).
     # F32_DOT (the interpreter only, whose bf16/fp16 dot is wrong in triton 3.9)
     # multiplies in float32.
-    pid_n, pid_m = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_N)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.arange(0, BLOCK_K)
-    n_mask = rn < N
-    m_mask = rm < M
+    rn, rm, rk, n_mask, m_mask = _tile(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_N)
     s = tl.load(s_ptr + rn, mask=n_mask, other=0.0)
     if W_IS_A:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + rk
-            k_mask = k < K
-            w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-            if W_FP8:
-                w = w.to(tl.float8e4nv, bitcast=True)
-            xt = tl.load(x_ptr + rm[None, :] * stride_xm + k[:, None], mask=m_mask[None, :] & k_mask[:, None],
-                         other=0.0)
+            w, xt = _k_step_tiles(w_ptr, x_ptr, rn, rm, k0 + rk, n_mask, m_mask, K, stride_xm, W_FP8)
             if F32_DOT:
                 acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
             else:
                 # Codes -> float32 -> activation dtype (exact for int8 and e4m3).
                 acc = tl.dot(w.to(tl.float32).to(xt.dtype), xt, acc)
         y = acc * s[:, None]
-        tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
-                 mask=n_mask[:, None] & m_mask[None, :])
+        _store_yt(y_ptr, y, rn, rm, n_mask, m_mask, stride_ym)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -152,25 +172,15 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym, stride_xs
             GROUP_N: tl.constexpr, F32_DOT: tl.constexpr):
     # Same tiling as w8a16_mm; xq [M, K] codes (row stride K), scales xs [M] and ws [N]
     # (stride 0: one scale for all rows, the tensor-wise format).
-    pid_n, pid_m = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_N)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.arange(0, BLOCK_K)
-    n_mask = rn < N
-    m_mask = rm < M
+    rn, rm, rk, n_mask, m_mask = _tile(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_N)
     if FP8:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
-        k = k0 + rk
-        k_mask = k < K
-        # Masked lanes read byte 0: integer 0 and e4m3 +0.0 alike.
-        w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-        xt = tl.load(xq_ptr + rm[None, :] * K + k[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0)
+        w, xt = _k_step_tiles(w_ptr, xq_ptr, rn, rm, k0 + rk, n_mask, m_mask, K, K, FP8)
         if FP8:
             # e4m3 values are exact in bf16 and their products exact in float32.
-            w = w.to(tl.float8e4nv, bitcast=True)
             xt = xt.to(tl.float8e4nv, bitcast=True)
             if F32_DOT:
                 # e4m3 values and their products are exact in float32.
@@ -182,8 +192,7 @@ def _a8w8_mm(xq_ptr, xs_ptr, w_ptr, ws_ptr, y_ptr, M, N, K, stride_ym, stride_xs
     ws = tl.load(ws_ptr + rn * stride_ws, mask=n_mask, other=0.0)
     xs = tl.load(xs_ptr + rm * stride_xs, mask=m_mask, other=0.0)
     y = acc.to(tl.float32) * ws[:, None] * xs[None, :]
-    tl.store(y_ptr + rm[None, :] * stride_ym + rn[:, None], y.to(y_ptr.dtype.element_ty),
-             mask=n_mask[:, None] & m_mask[None, :])
+    _store_yt(y_ptr, y, rn, rm, n_mask, m_mask, stride_ym)
 
 
 @triton.jit

@@ -1,22 +1,7 @@
 """Bit-packing helpers: every ``pack_*`` has an exact ``unpack_*`` inverse, one module per family."""
 
-from .int4 import (
-    TINYGEMM_CPU_LAYOUTS,
-    pack_int4_nibbles,
-    pack_tinygemm_cpu,
-    tinygemm_cpu_layout,
-    unpack_int4_nibbles,
-    unpack_tinygemm_cpu,
-)
-from .int4_vnni import pack_vnni_int4, unpack_vnni_int4
+from . import int4, int4_vnni
+from .int4 import *  # noqa: F403  (each family module's __all__ is its public API)
+from .int4_vnni import *  # noqa: F403
 
-__all__ = [
-    "TINYGEMM_CPU_LAYOUTS",
-    "pack_int4_nibbles",
-    "unpack_int4_nibbles",
-    "pack_tinygemm_cpu",
-    "unpack_tinygemm_cpu",
-    "tinygemm_cpu_layout",
-    "pack_vnni_int4",
-    "unpack_vnni_int4",
-]
+__all__ = [*int4.__all__, *int4_vnni.__all__]

@@ -12,6 +12,7 @@ copy of its parent's. An op the class does not implement raises
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -20,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import return_and_correct_aliasing
 
+from ..ops.library import kernel
+
 aten = torch.ops.aten
 
 __all__ = [
-    "register_rowwise_views",
     "FLOAT_DTYPES",
     "LowbitTensor",
     "UnsupportedOpError",
@@ -32,6 +34,16 @@ __all__ = [
     "slice_blocked",
     "slice_bounds",
     "format_registry",
+    "check_float_weight",
+    "device_type_reason",
+    "check_linear_input",
+    "finish_linear",
+    "float_weight_reason",
+    "kernel_linear",
+    "register_mm_as_linear",
+    "register_rowwise_views",
+    "register_transposed_views",
+    "target_device",
 ]
 
 # format_name -> class; filled by __init_subclass__, read by serialization.
@@ -446,6 +458,38 @@ def _linear_not_implemented(func, types, args, kwargs):
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # weights and activations formats take
 
 
+def target_device(weight: torch.Tensor, device) -> torch.device:
+    """The device a ``supports(weight, device)`` question is about: ``device``, else the weight's."""
+    return torch.device(device) if device is not None else weight.device
+
+
+def device_type_reason(weight: torch.Tensor, device, device_type: str, where: str, hint: str = "") -> str | None:
+    """Why ``supports(weight, device)`` is asked about a device that is not a ``device_type``
+    (None: it is one); ``where`` names the kernel's device in the message, ``hint`` is added."""
+    dev = target_device(weight, device)
+    if dev.type != device_type:
+        return f"runs on {where} only, got device {dev}{hint}"
+    return None
+
+
+def float_weight_reason(weight) -> str | None:
+    """Why ``weight`` is not a 2-D float32/float16/bfloat16 tensor (None: it is); for ``supports``."""
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return f"needs a 2-D weight, got {getattr(weight, 'ndim', type(weight).__name__)}-D"
+    if weight.dtype not in FLOAT_DTYPES:
+        return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
+    return None
+
+
+def check_float_weight(w, fn: str) -> None:
+    """Raise ValueError unless ``w`` is a 2-D float32/float16/bfloat16 weight (``fn`` names the caller)."""
+    if not isinstance(w, torch.Tensor) or w.ndim != 2:
+        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"{fn} needs a 2-D [out_features, in_features] weight, got {got}")
+    if w.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{fn} needs a float32/float16/bfloat16 weight, got {w.dtype}")
+
+
 def check_linear_input(x, w: LowbitTensor) -> None:
     """Raise a clear error unless ``x`` can go through ``F.linear`` with packed ``w``."""
     if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
@@ -469,6 +513,27 @@ def finish_linear(y2d: torch.Tensor, x: torch.Tensor, w: LowbitTensor, bias) -> 
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y
+
+
+def kernel_linear(op, *fields: str, untransposed_only: bool = False) -> Callable:
+    """The ``F.linear`` implementation of a format whose kernel ``op`` (a ``torch.ops.lowbit``
+    op or its name) takes the 2-D input followed by the stored ``fields`` in that order:
+    input checks, the kernel on ``x`` as [M, K], then ``x``'s leading dims and the bias.
+    ``untransposed_only``: refuse the ``t()`` view (``_is_row_layout()`` False)."""
+    if isinstance(op, str):
+        op = getattr(torch.ops.lowbit, op)
+    getter = operator.attrgetter(*fields)
+    get_fields = getter if len(fields) > 1 else lambda w: (getter(w),)
+
+    def _linear(func, types, args, kwargs):
+        x, w, bias = linear_args(args, kwargs)
+        check_linear_input(x, w)
+        if untransposed_only and not w._is_row_layout():
+            raise UnsupportedOpError(f"F.linear needs the untransposed {type(w).__name__}; call .t() again")
+        y = kernel(op, x.device.type)(x.reshape(-1, x.shape[-1]), *get_fields(w))
+        return finish_linear(y, x, w, bias)
+
+    return _linear
 
 
 def slice_args(args, kwargs) -> tuple:
@@ -520,24 +585,18 @@ def slice_blocked(w: LowbitTensor, data: str, params: tuple[str, ...], dim, star
     return w._replace(**new, shape=tuple(shape))
 
 
-def register_rowwise_views(cls: type[LowbitTensor], data: str = "qdata", params: tuple[str, ...] = ("scale",)) -> None:
-    """``t()``, slicing on both dims and the ``mm``/``addmm`` form ``F.linear`` decomposes into,
-    for a format whose ``data`` field is unpacked [N, K] with per-row/per-block ``params``
-    (int8, float8). ``cls._is_row_layout()`` tells the untransposed form."""
+def _transpose(func, types, args, kwargs):
+    w = args[0]
+    return w._replace(lambda t: t.t(), shape=(w.shape[1], w.shape[0]))
 
-    @cls.implements(aten.t.default)
-    def _t(func, types, args, kwargs):
-        w = args[0]
-        return w._replace(lambda t: t.t(), shape=(w.shape[1], w.shape[0]))
 
-    @cls.implements(aten.slice.Tensor)
-    def _slice(func, types, args, kwargs):
-        w, dim, start, end, step = slice_args(args, kwargs)
-        return slice_blocked(w, data, params, dim, start, end, step)
+def register_mm_as_linear(cls: type[LowbitTensor]) -> None:
+    """``mm(x, w.t())`` / ``addmm(bias, x, w.t())``, the form ``F.linear`` decomposes into,
+    served by the linear of ``w.t()``'s class. ``cls._is_row_layout()`` tells the
+    untransposed form; any other mm raises."""
 
     @cls.implements(aten.mm.default, aten.addmm.default)
     def _mm(func, types, args, kwargs):
-        # F.linear decomposed: mm(x, w.t()) / addmm(bias, x, w.t()).
         bias, x, wt = (args[0], args[1], args[2]) if func is aten.addmm.default else (None, args[0], args[1])
         if not isinstance(wt, cls) or isinstance(x, LowbitTensor) or wt._is_row_layout():
             raise UnsupportedOpError(
@@ -545,3 +604,22 @@ def register_rowwise_views(cls: type[LowbitTensor], data: str = "qdata", params:
             )
         w = wt.t()
         return type(w)._lookup(F.linear)(F.linear, (), (x, w, bias), {})
+
+
+def register_transposed_views(cls: type[LowbitTensor]) -> None:
+    """``t()`` transposing every stored tensor, and the ``mm``/``addmm`` form on that view
+    (``register_mm_as_linear``), for a format whose stored tensors are unpacked 2-D."""
+    cls.implements(aten.t.default)(_transpose)
+    register_mm_as_linear(cls)
+
+
+def register_rowwise_views(cls: type[LowbitTensor], data: str = "qdata", params: tuple[str, ...] = ("scale",)) -> None:
+    """``t()``, slicing on both dims and the ``mm``/``addmm`` form ``F.linear`` decomposes into,
+    for a format whose ``data`` field is unpacked [N, K] with per-row/per-block ``params``
+    (int8, float8). ``cls._is_row_layout()`` tells the untransposed form."""
+    register_transposed_views(cls)
+
+    @cls.implements(aten.slice.Tensor)
+    def _slice(func, types, args, kwargs):
+        w, dim, start, end, step = slice_args(args, kwargs)
+        return slice_blocked(w, data, params, dim, start, end, step)

@@ -23,36 +23,19 @@ import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
 from ..device_caps import SM89, float8_device_reason  # noqa: F401  (SM89 for callers)
-from ..ops.library import kernel
 from ..ops.reference import FLOAT8_E4M3_MAX
-from .base import (
-    LowbitTensor,
-    UnsupportedOpError,
-    check_linear_input,
-    finish_linear,
-    linear_args,
-    register_rowwise_views,
-)
+from .base import LowbitTensor, float_weight_reason, kernel_linear, register_rowwise_views
 
 aten = torch.ops.aten
 
 __all__ = ["Float8DynActPerTensorTensor", "Float8DynActTensor", "Float8Tensor"]
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # torch._scaled_mm needs K and N to be multiples of 16.
 _SCALED_MM_MULTIPLE = 16
 
 
-def _weight_reason(weight) -> str | None:
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        return f"needs a 2-D weight, got {getattr(weight, 'ndim', type(weight).__name__)}-D"
-    if weight.dtype not in _FLOAT_DTYPES:
-        return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
-    return None
-
-
 def _check_weight(w, cls_name: str) -> None:
-    reason = _weight_reason(w)
+    reason = float_weight_reason(w)
     if reason is not None:
         raise ValueError(f"{cls_name}.from_float {reason} ([out_features, in_features])")
     if not torch.isfinite(w).all():
@@ -89,7 +72,7 @@ class Float8Tensor(LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None):
-        reason = _weight_reason(weight)
+        reason = float_weight_reason(weight)
         if reason is not None:
             return reason
         return float8_device_reason(device if device is not None else weight.device)
@@ -110,15 +93,7 @@ class Float8Tensor(LowbitTensor):
 
 
 def _linear(op_name: str):
-    def impl(func, types, args, kwargs):
-        x, w, bias = linear_args(args, kwargs)
-        check_linear_input(x, w)
-        if not w._is_row_layout():
-            raise UnsupportedOpError(f"F.linear needs the untransposed {type(w).__name__}; call .t() again")
-        y = kernel(op_name, x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
-        return finish_linear(y, x, w, bias)
-
-    return impl
+    return kernel_linear(op_name, "qdata", "scale", untransposed_only=True)
 
 
 Float8Tensor.implements(F.linear, aten.linear.default)(_linear("float8_weight_only_linear"))

@@ -12,13 +12,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
+from .base import (
+    FLOAT_DTYPES,
+    LowbitTensor,
+    UnsupportedOpError,
+    check_float_weight,
+    float_weight_reason,
+    linear_args,
+    register_transposed_views,
+    slice_args,
+)
 
 aten = torch.ops.aten
 
 __all__ = ["FloatCastTensor"]
-
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class FloatCastTensor(LowbitTensor):
@@ -40,21 +47,13 @@ class FloatCastTensor(LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None):
-        if weight.ndim != 2:
-            return f"needs a 2-D weight, got {weight.ndim}-D"
-        if weight.dtype not in _FLOATS:
-            return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
-        return None
+        return float_weight_reason(weight)
 
     @classmethod
     def from_float(cls, w: torch.Tensor, compute_dtype: torch.dtype = torch.float32) -> FloatCastTensor:
         """Store float weight ``w`` [N, K] in ``compute_dtype``; it keeps standing for ``w.dtype``."""
-        if not isinstance(w, torch.Tensor) or w.ndim != 2:
-            got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-            raise ValueError(f"FloatCastTensor.from_float needs a 2-D [out_features, in_features] weight, got {got}")
-        if w.dtype not in _FLOATS:
-            raise ValueError(f"FloatCastTensor.from_float needs a float32/float16/bfloat16 weight, got {w.dtype}")
-        if compute_dtype not in _FLOATS:
+        check_float_weight(w, "FloatCastTensor.from_float")
+        if compute_dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"FloatCastTensor compute_dtype must be float32, float16 or bfloat16, got {compute_dtype}"
             )
@@ -79,7 +78,7 @@ class FloatCastTensor(LowbitTensor):
 @FloatCastTensor.implements(F.linear, aten.linear.default)
 def _linear(func, types, args, kwargs):
     x, w, bias = linear_args(args, kwargs)
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"FloatCastTensor linear needs float32/float16/bfloat16 input, got {x.dtype}")
     if x.shape[-1] != w.shape[1]:
         raise ValueError(
@@ -93,12 +92,6 @@ def _linear(func, types, args, kwargs):
     return aten.linear.default(x.to(cd), w.weight, b).to(x.dtype)
 
 
-@FloatCastTensor.implements(aten.t.default)
-def _t(func, types, args, kwargs):
-    w = args[0]
-    return w._replace(lambda t: t.t(), shape=(w.shape[1], w.shape[0]))
-
-
 @FloatCastTensor.implements(aten.slice.Tensor)
 def _slice(func, types, args, kwargs):
     w, dim, start, end, step = slice_args(args, kwargs)
@@ -106,13 +99,4 @@ def _slice(func, types, args, kwargs):
     return w._replace(weight=part, shape=tuple(part.shape))
 
 
-@FloatCastTensor.implements(aten.mm.default, aten.addmm.default)
-def _mm(func, types, args, kwargs):
-    # F.linear decomposed: mm(x, w.t()) / addmm(bias, x, w.t()).
-    if func is aten.addmm.default:
-        bias, x, wt = args[0], args[1], args[2]
-    else:
-        bias, x, wt = None, args[0], args[1]
-    if not isinstance(wt, FloatCastTensor) or isinstance(x, LowbitTensor) or wt._is_row_layout():
-        raise UnsupportedOpError("FloatCastTensor supports mm(x, w.t()) only (the form F.linear decomposes into)")
-    return _linear(F.linear, (), (x, wt.t(), bias), {})
+register_transposed_views(FloatCastTensor)

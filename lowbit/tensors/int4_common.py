@@ -24,7 +24,15 @@ from .. import primitives as P
 from ..errors import UnsupportedError
 from ..hqq import hqq_int4_qparams
 from ..ops.reference import dequantize_int4_float_zp, dequantize_int4_int_zp
-from .base import FLOAT_DTYPES, LowbitTensor, UnsupportedOpError, format_registry, slice_bounds
+from .base import (
+    LowbitTensor,
+    UnsupportedOpError,
+    check_float_weight,
+    device_type_reason,
+    float_weight_reason,
+    format_registry,
+    slice_bounds,
+)
 
 __all__ = [
     "INT4_QMIN",
@@ -42,6 +50,7 @@ __all__ = [
     "int4_weight_reason",
     "int_to_float_zero_point",
     "quantize_int4",
+    "quantize_for_layout",
     "scale_dtype_for",
     "slice_codes",
 ]
@@ -71,10 +80,9 @@ class Int4Packing(str, enum.Enum):
 
 def int4_weight_reason(weight, k_multiple: int = 1) -> str | None:
     """Why ``weight`` is not a 2-D float weight with K % ``k_multiple`` == 0 (None: it is)."""
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        return f"needs a 2-D weight, got {getattr(weight, 'ndim', type(weight).__name__)}-D"
-    if weight.dtype not in FLOAT_DTYPES:
-        return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
+    reason = float_weight_reason(weight)
+    if reason is not None:
+        return reason
     if weight.shape[1] % k_multiple:
         return f"needs in_features K % {k_multiple} == 0, got K={weight.shape[1]}"
     return None
@@ -86,20 +94,13 @@ def int4_supports_reason(cls, weight, device, group_size: int, where: str) -> st
     reason = int4_weight_reason(weight) or cls._layout_reason(*weight.shape, group_size)
     if reason:
         return reason
-    dev = torch.device(device) if device is not None else weight.device
-    if dev.type != cls.kernel_device:
-        return f"runs on {where} only, got device {dev}"
-    return None
+    return device_type_reason(weight, device, cls.kernel_device, where)
 
 
 def check_int4_weight(w, group_size: int, fn: str, group_sizes=INT4_GROUP_SIZES) -> None:
     """Raise ValueError unless ``w`` is a 2-D float weight and ``group_size`` (one of
     ``group_sizes``; None: any positive size) divides its K."""
-    if not isinstance(w, torch.Tensor) or w.ndim != 2:
-        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-        raise ValueError(f"{fn} needs a 2-D [out_features, in_features] weight, got {got}")
-    if w.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{fn} needs a float32/float16/bfloat16 weight, got {w.dtype}")
+    check_float_weight(w, fn)
     ok = group_size in group_sizes if group_sizes else isinstance(group_size, int) and group_size > 0
     if not ok:
         raise ValueError(f"{fn}: group_size must be one of {group_sizes or 'the positive ints'}, got {group_size!r}")
@@ -162,6 +163,18 @@ def quantize_int4(
     zero = zero.to(torch.int32) if kind is P.ZeroPointKind.INT else zero.to(scale_dtype)
     codes = P._quantize_affine(w, block, scale, zero, torch.uint8, INT4_QMIN, INT4_QMAX, kind)
     return codes, scale, zero
+
+
+def quantize_for_layout(cls, w, group_size: int, qparams: str, group_sizes) -> LowbitTensor:
+    """``cls.from_float`` for a format whose ``_layout_reason(n, k, group_size)`` tells the
+    shapes it packs: check ``w`` (``group_sizes`` as in ``check_int4_weight``) and the
+    layout, quantize with the class's zero-point kind and scale dtype, ``from_codes``."""
+    check_int4_weight(w, group_size, cls.__name__ + ".from_float", group_sizes)
+    reason = cls._layout_reason(*w.shape, group_size)
+    if reason:
+        raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
+    codes, scale, zero = quantize_int4(w, group_size, cls.zero_point_kind, qparams, scale_dtype_for(cls, w.dtype), None)
+    return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
 
 
 def int_to_float_zero_point(scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
@@ -396,10 +409,4 @@ class XpuInt4Layout:
     def from_float(cls, w: torch.Tensor, group_size: int = 128, qparams: str = "minmax"):
         """Asymmetric int4 quantization of a float ``[N, K]`` weight, with the zero-point
         kind the class applies."""
-        check_int4_weight(w, group_size, cls.__name__ + ".from_float", cls.GROUP_SIZES)
-        reason = cls._layout_reason(*w.shape, group_size)
-        if reason:
-            raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
-        codes, scale, zero = quantize_int4(w, group_size, cls.zero_point_kind, qparams,
-                                           scale_dtype_for(cls, w.dtype), None)
-        return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
+        return quantize_for_layout(cls, w, group_size, qparams, cls.GROUP_SIZES)

@@ -7,8 +7,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..device_caps import triton_reason
-from ..ops.library import kernel
+from ..device_caps import cuda_capability_reason, triton_reason
 from ..packing.int4_marlin import (
     MARLIN_N_CHUNK,
     pack_marlin_int4,
@@ -18,15 +17,13 @@ from ..packing.int4_marlin import (
     unpack_marlin_scales,
     unpack_marlin_zero_points,
 )
-from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
+from .base import LowbitTensor, kernel_linear, target_device
 from .int4_common import (
     Int4Packing,
     PortableInt4Mixin,
     check_int4_codes,
-    check_int4_weight,
     int4_supports_reason,
-    quantize_int4,
-    scale_dtype_for,
+    quantize_for_layout,
 )
 
 aten = torch.ops.aten
@@ -85,12 +82,7 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
         reason = int4_supports_reason(cls, weight, device, group_size, "CUDA (the Marlin layout)")
-        if reason:
-            return reason
-        dev = torch.device(device) if device is not None else weight.device
-        if torch.cuda.is_available() and torch.cuda.get_device_capability(dev) < (8, 0):
-            return f"needs compute capability >= 8.0 (bf16 tensor cores), got {torch.cuda.get_device_capability(dev)}"
-        return triton_reason()
+        return reason or cuda_capability_reason(target_device(weight, device)) or triton_reason()
 
     @classmethod
     def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype):
@@ -123,19 +115,11 @@ class Int4MarlinTensor(PortableInt4Mixin, LowbitTensor):
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 128, qparams: str = "minmax") -> Int4MarlinTensor:
-        """Asymmetric int4 quantization (integer zero point) of a float ``[N, K]`` weight."""
-        check_int4_weight(w, group_size, cls.__name__ + ".from_float", None)
-        reason = cls._layout_reason(*w.shape, group_size)
-        if reason:
-            raise ValueError(f"{cls.__name__} {reason}, weight shape {tuple(w.shape)}")
-        codes, scale, zero = quantize_int4(w, group_size, "int", qparams, scale_dtype_for(cls, w.dtype), None)
-        return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
+        """Asymmetric int4 quantization (integer zero point) of a float ``[N, K]`` weight
+        (any group size ``_layout_reason`` accepts, group_size == K included)."""
+        return quantize_for_layout(cls, w, group_size, qparams, None)
 
 
-
-@Int4MarlinTensor.implements(F.linear, aten.linear.default)
-def _linear(func, types, args, kwargs):
-    x, w, bias = linear_args(args, kwargs)
-    check_linear_input(x, w)
-    y = kernel("int4_marlin_mm", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
-    return finish_linear(y, x, w, bias)
+Int4MarlinTensor.implements(F.linear, aten.linear.default)(
+    kernel_linear("int4_marlin_mm", "qdata", "scale", "zero_point", "group_size")
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.library import kernel
+from ..device_caps import cuda_capability_reason
 from ..packing.int4_tiled import (
     INNER_K_TILES,
     K_TILE,
@@ -15,7 +15,7 @@ from ..packing.int4_tiled import (
     unpack_int4_tiled,
     unpack_tinygemm_scale_and_zero,
 )
-from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
+from .base import LowbitTensor, device_type_reason, kernel_linear, target_device
 from .int4_common import (
     INT4_GROUP_SIZES,
     Int4Packing,
@@ -30,8 +30,6 @@ from .int4_common import (
 aten = torch.ops.aten
 
 __all__ = ["Int4TiledCudaTensor", "pick_inner_k_tiles"]
-
-_SM80 = (8, 0)  # tinygemm uses mma.m16n8k16 bf16: Ampere or newer
 
 
 def pick_inner_k_tiles(k: int) -> int:
@@ -93,12 +91,8 @@ class Int4TiledCudaTensor(PortableInt4Mixin, LowbitTensor):
                 f"needs in_features % {max(k_outer, group_size)} == 0 (inner_k_tiles={inner_k_tiles}, "
                 f"group_size={group_size}), got {k}"
             )
-        dev = torch.device(device) if device is not None else weight.device
-        if dev.type != "cuda":
-            return f"runs on CUDA only (tinygemm), got device {dev}; on CPU use the CPU tinygemm format"
-        if torch.cuda.is_available() and torch.cuda.get_device_capability(dev) < _SM80:
-            return f"needs compute capability >= 8.0, got {torch.cuda.get_device_capability(dev)} on {dev}"
-        return None
+        reason = device_type_reason(weight, device, "cuda", "CUDA (tinygemm)", "; on CPU use the CPU tinygemm format")
+        return reason or cuda_capability_reason(target_device(weight, device))
 
     @classmethod
     def from_codes(cls, codes, scale, zero_point, *, group_size, shape, dtype, inner_k_tiles: int | None = None):
@@ -140,10 +134,6 @@ class Int4TiledCudaTensor(PortableInt4Mixin, LowbitTensor):
         )
 
 
-@Int4TiledCudaTensor.implements(F.linear, aten.linear.default)
-def _linear(func, types, args, kwargs):
-    x, w, bias = linear_args(args, kwargs)
-    check_linear_input(x, w)
-    mm = kernel(torch.ops.lowbit.int4_tiled_cuda_mm, x.device.type)
-    y = mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
-    return finish_linear(y, x, w, bias)
+Int4TiledCudaTensor.implements(F.linear, aten.linear.default)(
+    kernel_linear("int4_tiled_cuda_mm", "qdata", "scale_and_zero", "group_size")
+)

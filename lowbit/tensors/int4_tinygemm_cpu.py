@@ -20,7 +20,15 @@ from ..errors import UnsupportedError
 from ..ops.library import kernel
 from ..ops.reference import dequantize_int4_float_zp
 from ..packing.int4 import TINYGEMM_CPU_N_ALIGN, tinygemm_cpu_layout, unpack_tinygemm_cpu
-from .base import LowbitTensor, UnsupportedOpError, check_linear_input, linear_args, slice_args
+from .base import (
+    LowbitTensor,
+    UnsupportedOpError,
+    check_linear_input,
+    device_type_reason,
+    linear_args,
+    register_mm_as_linear,
+    slice_args,
+)
 from .int4_common import (
     INT4_GROUP_SIZES,
     Int4Packing,
@@ -73,10 +81,9 @@ class Int4TinygemmCpuTensor(PortableInt4Mixin, LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128):
-        device = torch.device(device) if device is not None else weight.device
-        if device.type != "cpu":
-            return f"runs on CPU only, got device {device}"
-        reason = int4_weight_reason(weight, k_multiple=min(INT4_GROUP_SIZES))
+        reason = device_type_reason(weight, device, "cpu", "CPU") or int4_weight_reason(
+            weight, k_multiple=min(INT4_GROUP_SIZES)
+        )
         if reason:
             return reason
         if tinygemm_cpu_layout() is None:
@@ -140,6 +147,9 @@ class Int4TinygemmCpuTensor(PortableInt4Mixin, LowbitTensor):
             return self
         return self.to_checkpoint().from_checkpoint(device)
 
+    def _is_row_layout(self) -> bool:
+        return not self.transposed
+
     def _to_device(self, device: torch.device) -> LowbitTensor:
         # The packed layout is CPU-specific: go through the portable codes and let the
         # device's int4 format repack them (or raise UnsupportedError naming why it cannot).
@@ -193,13 +203,4 @@ def _slice(func, types, args, kwargs):
     return out.t() if w.transposed else out
 
 
-@Int4TinygemmCpuTensor.implements(aten.mm.default, aten.addmm.default)
-def _mm(func, types, args, kwargs):
-    # F.linear decomposed: mm(x, w.t()) / addmm(bias, x, w.t()).
-    if func is aten.addmm.default:
-        bias, x, wt = args[0], args[1], args[2]
-    else:
-        bias, x, wt = None, args[0], args[1]
-    if not isinstance(wt, Int4TinygemmCpuTensor) or isinstance(x, LowbitTensor) or not wt.transposed:
-        raise UnsupportedOpError(f"{type(wt).__name__} supports mm(x, w.t()) only (the form F.linear decomposes into)")
-    return _linear(F.linear, (), (x, wt.t(), bias), {})
+register_mm_as_linear(Int4TinygemmCpuTensor)

@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
-from ..device_caps import triton_reason
+from ..device_caps import cuda_capability_reason, triton_reason
 from ..ops import triton_int4  # noqa: F401  (defines lowbit::int4_triton_cuda_mm)
-from ..ops.library import kernel
 from ..packing.int4_triton import pack_int4_triton, unpack_int4_triton
-from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
+from .base import LowbitTensor, kernel_linear, target_device
 from .int4_common import (
     Int4Packing,
     PortableInt4Mixin,
@@ -25,7 +24,6 @@ aten = torch.ops.aten
 
 __all__ = ["Int4TritonCudaTensor"]
 
-_SM80 = (8, 0)  # bf16 tensor-core dots (tl.dot on bf16) need Ampere or newer
 _N_ALIGN = 8  # N % 8: 32-byte rows of int32 words, so every row starts 16-byte aligned
 
 
@@ -67,12 +65,7 @@ class Int4TritonCudaTensor(PortableInt4Mixin, LowbitTensor):
     @classmethod
     def supports(cls, weight, device=None, *, group_size: int = 128) -> str | None:
         reason = int4_supports_reason(cls, weight, device, group_size, "CUDA (Triton kernels)")
-        if reason:
-            return reason
-        dev = torch.device(device) if device is not None else weight.device
-        if torch.cuda.is_available() and torch.cuda.get_device_capability(dev) < _SM80:
-            return f"needs compute capability >= 8.0, got {torch.cuda.get_device_capability(dev)} on {dev}"
-        return triton_reason()
+        return reason or cuda_capability_reason(target_device(weight, device)) or triton_reason()
 
     @classmethod
     def _layout_reason(cls, n: int, k: int, group_size: int) -> str | None:
@@ -123,11 +116,6 @@ class Int4TritonCudaTensor(PortableInt4Mixin, LowbitTensor):
         return cls.from_codes(codes, scale, zero, group_size=group_size, shape=w.shape, dtype=w.dtype)
 
 
-@Int4TritonCudaTensor.implements(F.linear, aten.linear.default)
-def _linear(func, types, args, kwargs):
-    x, w, bias = linear_args(args, kwargs)
-    check_linear_input(x, w)
-    y = kernel("int4_triton_cuda_mm", x.device.type)(
-        x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size
-    )
-    return finish_linear(y, x, w, bias)
+Int4TritonCudaTensor.implements(F.linear, aten.linear.default)(
+    kernel_linear("int4_triton_cuda_mm", "qdata", "scale", "zero_point", "group_size")
+)

@@ -14,7 +14,7 @@ from ..errors import UnsupportedError
 from ..ops.library import kernel
 from ..ops.reference import dequantize_int4_int_zp
 from ..packing.int4_vnni import VNNI_BLOCK_N, VNNI_OCTET, pack_vnni_int4, unpack_vnni_int4
-from .base import LowbitTensor, UnsupportedOpError, linear_args, slice_args
+from .base import LowbitTensor, UnsupportedOpError, device_type_reason, linear_args, slice_args
 from .int4_common import check_int4_codes, check_int4_weight, quantize_int4, slice_codes
 
 aten = torch.ops.aten
@@ -86,10 +86,8 @@ class Int4VnniCpuTensor(LowbitTensor):
                 f"needs a float32 or bfloat16 weight (its kernel takes float32/bfloat16 activations), "
                 f"got {weight.dtype}; convert the model with model.to(torch.bfloat16) first"
             )
-        dev = torch.device(device) if device is not None else weight.device
-        if dev.type != "cpu":
-            return f"runs on CPU only (x86 integer kernels), got device {dev}"
-        return _shape_reason(weight.shape[0], weight.shape[1], group_size)
+        reason = device_type_reason(weight, device, "cpu", "CPU (x86 integer kernels)")
+        return reason or _shape_reason(weight.shape[0], weight.shape[1], group_size)
 
     @classmethod
     def from_float(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.library import kernel
 from ..packing.int4_xpu import pack_int4_xpu, pack_xpu_scale_zero, unpack_int4_xpu, unpack_xpu_scale_zero
-from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
+from .base import LowbitTensor, kernel_linear
 from .int4_common import Int4Packing, PortableInt4Mixin, XpuInt4Layout
 
 aten = torch.ops.aten
@@ -55,10 +54,6 @@ class Int4XpuTensor(XpuInt4Layout, PortableInt4Mixin, LowbitTensor):
         return unpack_int4_xpu(self.qdata), s, z
 
 
-@Int4XpuTensor.implements(F.linear, aten.linear.default)
-def _linear(func, types, args, kwargs):
-    x, w, bias = linear_args(args, kwargs)
-    check_linear_input(x, w)
-    mm = kernel(torch.ops.lowbit.int4_xpu_mm, x.device.type)
-    y = mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale, w.zero_point, w.group_size)
-    return finish_linear(y, x, w, bias)
+Int4XpuTensor.implements(F.linear, aten.linear.default)(
+    kernel_linear("int4_xpu_mm", "qdata", "scale", "zero_point", "group_size")
+)

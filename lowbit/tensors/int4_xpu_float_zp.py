@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.library import kernel
 from ..packing.int4_tiled import pack_tinygemm_scale_and_zero, unpack_tinygemm_scale_and_zero
 from ..packing.int4_xpu import pack_int4_xpu, unpack_int4_xpu
-from .base import LowbitTensor, check_linear_input, finish_linear, linear_args
+from .base import LowbitTensor, kernel_linear
 from .int4_common import Int4Packing, PortableInt4Mixin, XpuInt4Layout
 
 aten = torch.ops.aten
@@ -55,10 +54,6 @@ class Int4XpuFloatZpTensor(XpuInt4Layout, PortableInt4Mixin, LowbitTensor):
         return unpack_int4_xpu(self.qdata), s, z
 
 
-@Int4XpuFloatZpTensor.implements(F.linear, aten.linear.default)
-def _linear(func, types, args, kwargs):
-    x, w, bias = linear_args(args, kwargs)
-    check_linear_input(x, w)
-    mm = kernel(torch.ops.lowbit.int4_xpu_float_zp_mm, x.device.type)
-    y = mm(x.reshape(-1, x.shape[-1]), w.qdata, w.scale_and_zero, w.group_size)
-    return finish_linear(y, x, w, bias)
+Int4XpuFloatZpTensor.implements(F.linear, aten.linear.default)(
+    kernel_linear("int4_xpu_float_zp_mm", "qdata", "scale_and_zero", "group_size")
+)

@@ -15,32 +15,14 @@ import torch.nn.functional as F
 
 from .. import primitives as P
 from .. import ops  # noqa: F401  (registers torch.ops.lowbit)
-from ..ops.library import kernel
 from ..granularity import per_row
-from .base import (
-    register_rowwise_views,
-    LowbitTensor,
-    UnsupportedOpError,
-    check_linear_input,
-    finish_linear,
-    linear_args,
-)
+from .base import LowbitTensor, check_float_weight, float_weight_reason, kernel_linear, register_rowwise_views
 
 aten = torch.ops.aten
 
 __all__ = ["Int8Tensor", "Int8DynActTensor"]
 
 _QMIN, _QMAX = -128, 127  # codes stored; symmetric mapping uses [-127, 127] only
-
-_FLOAT_ACTS = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _check_weight(w: torch.Tensor, cls_name: str) -> None:
-    if not isinstance(w, torch.Tensor) or w.ndim != 2:
-        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-        raise ValueError(f"{cls_name}.from_float needs a 2-D [out_features, in_features] weight, got {got}")
-    if w.dtype not in _FLOAT_ACTS:
-        raise ValueError(f"{cls_name}.from_float needs a float32/float16/bfloat16 weight, got {w.dtype}")
 
 
 class Int8Tensor(LowbitTensor):
@@ -64,16 +46,12 @@ class Int8Tensor(LowbitTensor):
 
     @classmethod
     def supports(cls, weight, device=None):
-        if weight.ndim != 2:
-            return f"needs a 2-D weight, got {weight.ndim}-D"
-        if weight.dtype not in _FLOAT_ACTS:
-            return f"needs a float32/float16/bfloat16 weight, got {weight.dtype}"
-        return None
+        return float_weight_reason(weight)
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> Int8Tensor:
         """Quantize a float [N, K] weight per output channel, symmetric, to int8."""
-        _check_weight(w, cls.__name__)
+        check_float_weight(w, f"{cls.__name__}.from_float")
         block = per_row(w.shape)
         scale, _ = P.choose_qparams_affine(
             w, P.MappingType.SYMMETRIC, block, torch.int8, _QMIN, _QMAX,
@@ -89,19 +67,9 @@ class Int8Tensor(LowbitTensor):
         """True when rows are output channels (not the ``t()`` view)."""
         return self.scale.shape[0] == self.qdata.shape[0] and self.scale.shape[1] == 1
 
-
-
-
-
-
-@Int8Tensor.implements(F.linear, aten.linear.default)
-def _linear_weight_only(func, types, args, kwargs):
-    x, w, bias = linear_args(args, kwargs)
-    check_linear_input(x, w)
-    if not w._is_row_layout():
-        raise UnsupportedOpError("F.linear needs the untransposed Int8Tensor; call .t() again")
-    y = kernel("int8_weight_only_linear", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
-    return finish_linear(y, x, w, bias)
+Int8Tensor.implements(F.linear, aten.linear.default)(
+    kernel_linear("int8_weight_only_linear", "qdata", "scale", untransposed_only=True)
+)
 
 
 # ---------------------------------------------------------------------- dynamic activation
@@ -120,14 +88,9 @@ class Int8DynActTensor(Int8Tensor):
     format_version = 1
 
 
-@Int8DynActTensor.implements(F.linear, aten.linear.default)
-def _linear_dynamic(func, types, args, kwargs):
-    x, w, bias = linear_args(args, kwargs)
-    check_linear_input(x, w)
-    if not w._is_row_layout():
-        raise UnsupportedOpError("F.linear needs the untransposed Int8DynActTensor; call .t() again")
-    y = kernel("int8_dynamic_linear", x.device.type)(x.reshape(-1, x.shape[-1]), w.qdata, w.scale)
-    return finish_linear(y, x, w, bias)
+Int8DynActTensor.implements(F.linear, aten.linear.default)(
+    kernel_linear("int8_dynamic_linear", "qdata", "scale", untransposed_only=True)
+)
 
 
 # ---------------------------------------------------------------------- views
