@@ -93,22 +93,23 @@ def _register(name):
     return register_device_kernel(name, "cuda")
 
 
-_warned_slow_weight_only = False
+_warned: set[str] = set()  # the one-time "slower than bf16" warnings already given
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _warn_slow_weight_only(m: int) -> None:
-    global _warned_slow_weight_only
-    if not _warned_slow_weight_only:
-        _warned_slow_weight_only = True
-        warnings.warn(
-            f"lowbit: int8/float8 weight-only linear on CUDA ran a {m}-row batch; above "
-            f"{CUDA_W8A16_SLOWER_THAN_BF16_M[_MEASURED_ARCH]} rows weight-only 8-bit is slower than bf16 "
-            "F.linear on some shapes on H200 (0.4-0.95x; it saves memory, not time). For prefill or large batches use "
-            "Int8DynamicActivationInt8WeightConfig or Float8DynamicActivationFloat8WeightConfig (faster than "
-            "bf16 there), or lowbit.autoquant to choose per layer.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _warn_once("weight_only", (
+        f"lowbit: int8/float8 weight-only linear on CUDA ran a {m}-row batch; above "
+        f"{CUDA_W8A16_SLOWER_THAN_BF16_M[_MEASURED_ARCH]} rows weight-only 8-bit is slower than bf16 "
+        "F.linear on some shapes on H200 (0.4-0.95x; it saves memory, not time). For prefill or large batches use "
+        "Int8DynamicActivationInt8WeightConfig or Float8DynamicActivationFloat8WeightConfig (faster than "
+        "bf16 there), or lowbit.autoquant to choose per layer."
+    ))
 
 
 def _weight_only(x, qdata, scale):
@@ -171,28 +172,25 @@ def float8_dynamic_per_tensor_linear(x, qdata, scale):
 # m-tiles), so its time grows linearly with M. Measured with benchmarks/gpu_int4.py on
 # an H200 (benchmarks/results/gpu_int4_h200.md, CUDA-graph timings): tinygemm beats
 # dequantize + cuBLAS up to M = 32 on all four LLM shapes (4096x4096 .. 28672x8192) and
-# loses from M = 64. Re-measure on the target GPU (H100) and update. Note that int4 only
-# beats the bf16 GEMM itself for M <= 2..4; at large M it costs the dequantize on top.
+# loses from M = 64. With the output-major dequantize (benchmarks/results/
+# gpu_int4_h200_2026-12-02.md, 14336x4096) the two are about even at M = 32 (tinygemm
+# 135 us; dequantize + cuBLAS 131 us at M = 64), so the threshold stays. int4 only beats
+# the bf16 GEMM itself for M <= 2..8; at large M it costs the dequantize on top.
 CUDA_INT4_TILED_MAX_M = 32
 # Above this many rows int4 on CUDA is slower than the bf16 GEMM it replaces (H200:
-# tinygemm 0.83-0.93x at M=8, dequantize+cuBLAS 0.3-0.75x at M>=512). No faster int4
-# kernel exists in lowbit yet (Marlin's is future work), so the user is told once.
+# tinygemm 0.76-1.02x at M=8, dequantize + cuBLAS 0.27-0.86x at M >= 64). No lowbit int4
+# kernel beats bf16 there yet (its Triton GEMM and Marlin kernels included), so the user
+# is told once.
 CUDA_INT4_SLOWER_THAN_BF16_M = 4
-_warned_slow_int4 = False
 
 
 def _warn_slow_int4(m: int) -> None:
-    global _warned_slow_int4
-    if not _warned_slow_int4:
-        _warned_slow_int4 = True
-        warnings.warn(
-            f"lowbit: int4 weight-only on CUDA ran a {m}-row batch; above "
-            f"{CUDA_INT4_SLOWER_THAN_BF16_M} rows it is slower than bf16 F.linear on H100/H200 "
-            "(it saves memory, not time, for prefill/large batches). Use lowbit.autoquant to keep "
-            "such layers in bf16, or keep the float weights if speed at large batch matters.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _warn_once("int4", (
+        f"lowbit: int4 weight-only on CUDA ran a {m}-row batch; above "
+        f"{CUDA_INT4_SLOWER_THAN_BF16_M} rows it is slower than bf16 F.linear on H100/H200 "
+        "(it saves memory, not time, for prefill/large batches). Use lowbit.autoquant to keep "
+        "such layers in bf16, or keep the float weights if speed at large batch matters."
+    ))
 
 
 def _dequantize_int4_tiled_torch(qdata, scale_and_zero, group_size):
