@@ -18,19 +18,18 @@ Three stages, all per group of ``group_size`` weights, starting from min-max qpa
    (int zero points: z fixed, s = <q - z, W> / |q - z|^2); then the codes are rounded
    again, until the error stops falling. The refit stops in the nearest fixed point of
    its codes, so a second round starts from nudged qparams (float zero points: z +- 0.5
-   code; int: z +- 1; both: s +- 2%) where they help.
+   and +- 0.25 code; int: z +- 1 code, s +- 2%) where they help.
 
 Every candidate is scored by the plain L2 error of its group and each group keeps its
 best, so the result is never worse than min-max in L2 (SQNR) for any group.
 
 Speed (benchmarks/hqq_speed.py): the groups are processed in chunks of 2^20 weights per
 CPU thread, so each stage's chain of elementwise ops works on a few MiB (L2/L3) instead
-of streaming the whole layer through memory. Every op
-is a plain in-place or ``out=`` pass over [groups, group_size] with per-group [groups, 1]
-operands (ATen vectorizes those; a fused ``addcmul`` with two broadcast operands runs
-~10x slower on CPU). One evaluation of a candidate (codes, residual, L2 error) is six
+of streaming the whole layer through memory. Every op is a plain in-place or ``out=``
+pass over [groups, group_size] with per-group [groups, 1] operands (ATen vectorizes
+those; ``addcmul`` with two broadcast operands runs ~10x slower on CPU). One evaluation of a candidate (codes, residual, L2 error) is six
 passes; the refit reads its statistics (sum q, sum q^2, sum q w) off the codes of that
-evaluation, so an iteration of stage 2 is eleven passes. In stages 1 and 2 each group
+evaluation, so an iteration of stage 2 is ten passes. In stages 1 and 2 each group
 stops once an iteration lowers its L2 error by less than ``tol`` (relative), and the
 stopped groups are dropped from the working set, so a group's result depends on that
 group alone (not on chunking, thread count or a fused neighbour layer). It runs on the
@@ -49,10 +48,15 @@ __all__ = ["hqq_int4_qparams"]
 _QMIN, _QMAX = 0, 15
 _MID = 8  # the float zero point's centre code
 _MIN_SCALE = 2.0**-20  # same floor as lowbit.tensors.int4_common's min-max scales
-# Fractions of a group's [min, max] range clipped in stage 0 (0 = min-max itself).
-# Four are enough: the refit below moves each group to its own optimum from any of them
-# (ten candidates measured the same SQNR, +0.000 dB, at 1.7x the time).
-_RANGE_SHRINK = (0.04, 0.1, 0.16, 0.25)
+# Per zero-point kind: the fractions of a group's [min, max] range clipped in stage 0
+# (min-max itself is always a candidate) and the nudges (zero shift in codes, scale
+# factor) tried before the second refit round of stage 2. On 512 rows of the Student-t
+# layer of benchmarks/hqq_speed.py, float zero points: shrinks (0.04, 0.1, 0.16, 0.25)
+# with nudges z +- 0.5, s +- 2% gave 17.565 dB for 126 passes over each group, one shrink
+# with z +- 0.5, z +- 0.25 17.589 dB for 112; int zero points: one shrink cost 0.003 dB
+# (17.214 vs 17.217), so they keep four.
+_FLOAT_SEARCH = ((0.1,), ((0.5, 1.0), (-0.5, 1.0), (0.25, 1.0), (-0.25, 1.0)))
+_INT_SEARCH = ((0.04, 0.1, 0.16, 0.25), ((1.0, 1.0), (-1.0, 1.0), (0.0, 1.02), (0.0, 0.98)))
 # Weights per chunk and CPU thread: 2^20 float32 = 4 MiB per temporary. On the 2-core
 # Sapphire Rapids (2 MiB L2 per core) 2^19..2^21 ran at the same speed at one thread and
 # 2^18 10-20% slower (per-op overhead); with two threads on a loaded machine every op
@@ -60,9 +64,6 @@ _RANGE_SHRINK = (0.04, 0.1, 0.16, 0.25)
 # faster than 2^18). On GPUs larger chunks only cut launch overhead.
 _CPU_CHUNK_ELEMS_PER_THREAD = 1 << 20
 _GPU_CHUNK_ELEMS = 1 << 24
-# Stage 2 nudges (zero shift in codes, scale factor) tried before each further refit round.
-_FLOAT_NUDGE_ROUNDS = (((0.5, 1.0), (-0.5, 1.0), (0.0, 1.02), (0.0, 0.98)),)
-_INT_NUDGE_ROUNDS = (((1.0, 1.0), (-1.0, 1.0), (0.0, 1.02), (0.0, 0.98)),)
 
 
 class _Chunk:
@@ -99,15 +100,17 @@ class _Chunk:
         self.best = cand if self.best is None else torch.where(err < self.best[:, 2:], cand, self.best)
 
     def refit(self, wc, c, s, z):
-        """Least-squares (s, z) for the codes in ``self.q`` (int zero points keep z): five
+        """Least-squares (s, z) for the codes in ``self.q`` (int zero points keep z): four
         passes over the rows (sum q, sum q^2, sum q (w - wm))."""
         g = wc.shape[0]
         t, q, n = self.t[:g], self.q[:g], self.n
         sq = q.sum(1, keepdim=True)
-        sqq = torch.mul(q, q, out=t).sum(1, keepdim=True)
+        # sum q^2 is an integer below 2^24 (n <= 256: n sum q^2 <= 14.7M), so the norm
+        # (one pass, a few ulps off) rounds back to it exactly.
+        sqq = torch.linalg.vector_norm(q, dim=1, keepdim=True).square_().round_()
         sqw = torch.mul(q, wc, out=t).sum(1, keepdim=True)
         wm, mw, swc = c[:, :1], c[:, 1:2], c[:, 2:]
-        # Sums of integers below 2^24 are exact in float32 (n <= 256: n sum q^2 <= 14.7M).
+        # Sums and products of integers below 2^24 are exact in float32.
         if self.round_z:  # s = <q - z, w> / |q - z|^2
             d2 = torch.addcmul(sqq, z, n * z - 2 * sq)
             dw = torch.addcmul(sqw, wm, sq - n * z).addcmul_(z, swc, value=-1.0)
@@ -194,7 +197,8 @@ def _optimize_chunk(wg, round_z, iters, lp, beta, kappa, refit_iters, tol):
     g.keep(s, z)
 
     # Stage 0: shrink the [min, max] range around its centre.
-    for shrink in _RANGE_SHRINK:
+    shrinks, nudges = _INT_SEARCH if round_z else _FLOAT_SEARCH
+    for shrink in shrinks:
         s_c = (s * (1 - shrink)).clamp(min=_MIN_SCALE)
         z_c = -(lo + (hi - lo) * shrink / 2) / s_c  # new min = lo + shrink / 2 of the range
         if round_z:
@@ -207,11 +211,10 @@ def _optimize_chunk(wg, round_z, iters, lp, beta, kappa, refit_iters, tol):
     # Stage 2: refit, nudge each group's zero and step (keeping what helps: the refit
     # alone stops in the nearest fixed point of its codes), refit again.
     g.refit_round(refit_iters, tol)
-    for nudges in _INT_NUDGE_ROUNDS if round_z else _FLOAT_NUDGE_ROUNDS:
-        s, z = g.best[:, :1], g.best[:, 1:2]
-        for dz, ds in nudges:
-            g.keep(s * ds, (z + dz).clamp_(_QMIN, _QMAX) if round_z else z + dz)
-        g.refit_round(refit_iters, tol)
+    s, z = g.best[:, :1], g.best[:, 1:2]
+    for dz, ds in nudges:
+        g.keep(s * ds, (z + dz).clamp_(_QMIN, _QMAX) if round_z else z + dz)
+    g.refit_round(refit_iters, tol)
     return g.best[:, 0], g.best[:, 1]
 
 
