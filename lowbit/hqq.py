@@ -23,9 +23,9 @@ Three stages, all per group of ``group_size`` weights, starting from min-max qpa
 Every candidate is scored by the plain L2 error of its group and each group keeps its
 best, so the result is never worse than min-max in L2 (SQNR) for any group.
 
-Speed (benchmarks/hqq_speed.py): the groups are processed in chunks of 2^20 weights per
-CPU thread, so each stage's chain of elementwise ops works on a few MiB (L2/L3) instead
-of streaming the whole layer through memory. Every op is a plain in-place or ``out=``
+Speed (benchmarks/hqq_speed.py): the groups are processed in chunks of 2^21 weights per
+CPU thread, so each stage's chain of elementwise ops works on a few MiB (L3) instead of
+streaming the whole layer through memory. Every op is a plain in-place or ``out=``
 pass over [groups, group_size] with per-group [groups, 1] operands (ATen vectorizes
 those; ``addcmul`` with two broadcast operands runs ~10x slower on CPU). One evaluation of a candidate (codes, residual, L2 error) is six
 passes; the refit reads its statistics (sum q, sum q^2, sum q w) off the codes of that
@@ -57,12 +57,13 @@ _MIN_SCALE = 2.0**-20  # same floor as lowbit.tensors.int4_common's min-max scal
 # (17.214 vs 17.217), so they keep four.
 _FLOAT_SEARCH = ((0.1,), ((0.5, 1.0), (-0.5, 1.0), (0.25, 1.0), (-0.25, 1.0)))
 _INT_SEARCH = ((0.04, 0.1, 0.16, 0.25), ((1.0, 1.0), (-1.0, 1.0), (0.0, 1.02), (0.0, 0.98)))
-# Weights per chunk and CPU thread: 2^20 float32 = 4 MiB per temporary. On the 2-core
-# Sapphire Rapids (2 MiB L2 per core) 2^19..2^21 ran at the same speed at one thread and
-# 2^18 10-20% slower (per-op overhead); with two threads on a loaded machine every op
-# waits for the other thread's time slice, so fewer, larger ops win there (2^21: 8x
-# faster than 2^18). On GPUs larger chunks only cut launch overhead.
-_CPU_CHUNK_ELEMS_PER_THREAD = 1 << 20
+# Weights per chunk and CPU thread: 2^21 float32 = 8 MiB per temporary. On the 2-core
+# Sapphire Rapids (2 MiB L2 per core) 2^19..2^22 ran at the same speed at one thread
+# (larger: fewer ops, each slower) and 2^18 10-20% slower; with two threads on a loaded
+# machine every op waits for the other thread's time slice, so the fewest ops win there
+# (2^21: 1.7-2x faster than 2^20, 5-8x than 2^18). On GPUs larger chunks only cut
+# launch overhead.
+_CPU_CHUNK_ELEMS_PER_THREAD = 1 << 21
 _GPU_CHUNK_ELEMS = 1 << 24
 
 
