@@ -25,16 +25,17 @@ best, so the result is never worse than min-max in L2 (SQNR) for any group.
 
 Speed (benchmarks/hqq_speed.py): the groups are processed in chunks of 2^21 weights per
 CPU thread, so each stage's chain of elementwise ops works on a few MiB (L3) instead of
-streaming the whole layer through memory. Every op is a plain in-place or ``out=``
-pass over [groups, group_size] with per-group [groups, 1] operands (ATen vectorizes
-those; ``addcmul`` with two broadcast operands runs ~10x slower on CPU). One evaluation of a candidate (codes, residual, L2 error) is six
-passes; the refit reads its statistics (sum q, sum q^2, sum q w) off the codes of that
-evaluation, so an iteration of stage 2 is ten passes. In stages 1 and 2 each group
-stops once an iteration lowers its L2 error by less than ``tol`` (relative), and the
-stopped groups are dropped from the working set, so a group's result depends on that
-group alone (not on chunking, thread count or a fused neighbour layer). It runs on the
-weight's device; ``tol=0`` (every iteration, no early stop) has no data-dependent
-control flow.
+streaming the whole layer through memory. Every op is a plain in-place or ``out=`` pass
+over [groups, group_size] with per-group [groups, 1] operands (ATen vectorizes those;
+``addcmul`` with two such operands took 2-3x a ``mul`` plus an ``add_`` on CPU,
+``benchmarks/hqq_speed.py --ops``). One evaluation of a candidate (codes, residual, L2
+error) is six passes; the refit reads its statistics (sum q, sum q^2, sum q w) off the
+codes of that evaluation in four, so an iteration of stage 2 is ten passes. In stages 1
+and 2 each group stops once an iteration lowers its L2 error by less than ``tol``
+(relative), and the stopped groups are dropped from the working set, so a group's result
+depends on that group alone (not on chunking, thread count or a fused neighbour layer).
+It runs on the weight's device; ``tol=0`` (every iteration, no early stop) has no
+data-dependent control flow.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ _INT_SEARCH = ((0.04, 0.1, 0.16, 0.25), ((1.0, 1.0), (-1.0, 1.0), (0.0, 1.02), (
 # layer of benchmarks/hqq_speed.py), 2.0 no gain; int zero points the same either way.
 _OVERRELAX = 1.6
 # Weights per chunk and CPU thread: 2^21 float32 = 8 MiB per temporary. On the 2-core
-# Sapphire Rapids (2 MiB L2 per core) 2^19..2^22 ran at the same speed at one thread
-# (larger: fewer ops, each slower) and 2^18 10-20% slower; with two threads on a loaded
-# machine every op waits for the other thread's time slice, so the fewest ops win there
-# (2^21: 1.7-2x faster than 2^20, 5-8x than 2^18). On GPUs larger chunks only cut
-# launch overhead.
+# Sapphire Rapids (2 MiB L2 per core) 2^18..2^21 ran within noise of each other at one
+# thread and 2^22 slower; with two threads on a loaded machine every op waits for the
+# other thread's time slice, so fewer ops win there and 2^18 was slowest
+# (benchmarks/results/hqq_speed_xeon-spr.md, --chunk-log2). On GPUs larger chunks only
+# cut launch overhead.
 _CPU_CHUNK_ELEMS_PER_THREAD = 1 << 21
 _GPU_CHUNK_ELEMS = 1 << 24
 
