@@ -55,7 +55,7 @@ _MIN_SCALE = 2.0**-20  # same floor as lowbit.tensors.int4_common's min-max scal
 # layer of benchmarks/hqq_speed.py, float zero points: shrinks (0.04, 0.1, 0.16, 0.25)
 # with nudges z +- 0.5, s +- 2% gave 17.565 dB for 126 passes over each group, one shrink
 # with z +- 0.5, z +- 0.25 17.589 dB for 112; int zero points: one shrink cost 0.003 dB
-# (17.214 vs 17.217), so they keep four.
+# (17.214 vs 17.217), so they keep four. (Measured before the over-relaxation below.)
 _FLOAT_SEARCH = ((0.1,), ((0.5, 1.0), (-0.5, 1.0), (0.25, 1.0), (-0.25, 1.0)))
 _INT_SEARCH = ((0.04, 0.1, 0.16, 0.25), ((1.0, 1.0), (-1.0, 1.0), (0.0, 1.02), (0.0, 0.98)))
 # Stage 2 steps this far along each refit (s, z) - (s, z)_before: the alternating refit
@@ -250,6 +250,17 @@ def hqq_int4_qparams(
     dB on the benchmark layer). Runs on ``w``'s device.
     """
     kind = P._enum(P.ZeroPointKind, zero_point_kind, "zero_point_kind")
+    if kind is P.ZeroPointKind.NONE:
+        raise ValueError("hqq_int4_qparams: int4 codes are asymmetric: zero_point_kind must be 'float' or 'int', "
+                         "got 'none'")
+    if w.ndim != 2 or not w.is_floating_point():
+        raise ValueError(f"hqq_int4_qparams: expected a float [N, K] weight, got {w.dtype} of shape {tuple(w.shape)}")
+    if group_size < 1 or w.shape[1] % group_size:
+        raise ValueError(f"hqq_int4_qparams: group_size={group_size} must divide K={w.shape[1]}; "
+                         "pick a group size that divides in_features")
+    if refit_iters < 0 or iters < 0 or not 0 <= tol < 1:
+        raise ValueError(f"hqq_int4_qparams: expected iters >= 0, refit_iters >= 0 and 0 <= tol < 1, "
+                         f"got iters={iters}, refit_iters={refit_iters}, tol={tol}")
     round_z = kind is P.ZeroPointKind.INT
     n, k = w.shape
     wg = w.reshape(-1, group_size)  # one row per group

@@ -44,6 +44,23 @@ def test_hqq_never_worse_than_minmax_per_group(kind, options, monkeypatch):
     assert float(errs["hqq"].sum()) < float(errs["minmax"].sum())
 
 
+@pytest.mark.parametrize(
+    "shape, dtype, group, kw, match",
+    [
+        ((16, 250), torch.float32, 64, {}, "must divide K=250"),
+        ((4, 16, 64), torch.float32, 64, {}, "expected a float \\[N, K\\] weight"),
+        ((16, 128), torch.int32, 64, {}, "expected a float"),
+        ((16, 128), torch.float32, 64, {"zero_point_kind": "none"}, "asymmetric"),
+        ((16, 128), torch.float32, 64, {"tol": 1.0}, "0 <= tol < 1"),
+        ((16, 128), torch.float32, 64, {"refit_iters": -1}, "refit_iters >= 0"),
+    ],
+)
+def test_hqq_rejects_bad_input(shape, dtype, group, kw, match):
+    kind = kw.pop("zero_point_kind", "float")
+    with pytest.raises(ValueError, match=match):
+        hqq_int4_qparams(torch.zeros(shape, dtype=dtype), group, kind, **kw)
+
+
 def test_hqq_int_zero_points_are_integers_in_range():
     _, z = hqq_int4_qparams(make_weight((16, 256), torch.float32), 32, "int")
     assert torch.equal(z, z.round()) and z.min() >= 0 and z.max() <= 15
