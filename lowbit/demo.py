@@ -652,6 +652,23 @@ class _Settings:
     prefill_tokens: int
 
 
+def _untie_output_head(model: nn.Module) -> bool:
+    """Give a tied output head its own weight (a copy), so it can be packed while the input
+    embedding keeps the float tensor, as llama.cpp's Q4_1 file stores them. True if it untied.
+
+    quantize_ keeps tied weights tied (it skips a head tied to an embedding), so the demo's
+    ``-head`` rows untie first; the copy costs the packed head's bytes, nothing float.
+    """
+    head = getattr(model, "lm_head", None)
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(head, nn.Linear) or embed is None or head.weight is not embed.weight:
+        return False
+    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    if getattr(model, "config", None) is not None and hasattr(model.config, "tie_word_embeddings"):
+        model.config.tie_word_embeddings = False
+    return True
+
+
 def _all_linears_filter(model: nn.Module) -> Callable[[nn.Module, str], bool]:
     """``quantize_`` filter: every float ``nn.Linear``, the tied output head included (untied:
     the head gets a packed copy, the input embedding keeps the float tensor)."""
@@ -697,6 +714,8 @@ def _build_row(dc: DemoConfig, model, tokenizer, tokens, s: _Settings, result: D
         n_skip = len(plan.exact) - n_quant
         result.autoquant_report = plan.report.to_markdown()
     elif dc.config is not None:
+        if dc.head:
+            _untie_output_head(fresh)
         filt = _all_linears_filter(fresh) if dc.head else _tied_lm_head_filter(fresh)
         cfg = dc.config
         if dc.head and dc.head_config is not None:

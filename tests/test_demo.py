@@ -276,3 +276,16 @@ def test_llama_cpp_probe_reports_a_dead_child(monkeypatch, tmp_path, returncode,
         assert reason is None
     else:
         assert expect in reason and ("GGML_NATIVE=OFF" in reason) == (returncode == -4)
+
+
+def test_head_rows_untie_then_pack_the_output_head():
+    # quantize_ keeps a tied head float (the tie holds); the demo's -head rows untie first,
+    # so the head is packed and the embedding keeps its float weight.
+    model = _TiedLM()
+    embed = model.embed.weight.detach().clone()
+    assert demo._untie_output_head(model) and model.lm_head.weight is not model.embed.weight
+    assert torch.equal(model.lm_head.weight, embed)
+    report = lowbit.quantize_(model, lowbit.Int8WeightOnlyConfig(), filter_fn=demo._all_linears_filter(model))
+    assert "lm_head" in report.quantized and isinstance(model.lm_head.weight, lowbit.LowbitTensor)
+    assert torch.equal(model.embed.weight, embed)
+    assert not demo._untie_output_head(model)  # nothing tied any more
