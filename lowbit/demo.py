@@ -23,6 +23,8 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -453,9 +455,6 @@ def _llama_cpp_crash_reason(path: Path, threads: int, device: torch.device) -> s
     which no Python code can catch: seen with a ``GGML_NATIVE`` build using AMX tiles in a
     VM that reports amx_int8. Probing in a subprocess keeps the demo's other rows alive.
     """
-    import subprocess
-    import sys
-
     gpu = -1 if device.type == "cuda" else 0
     code = (
         "import llama_cpp\n"
