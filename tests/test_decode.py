@@ -75,3 +75,48 @@ def test_bad_cache_length(bad):
 def test_not_a_generative_model():
     with pytest.raises(TypeError, match="generative model"):
         static_compiled_decode(torch.nn.Linear(2, 2), 16)
+
+
+def test_module_guards_are_skipped_by_default_and_kept_on_request():
+    model = tiny_llama()
+    static_compiled_decode(model, max_cache_len=32)
+    cc = model.generation_config.compile_config
+    if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
+        assert cc.mode is None and cc.options["guard_filter_fn"] is torch.compiler.skip_guard_on_all_nn_modules_unsafe
+    static_compiled_decode(model, max_cache_len=32, skip_module_guards=False)
+    cc = model.generation_config.compile_config
+    assert cc.mode == "default" and not cc.options
+    with pytest.raises(ValueError, match="skip_module_guards=False"):
+        static_compiled_decode(model, max_cache_len=32, mode="max-autotune")
+
+
+def _aot_forward_ops(fn, x) -> set[str]:
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+
+    rec = AotEagerAndRecordGraphs()
+    torch._dynamo.reset()
+    torch.compile(fn, backend=rec, fullgraph=True)(x)
+    return {str(n.target) for g in rec.fw_graphs for n in g.graph.nodes if n.op == "call_function"}
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_compiled_graph_calls_the_int4_cpu_kernel_directly(m):
+    # The traced kernel (ops/library.py register_traced_kernel): with the tinygemm path
+    # chosen, the graph holds ATen's int4 kernel itself, not lowbit's Python op; other
+    # paths keep the custom op. Both give the eager answer.
+    from lowbit.ops.cpu_paths import forced_path, path_available
+
+    lin = torch.nn.Linear(256, 200, bias=False).to(torch.bfloat16)  # 200: padded rows are sliced off
+    lowbit.quantize_(lin, lowbit.Int4WeightOnlyConfig(group_size=32))
+    x = torch.randn(m, 256, dtype=torch.bfloat16)
+    op = "int4_tinygemm_cpu_linear"
+    with forced_path(op, "tinygemm"):
+        eager = lin(x)
+        ops = _aot_forward_ops(lin, x)
+        assert "aten._weight_int4pack_mm_for_cpu.default" in ops and f"lowbit.{op}.default" not in ops, ops
+        assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), eager)
+    other = "gemv" if path_available(op, "gemv") else "dequant_gemm"
+    with forced_path(op, other):
+        ops = _aot_forward_ops(lin, x)
+        assert f"lowbit.{op}.default" in ops, ops
+        assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), lin(x))

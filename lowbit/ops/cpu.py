@@ -16,7 +16,7 @@ from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from her
     choose_path,
 )
 from .cpu_paths import int4_gemv_available as _int4_gemv_available  # noqa: F401
-from .library import register_device_kernel
+from .library import register_device_kernel, register_traced_kernel
 from .reference import quantize_per_token_int8
 
 aten = torch.ops.aten
@@ -142,6 +142,29 @@ _INT4_GEMV_BLOCK_N = {"avx2": 32, "avx512": 64}
 
 
 
+def _tinygemm(x, qdata, scale_and_zero, group_size):
+    # ATen vectorizes this kernel for bf16 only: its fp16/fp32 instantiations are scalar
+    # loops, 40-200x slower (measured: M=1 fp32 65 ms vs bf16 1.5 ms). So fp16/fp32
+    # activations are rounded to bf16 for the kernel, explicitly, and the output is cast
+    # back (output SQNR vs an fp32 reference stays > 45 dB, see the tests).
+    xb = x.to(torch.bfloat16).contiguous()
+    return aten._weight_int4pack_mm_for_cpu(xb, qdata, group_size, scale_and_zero.to(torch.bfloat16)).to(x.dtype)
+
+
+@register_traced_kernel("int4_tinygemm_cpu_linear", "cpu")
+def _int4_tinygemm_cpu_linear_traced(x, qdata, scale_and_zero, group_size, out_features, layout):
+    """In torch.compile graphs: where the batch size is static and the table says tinygemm,
+    the graph calls ATen's kernel itself (the ATen op checks its operands), so a compiled
+    decode step pays no Python per linear (the custom op's body cost ~20-40 us per call,
+    121 calls per SmolLM2 token). Anything else records the custom op."""
+    m = x.shape[0]
+    if (type(m) is int and m > 0 and x.dim() == 2 and layout == tinygemm_cpu_layout()
+            and choose_path("int4_tinygemm_cpu_linear", m) == "tinygemm"):
+        y = _tinygemm(x, qdata, scale_and_zero, group_size)
+        return y if y.shape[1] == out_features else y[:, :out_features].contiguous()
+    return torch.ops.lowbit.int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout)
+
+
 @_register("int4_tinygemm_cpu_linear")
 def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
     native = tinygemm_cpu_layout()
@@ -162,13 +185,7 @@ def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features,
             x, qdata, scale_and_zero.to(torch.bfloat16), group_size, _INT4_GEMV_BLOCK_N[layout]
         )
     elif path == "tinygemm":
-        # ATen vectorizes this kernel for bf16 only: its fp16/fp32 instantiations are scalar
-        # loops, 40-200x slower (measured: M=1 fp32 65 ms vs bf16 1.5 ms). So fp16/fp32
-        # activations are rounded to bf16 for the kernel, explicitly, and the output is cast
-        # back (output SQNR vs an fp32 reference stays > 45 dB, see the tests).
-        xb = x.to(torch.bfloat16).contiguous()
-        y = aten._weight_int4pack_mm_for_cpu(xb, qdata, group_size, scale_and_zero.to(torch.bfloat16))
-        y = y.to(x.dtype)
+        y = _tinygemm(x, qdata, scale_and_zero, group_size)
     else:
         y = _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, _gemm_dtype(x.dtype)).to(x.dtype)
     if y.shape[1] != out_features:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["define", "kernel", "register_device_kernel"]
+__all__ = ["define", "kernel", "register_device_kernel", "register_traced_kernel"]
 
 _LIB = torch.library.Library("lowbit", "DEF")  # noqa: TOR901 - lowbit owns this namespace
 
@@ -41,18 +41,43 @@ def register_device_kernel(name: str, device_type: str):
     return decorator
 
 
+# (op, device type) -> what a traced (torch.compile) graph records instead of the opaque
+# custom op: a function that picks the kernel at trace time and calls it directly.
+_TRACED_KERNELS: dict[tuple[object, str], object] = {}
+
+
+def register_traced_kernel(name: str, device_type: str):
+    """Register ``fn`` as what torch.compile graphs record for ``lowbit::<name>`` on
+    ``device_type``: ``fn`` takes the op's arguments, decides the path from static facts
+    (shapes, dtypes, the dispatch table) and calls an ATen/extension op that has a fake
+    implementation, or the custom op itself where it cannot decide. The graph then calls
+    the kernel directly, without the Python body of the op on every step."""
+
+    def decorator(fn):
+        _TRACED_KERNELS[(getattr(torch.ops.lowbit, name), device_type)] = fn
+        return fn
+
+    return decorator
+
+
 def kernel(op, device_type: str):
     """What a packed tensor's linear calls for ``op`` (``torch.ops.lowbit.<name>``; a name
-    string also works): the custom op under torch.compile (its fake impl lets the graph
-    capture it), the device's Python kernel directly in eager mode, which skips 20-35 us
+    string also works). Eager: the device's Python kernel directly, which skips 20-35 us
     of dispatcher hops per call (measured on a 2-core Zen3; a third of a small layer's
-    time at M=1)."""
+    time at M=1). Under torch.compile: the op's traced kernel where one is registered
+    (:func:`register_traced_kernel`), else the custom op (its fake impl lets the graph
+    capture it)."""
     if isinstance(op, str):
         op = getattr(torch.ops.lowbit, op)
     # Any tracing (dynamo, or AOT's fake/proxy/functional dispatch modes, which on torch
-    # 2.11 re-run the subclass code with is_compiling() False) must see the custom op.
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
-        return op
+    # 2.11 re-run the subclass code with is_compiling() False) must see a traceable call.
+    if torch.compiler.is_compiling():
+        return _TRACED_KERNELS.get((op, device_type), op)
+    if torch._C._len_torch_dispatch_stack():
+        # A compile's AOT tracing (a tracing context is set) records the traced kernel;
+        # any other dispatch mode (a user's, a test's op recorder) sees the custom op.
+        tracing = torch._guards.TracingContext.try_get() is not None
+        return _TRACED_KERNELS.get((op, device_type), op) if tracing else op
     return _DEVICE_KERNELS.get((op, device_type), op)
 
 

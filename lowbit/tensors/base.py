@@ -12,7 +12,10 @@ copy of its parent's. An op the class does not implement raises
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import operator
+import pathlib
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -441,6 +444,36 @@ def _meta_key(self):
 
 
 LowbitTensor._meta_key = _meta_key
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    # lowbit's kernels and dispatch code, hashed once per process: compiled graphs that
+    # hold a packed weight are cached on disk by torch (AOT autograd cache), and the code
+    # that traced them (which kernel a weight's linear records) is not otherwise in the key.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted((*root.glob("ops/*.py"), *root.glob("tensors/*.py"), *root.glob("csrc/*.cpp"))):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def _stable_hash_for_caching(self) -> str:
+    """AOT autograd's cache key for a graph input that is this weight: its layout (type,
+    metadata, inner tensors' shapes, strides, dtypes), lowbit's code, and what picks its
+    kernel at trace time (the CPU dispatch table in use, the thread count). Without it,
+    torch hashes the layout alone and a graph traced by another lowbit, or before
+    ``lowbit.tune``, would be reused."""
+    from ..ops.cpu_paths import active_table
+
+    inner = [(n, tuple(t.shape), tuple(t.stride()), str(t.dtype), t.device.type)
+             for n in self.data_fields if (t := getattr(self, n, None)) is not None]
+    key = repr((type(self).__qualname__, self._meta_key(), inner, _code_fingerprint(), repr(active_table()),
+                torch.get_num_threads()))
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+LowbitTensor._stable_hash_for_caching = _stable_hash_for_caching
 
 
 @LowbitTensor.implements(aten._has_compatible_shallow_copy_type.default)
