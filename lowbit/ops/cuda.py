@@ -160,7 +160,9 @@ def float8_dynamic_per_tensor_linear(x, qdata, scale):
     xq, xs = quantize_per_tensor_float8(x)
     if x.shape[0] <= _threshold(CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M, x.device):
         return t8.a8w8_linear(xq, xs, qdata, scale, x.dtype)
-    return torch._scaled_mm(xq, _aligned(qdata).t(), scale_a=xs.reshape(()), scale_b=scale.reshape(()),
+    # cuBLASLt also wants the scale pointers aligned (a misaligned stored scale gave
+    # CUBLAS_STATUS_NOT_SUPPORTED on an H200).
+    return torch._scaled_mm(xq, _aligned(qdata).t(), scale_a=xs.reshape(()), scale_b=_aligned(scale).reshape(()),
                             out_dtype=x.dtype, use_fast_accum=True)
 
 

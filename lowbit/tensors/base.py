@@ -259,9 +259,10 @@ class LowbitTensor(torch.Tensor):
                 x, w, b = linear_args(args, kwargs)
                 if isinstance(w, LowbitTensor):
                     _check_linear_rank(x, w)
-                    if x.shape[-1] == w.shape[1] and x.numel() == 0:
+                    shape = _plain_shape(w)
+                    if x.shape[-1] == shape[1] and x.numel() == 0:
                         # No rows: some kernels reject M = 0 (the C++ int4 GEMV), the answer is empty.
-                        y = x.new_zeros((*x.shape[:-1], w.shape[0]))
+                        y = x.new_zeros((*x.shape[:-1], shape[0]))
                         return y if b is None else y + b.to(y.dtype)
                     if torch.is_grad_enabled() and _needs_input_grad(x, w, b):
                         return _PackedLinearFunction.apply(x, w, b, impl)
@@ -287,6 +288,12 @@ class LowbitTensor(torch.Tensor):
 # the dequantized weight, grad_x = grad_y @ W_dequant (activation quantization, where a
 # format has it, counts as identity). Kernels then never need a derivative of their own,
 # and the gradient does not depend on which kernel a batch size picked.
+
+
+def _plain_shape(w: LowbitTensor) -> tuple:
+    # ``w.shape`` on a subclass goes through __torch_function__ (a few us, on every linear
+    # call): the plain tuple stored at construction, when there is one.
+    return w.__dict__.get("_lb_shape") or tuple(w.shape)
 
 
 def _check_linear_rank(x, w: LowbitTensor) -> None:
@@ -530,19 +537,19 @@ def check_linear_input(x, w: LowbitTensor) -> None:
         raise TypeError(f"{type(w).__name__} linear needs float32/float16/bfloat16 input, got {got}")
     # ``w.shape``/``w.device`` on a subclass go through __torch_function__ (a few us each,
     # per linear call): read the plain values stored at construction when present.
-    shape = w.__dict__.get("_lb_shape") or tuple(w.shape)
+    shape = _plain_shape(w)
     if x.shape[-1] != shape[1]:
         raise ValueError(
             f"linear input has {x.shape[-1]} features but the weight expects {shape[1]} "
             f"(weight shape {shape})"
         )
-    if x.device != w.__dict__.get("_lb_device", w.device):
+    if x.device != (w.__dict__.get("_lb_device") or w.device):
         raise ValueError(f"input is on {x.device} but the weight is on {w.device}; move one of them")
 
 
 def finish_linear(y2d: torch.Tensor, x: torch.Tensor, w: LowbitTensor, bias) -> torch.Tensor:
     """[M, N] kernel output back to ``x``'s leading dims, plus ``bias``."""
-    y = y2d.reshape(*x.shape[:-1], w.shape[0])
+    y = y2d.reshape(*x.shape[:-1], _plain_shape(w)[0])
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y

@@ -41,6 +41,7 @@ from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..errors import UnsupportedError
 from ..primitives import sqnr
 from ..serialization import load_file, save_file
 from ..tensors.base import format_registry
@@ -117,6 +118,9 @@ class ContractMixin:
     # ATen ops a compiled graph may call instead of that op, where the op's traced kernel
     # (ops/library.py register_traced_kernel) picks one at trace time.
     traced_ops: ClassVar[tuple] = ()
+    # Device types the format can move to; a move elsewhere must raise UnsupportedError
+    # naming why (None: every present device).
+    movable_to: ClassVar[tuple[str, ...] | None] = None
     fuzz_group_sizes: ClassVar[tuple[int | None, ...]] = (None,)  # None: the format has no group
     fuzz_n_multiple: ClassVar[int] = 16  # N multiple of the packing tile
     fuzz_k_multiple: ClassVar[int] = 32  # K multiple besides the group
@@ -233,6 +237,10 @@ class ContractMixin:
         _, t = self._contract_tensor(device)
         want = t.dequantize(torch.float32).cpu()
         for d in present_devices():
+            if self.movable_to is not None and torch.device(d).type not in self.movable_to:
+                with pytest.raises(UnsupportedError, match="cannot move"):
+                    t.to(d)
+                continue
             moved = t.to(d)
             assert moved.device.type == torch.device(d).type
             back = moved.to(device)

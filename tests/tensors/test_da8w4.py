@@ -54,6 +54,7 @@ class TestDA8W4Asymmetric(FormatConformance):
     min_linear_sqnr = 40.0
     group_size, act_mapping = 128, "asymmetric"
     fuzz_group_sizes = (32, 64, 128, 256)
+    movable_to = ("cpu",)  # a CPU-only layout: other devices get a clear UnsupportedError
 
     def make(self, w):
         return Int4VnniCpuTensor.from_float(w, self.group_size, self.act_mapping)
