@@ -10,8 +10,8 @@ from torch import nn
 import lowbit
 from lowbit.errors import UnsupportedError
 from lowbit.ops import cpu as cpu_ops
-from lowbit.ops.cpu_paths import choose_path
 from lowbit.ops import reference
+from lowbit.ops.cpu_paths import choose_path
 from lowbit.packing.int4 import TINYGEMM_CPU_LAYOUTS, pack_tinygemm_cpu, tinygemm_cpu_layout, unpack_tinygemm_cpu
 from lowbit.tensors import Int4PlainTensor, Int4TinygemmCpuTensor
 from lowbit.tensors.base import UnsupportedOpError
