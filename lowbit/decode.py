@@ -36,6 +36,7 @@ def static_compiled_decode(
     backend: str = "inductor",
     fullgraph: bool = True,
     skip_module_guards: bool = True,
+    cpp_wrapper: bool = False,
 ) -> None:
     """Make ``model.generate`` use a static KV cache of ``max_cache_len`` and a compiled decode step.
 
@@ -54,6 +55,10 @@ def static_compiled_decode(
             price: a model changed after the first compiled call (weights swapped,
             re-quantized, moved) is not noticed; call ``torch._dynamo.reset()`` then, or
             pass False.
+        cpp_wrapper: inductor's C++ wrapper for the compiled step (``backend="inductor"``
+            only): the graph's kernels are called from C++ instead of generated Python.
+            SmolLM2 int4 on a 2-core Sapphire Rapids VM (loaded): 65-88 tokens/s instead
+            of 44-57, but the first call compiled for 200 s instead of 27 s.
 
     Prefill (the prompt) runs eagerly, as transformers does it: its length changes per call.
     """
@@ -75,16 +80,23 @@ def static_compiled_decode(
     device = next(model.parameters()).device
     if mode is None:
         mode = "reduce-overhead" if device.type == "cuda" else "default"
+    options = {}
     guard_filter = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None) if skip_module_guards else None
-    if guard_filter is None:
+    if guard_filter is not None:
+        options["guard_filter_fn"] = guard_filter
+    if cpp_wrapper:
+        if backend != "inductor":
+            raise ValueError(f"cpp_wrapper=True needs backend='inductor', got backend={backend!r}")
+        options["cpp_wrapper"] = True
+    if not options:
         cc = CompileConfig(fullgraph=fullgraph, mode=mode, backend=backend)
     else:
         # torch.compile takes a mode or options, not both: the mode's options go in by hand.
-        options = {"guard_filter_fn": guard_filter}
         if mode == "reduce-overhead":
             options["triton.cudagraphs"] = True
         elif mode not in ("default", None):
-            raise ValueError(f"mode {mode!r} with skip_module_guards=True: pass skip_module_guards=False for it")
+            raise ValueError(f"mode {mode!r} with skip_module_guards or cpp_wrapper: pass mode None/'default'/"
+                             "'reduce-overhead', or skip_module_guards=False")
         cc = CompileConfig(fullgraph=fullgraph, mode=None, backend=backend, options=options)
     cc._compile_all_devices = True  # transformers compiles on CUDA only unless asked
     gen.cache_implementation = "static"

@@ -125,6 +125,7 @@ class DemoConfig:
     head: bool = False
     compiled: bool = False
     head_config: BaseConfig | None = None  # with ``head``: the head's own config (default: ``config``)
+    cpp_wrapper: bool = False  # with ``compiled``: inductor's C++ wrapper (slow compile, faster steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +190,8 @@ def demo_configs() -> list[DemoConfig]:
     ]
     if "int8-weight-only" in by_name:  # an int8 head keeps the output logits closer to float
         head8 = {"fuse": True, "head": True, "head_config": by_name["int8-weight-only"].config}
-        variants += [("int4-g32", "-fused-head8", head8), ("int4-g32", "-fused-head8-compiled", {**head8, "compiled": True})]
+        variants += [("int4-g32", "-fused-head8", head8), ("int4-g32", "-fused-head8-compiled", {**head8, "compiled": True}),
+                     ("int4-g32", "-fused-head8-compiled-cpp", {**head8, "compiled": True, "cpp_wrapper": True})]
     for base, suffix, flags in variants:
         if base in by_name:
             rows.append(dataclasses.replace(by_name[base], name=base + suffix, **flags))
@@ -733,7 +735,8 @@ def _build_row(dc: DemoConfig, model, tokenizer, tokens, s: _Settings, result: D
     if dc.compiled:
         from .decode import static_compiled_decode
 
-        static_compiled_decode(fresh, inputs["input_ids"].shape[1] + s.new_tokens)
+        static_compiled_decode(fresh, inputs["input_ids"].shape[1] + s.new_tokens,
+                               cpp_wrapper=dc.cpp_wrapper and s.device.type == "cpu")
     row = DemoRow(dc.name, _dtype_name(row_dtype), linear_b / 2**20, total_b / 2**20, ppl, 0.0, quantize_s, n_quant, n_skip, "")
     return _Built(dc, row, fresh, inputs)
 
@@ -855,8 +858,8 @@ def format_table(result: DemoResult) -> str:
         + f"; speeds are medians of {result.repeats} interleaved runs per row; torch {result.torch}, "
         f"transformers {result.transformers}, {result.device}: {result.machine}, {result.threads} threads. "
         "A tied lm_head stays float except in -head rows (an untied packed copy); -fused: q/k/v and gate/up "
-        "fused (lowbit.fuse_projections); -compiled: static cache + torch.compile decode (lowbit.decode; "
-        "prefill eager).",
+        "fused (lowbit.fuse_projections); -head8: the head in int8 weight-only; -compiled: static cache + "
+        "torch.compile decode (lowbit.decode; prefill eager); -cpp: inductor's C++ wrapper for that step.",
     ]
     notes += result.notes
     first_q = next((r for r in result.rows if r.layers_quantized), None)

@@ -88,6 +88,10 @@ def test_module_guards_are_skipped_by_default_and_kept_on_request():
     assert cc.mode == "default" and not cc.options
     with pytest.raises(ValueError, match="skip_module_guards=False"):
         static_compiled_decode(model, max_cache_len=32, mode="max-autotune")
+    static_compiled_decode(model, max_cache_len=32, cpp_wrapper=True)
+    assert model.generation_config.compile_config.options["cpp_wrapper"] is True
+    with pytest.raises(ValueError, match="cpp_wrapper=True needs backend='inductor'"):
+        static_compiled_decode(model, max_cache_len=32, cpp_wrapper=True, backend="aot_eager")
 
 
 def _aot_forward_ops(fn, x) -> set[str]:
