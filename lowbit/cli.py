@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-save", action="store_true", help="print the table without caching it")
     tune.add_argument("--reps", type=_positive_int, default=3, help="timed passes over the weight copies (default 3)")
     tune.add_argument("--cold-mib", type=_positive_int, default=256, help="MiB of rotated weight copies (default 256)")
+    tune.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                      help="cpu (default): the CPU kernels' paths; cuda: the GPU's path crossovers")
     return parser
 
 
@@ -279,6 +281,12 @@ def _run_tune(args) -> int:
     except ValueError:
         print(f"lowbit tune: error: --shape must look like 4096x4096, got {args.shape!r}", file=sys.stderr)
         return 2
+    if args.device == "cuda":
+        from .tune_cuda import format_cuda_tune_result, tune_cuda
+
+        r = tune_cuda((n, k), cold_mib=max(args.cold_mib, 256), reps=max(args.reps, 5), save=not args.no_save)
+        print(format_cuda_tune_result(r))
+        return 0
     r = tune((n, k), threads=args.threads, cold_mib=args.cold_mib, reps=args.reps, save=not args.no_save)
     print(format_tune_result(r))
     return 0

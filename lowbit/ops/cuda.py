@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import torch
@@ -46,9 +47,30 @@ def _arch(index: int) -> str:
     return f"sm{major}{minor}"
 
 
+_TUNED_APPLIED: set[int] = set()  # device indices whose tune cache was read
+
+
+def apply_tuned_thresholds(index: int, reload: bool = False) -> None:
+    """Write this GPU's ``lowbit tune --device cuda`` crossovers (lowbit/tune_cuda.py) into
+    the tables above, under its arch; once per device unless ``reload``. Ignored with
+    ``LOWBIT_NO_TUNE_CACHE=1``."""
+    if index in _TUNED_APPLIED and not reload:
+        return
+    _TUNED_APPLIED.add(index)
+    if os.environ.get("LOWBIT_NO_TUNE_CACHE", "") not in ("", "0"):
+        return
+    from ..tune_cuda import load_cuda_tuned
+
+    arch = _arch(index)
+    for name, m in load_cuda_tuned(index).items():
+        globals()[name][arch] = m
+
+
 def _threshold(table: dict, device: torch.device) -> int:
-    return table.get(_arch(device.index if device.index is not None else torch.cuda.current_device()),
-                     table[_MEASURED_ARCH])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _TUNED_APPLIED:
+        apply_tuned_thresholds(index)
+    return table.get(_arch(index), table[_MEASURED_ARCH])
 
 
 @functools.cache
@@ -178,7 +200,7 @@ def float8_dynamic_per_tensor_linear(x, qdata, scale):
 # gpu_int4_h200_2026-12-02.md, 14336x4096) the two are about even at M = 32 (tinygemm
 # 135 us; dequantize + cuBLAS 131 us at M = 64), so the threshold stays. int4 only beats
 # the bf16 GEMM itself for M <= 2..8; at large M it costs the dequantize on top.
-CUDA_INT4_TILED_MAX_M = 32
+CUDA_INT4_TILED_MAX_M = {"sm90": 32}
 # Above this many rows int4 on CUDA is slower than the bf16 GEMM it replaces (H200:
 # tinygemm 0.76-1.02x at M=8, dequantize + cuBLAS 0.27-0.86x at M >= 64). No lowbit int4
 # kernel beats bf16 there yet (its Triton GEMM and Marlin kernels included), so the user
@@ -270,7 +292,7 @@ def int4_tiled_cuda_mm(x, qdata, scale_and_zero, group_size):
     qdata, scale_and_zero = _aligned(qdata), _aligned(scale_and_zero)
     if x.shape[0] > CUDA_INT4_SLOWER_THAN_BF16_M:
         _warn_slow_int4(x.shape[0])
-    if x.shape[0] <= CUDA_INT4_TILED_MAX_M:
+    if x.shape[0] <= _threshold(CUDA_INT4_TILED_MAX_M, x.device):
         y = aten._weight_int4pack_mm(xb, qdata, group_size, scale_and_zero)
     else:
         y = torch.mm(xb, _dequantize_int4_tiled_bf16(qdata, scale_and_zero, group_size).t())
