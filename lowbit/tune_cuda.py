@@ -182,7 +182,7 @@ def tune_cuda(
         try:
             for path, pin in (("first", _FORCE_FIRST), ("second", _FORCE_SECOND)):
                 table[arch] = pin
-                times[name][path] = [_graph_us([lambda x=xs[m], a=a: kernel(x, *a) for a in argsets], reps)
+                times[name][path] = [_graph_us([lambda x=xs[m], a=a, f=kernel: f(x, *a) for a in argsets], reps)
                                      for m in ms]
         finally:
             if old is None:
