@@ -54,6 +54,8 @@ __all__ = [
 GEMV_MAX_M = 1  # batch rows up to which the CUDA-core GEMV beats the tensor-core kernel (H200)
 _PLANE = 16  # K values per nibble plane (one tl.dot with K = 16)
 _CHUNK = 128  # K values per word tile (8 planes)
+# mm2_kernel's codes enter the dot as 1 + q / 16: (bit of the code's lowest bit, bits of 1.0) per dtype.
+_MAGIC = {torch.bfloat16: (3, 0x3F80), torch.float16: (6, 0x3C00)}
 
 
 @functools.cache
@@ -66,8 +68,8 @@ def _kernels():
 
 def _kernel_table(k) -> dict:
     """Short names of the kernels in module ``k`` (tests pass an interpreted copy)."""
-    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "dequant": k.dequant_kernel, "marlin": k.marlin_mm_kernel,
-            "marlin_dequant": k.marlin_dequant_kernel}
+    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "gemv2": k.gemv2_kernel, "mm2": k.mm2_kernel,
+            "dequant": k.dequant_kernel, "marlin": k.marlin_mm_kernel, "marlin_dequant": k.marlin_dequant_kernel}
 
 
 # ---------------------------------------------------------------------- dispatch by M
@@ -130,10 +132,23 @@ def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wra
     ks = _kernels()
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    n_chunks = qdata.shape[0] // 16
+    gp = min(group_size // _PLANE, _CHUNK // _PLANE)  # planes per scale step (one group, at most a chunk)
     if cfg["kind"] == "gemv":
         grid = (-(-n // bn), split, m)
-        wrap(ks["gemv"])[grid](x, qdata, scale, zero_point, out, m, n, k, qdata.shape[0] // 16, x.stride(0),
+        wrap(ks["gemv"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0),
                                out.stride(0), GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, SPLIT_K=split, **launch)
+    elif cfg["kind"] == "gemv2":
+        grid = (-(-n // bn), split, m)
+        wrap(ks["gemv2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
+                                GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, GP=gp, SPLIT_K=split, **launch)
+    elif cfg["kind"] == "mm2":
+        sub = min(cfg.get("SUB", 1), gp)  # planes per tl.dot: a dot never spans two groups
+        grid = (-(-m // bm) * -(-n // bn), split)
+        wrap(ks["mm2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
+                              GS=group_size, INT_ZP=int_zp, BLOCK_M=bm, BLOCK_N=bn, SUB=sub, GP=gp,
+                              JOIN=cfg.get("JOIN", True), SPLIT_K=split, GROUP_M=8, MAG_SH=_MAGIC[x.dtype][0],
+                              MAG_ONE=_MAGIC[x.dtype][1], **launch)
     else:
         grid = (-(-m // bm) * -(-n // bn), split)
         wrap(ks["mm"])[grid](x, qdata, scale, zero_point, out, m, n, k, qdata.shape[0] * 8, x.stride(0), out.stride(0),
