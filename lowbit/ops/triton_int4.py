@@ -16,6 +16,26 @@ Three kernels read lowbit's own layout (``lowbit/packing/int4_triton.py``: int32
 * ``dequant_kernel`` writes the bf16 weight ``[K, N]`` (row-major, coalesced) for a
   cuBLAS GEMM at large M, where that measures faster than the fused kernel.
 
+Two factored variants read the same layout, selectable through ``cfg["kind"]`` (tests and
+the benchmark sweep; ``_pick``'s table does not use them until H200 runs say so):
+
+* ``gemv2_kernel``  like ``gemv_kernel``, but each code becomes the fp32 ``1 + q / 16``
+  by moving its bits into the mantissa of 1.0 (a shift and an and-or: no int -> float
+  convert, which runs at a quarter of the FMA rate), one FMA per weight into the group's
+  partial, and the affine map once per group: ``sum x ((q - 8) s + z) = 16 s P +
+  (z - 24 s) sum x`` with ``P = sum x (1 + q / 16)`` (int zero points:
+  ``16 s P - (z + 16) s sum x``).
+* ``mm2_kernel``    the tensor-core version of the same: each 128-K chunk loads its word
+  tile once, ``SUB`` nibble planes at a time become a ``[16 SUB, BLOCK_N]`` tile of
+  ``1 + q / 16`` in the activation dtype (exact in bf16/fp16) for one ``tl.dot``
+  (``SUB`` = 1: eight K = 16 dots per chunk; 2/4/8: planes stacked with ``tl.join``, or
+  with one broadcast shift when ``JOIN`` is false), the group's scale and zero point
+  applied to the ``[BLOCK_M, BLOCK_N]`` partial at the group's end. Split-K over chunks.
+
+Both round differently from the dequantize-then-dot kernels (sums of exact products in
+fp32, no rounding of the dequantized weight to bf16): tests/ops/test_triton_int4.py
+states and checks the bound against the float64 product.
+
 A fourth, ``marlin_mm_kernel``, reads the Marlin layout (``lowbit/packing/int4_marlin.py``)
 in place: every ``[BLOCK_K, BLOCK_N]`` code tile is gathered with the Marlin address
 arithmetic (word and nibble of each (k, n) computed from the layout's definition) and

@@ -233,7 +233,7 @@ def _factored_case(seed):
         return seq[int(torch.randint(0, len(seq), (1,), generator=gen))]
 
     g = pick((32, 64, 128, 256))
-    k = g * int(torch.randint(1, max(2, 641 // g), (1,), generator=gen))
+    k = g * int(torch.randint(1, max(2, 400 // g), (1,), generator=gen))
     n = 8 * int(torch.randint(1, 9, (1,), generator=gen))
     m = int(torch.randint(1, 71, (1,), generator=gen))
     return m, n, k, g, bool(seed % 2), pick((32, 64)), pick((1, 2, 3)), (torch.bfloat16, torch.float16)[seed // 2 % 2]
@@ -256,10 +256,11 @@ _MM2_VARIANTS = [{"SUB": 1}, {"SUB": 2}, {"SUB": 8}, {"SUB": 4, "JOIN": False}, 
 
 @needs_triton
 @interpreter_only
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("variant", _MM2_VARIANTS, ids=lambda v: "-".join(f"{a}{b}" for a, b in v.items()))
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("variant", range(len(_MM2_VARIANTS)),
+                         ids=["-".join(f"{a}{b}" for a, b in v.items()) for v in _MM2_VARIANTS])
 def test_mm2_kernel_interpreted(cpu_kernels, bf16_dot, variant, seed):
-    _run_factored("mm2", seed + 7 * len(str(variant)), variant)
+    _run_factored("mm2", 3 * variant + seed, _MM2_VARIANTS[variant])  # distinct shapes per variant
 
 
 @needs_triton
