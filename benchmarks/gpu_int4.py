@@ -209,26 +209,31 @@ def _sweep_configs(m: int) -> list[dict]:
             for split in (1, 4, 8):
                 add("gemv2", 1, bn, 0, split, 4, 3)
         add("gemv2", 1, 256, 0, 4, 8, 3)
-        for bn in (64, 128):
-            for sub in (1, 8):
-                add("mm2", 16, bn, 0, 4, 4, 3, SUB=sub)
+        add("mm2", 16, 64, 0, 4, 4, 3, SUB=1)
+        add("mm2", 16, 128, 0, 4, 4, 3, SUB=8)
+        for split in (4, 8):
+            add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
     elif m <= 8:
         add("gemv", 1, 128, 128, 4, 4, 3)
         for bn in (128, 256):
             add("gemv2", 1, bn, 0, 4, 4, 3)
         add("mm", 16, 64, 64, 4)
         for bn in (64, 128):
-            for sub in (1, 8):
-                for split in (2, 4):
-                    add("mm2", 16, bn, 0, split, 4, 3, SUB=sub)
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=1)
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8)
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8, XDOT=True)
+        for split in (2, 8):
+            add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
         add("mm2", 16, 64, 0, 4, 4, 3, SUB=8, JOIN=False)
     elif m <= 16:
         for bn in (64, 128):
             add("mm", 16, bn, 64, 4)
         for bn in (64, 128):
-            for sub in (1, 8):
-                for split in (2, 4):
-                    add("mm2", 16, bn, 0, split, 4, 3, SUB=sub)
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=1)
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8)
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8, XDOT=True)
+        for split in (2, 8):
+            add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
         add("mm2", 16, 64, 0, 4, 4, 3, SUB=8, JOIN=False)
     elif m <= 64:
         add("mm", 32, 64, 64, 4)
@@ -240,6 +245,8 @@ def _sweep_configs(m: int) -> list[dict]:
                     add("mm2", bm, bn, 0, split, 4, 3, SUB=8)
         add("mm2", 32, 64, 0, 4, 4, 3, SUB=1)
         add("mm2", 64, 128, 0, 1, 4, 3, SUB=2)
+        add("mm2", 32, 128, 0, 4, 4, 3, SUB=8, XDOT=True)
+        add("mm2", 64, 128, 0, 1, 4, 3, SUB=8, XDOT=True)
     else:
         add("mm", 64, 128, 64, 1)
         add("mm", 128, 128, 64, 1, 8, 3)
@@ -247,6 +254,7 @@ def _sweep_configs(m: int) -> list[dict]:
         for bm, bn, warps in ((64, 128, 4), (64, 256, 8), (128, 128, 8), (128, 256, 8)):
             add("mm2", bm, bn, 0, 1, warps, 3, SUB=8)
         add("mm2", 128, 128, 0, 1, 8, 3, SUB=2)
+        add("mm2", 128, 128, 0, 1, 8, 3, SUB=8, XDOT=True)
     return out
 
 
@@ -262,7 +270,7 @@ def _short(cfg: dict) -> str:
     t = f"{cfg.get('kind', 'marlin')} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} s{cfg['SPLIT_K']} " \
         f"w{cfg['num_warps']} st{cfg['num_stages']}"
     if "SUB" in cfg:
-        t += f" sub{cfg['SUB']}" + ("" if cfg.get("JOIN", True) else " bcast")
+        t += f" sub{cfg['SUB']}" + ("" if cfg.get("JOIN", True) else " bcast") + (" xdot" if cfg.get("XDOT") else "")
     return t
 
 
@@ -403,7 +411,7 @@ def main(argv=None) -> int:
         kinds = tuple(v for v in args.kinds.split(",") if v)
         if not kinds or set(kinds) - set(SWEEP_KINDS):
             p.error(f"--kinds takes a comma-separated subset of {','.join(SWEEP_KINDS)}, got {args.kinds!r}")
-        report = (head + "Triton tile sweep (CUDA graphs; config: kind BMxBNxBK split warps stages [planes per dot]):"
+        report = (head + "Triton tile sweep (CUDA graphs; config: kind BMxBNxBK split warps stages [planes per dot, bcast: broadcast shift, xdot: sums by dot]):"
                   "\n\n" + run_sweep(shapes, batches, args.budget_ms, kinds) + "\n")
     else:
         bw = hbm_bandwidth()

@@ -215,13 +215,15 @@ def _group_coeffs(s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS: tl.constexpr, INT_Z
 @triton.jit
 def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
                GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               SUB: tl.constexpr, GP: tl.constexpr, JOIN: tl.constexpr, SPLIT_K: tl.constexpr,
-               GROUP_M: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr):
+               SUB: tl.constexpr, GP: tl.constexpr, JOIN: tl.constexpr, XDOT: tl.constexpr,
+               SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr):
     # Tensor-core GEMM on the raw codes. Each 128-K chunk loads its [16, BLOCK_N] word
     # tile once; SUB planes at a time (16 SUB consecutive k) become one [16 SUB, BLOCK_N]
     # tile of 1 + q / 16 for one tl.dot with the [BLOCK_M, 16 SUB] activation slice. The
     # dots of one group (GP planes: GS / 16, at most the chunk's 8) sum into `part`; at
     # the group's end one [BLOCK_M, BLOCK_N] FMA pair applies its scale and zero point.
+    # The activation sums come from a row reduction, or (XDOT) from a second dot with a
+    # tile of ones, landing in the accumulator's layout (no shuffles, idle tensor cores).
     # Split-K over chunks (grid axis 1) for small grids.
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -234,7 +236,10 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
     c0 = tl.program_id(1) * per_split
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     part = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    xs = tl.full((BLOCK_M,), 0.0, tl.float32)
+    if XDOT:
+        xs = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    else:
+        xs = tl.full((BLOCK_M,), 0.0, tl.float32)
     for it in range(per_split):
         c = c0 + it
         rows = c * 16 + offs_i
@@ -247,14 +252,23 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
             w = _planes(q, SUB * h, SUB, JOIN, MAG_SH, MAG_ONE, a.dtype)
             if (SUB * h) % GP == 0:  # first dot of a group
                 part = tl.dot(a, w)
-                xs = tl.reduce(a.to(tl.float32), 1, _add)
+                if XDOT:
+                    xs = tl.dot(a, tl.full((16 * SUB, BLOCK_N), 1.0, a.dtype))
+                else:
+                    xs = tl.reduce(a.to(tl.float32), 1, _add)
             else:
                 part = tl.dot(a, w, part)
-                xs += tl.reduce(a.to(tl.float32), 1, _add)
+                if XDOT:
+                    xs = tl.dot(a, tl.full((16 * SUB, BLOCK_N), 1.0, a.dtype), xs)
+                else:
+                    xs += tl.reduce(a.to(tl.float32), 1, _add)
             if (SUB * (h + 1)) % GP == 0:  # last dot of a group
                 s16, corr = _group_coeffs(s_ptr, z_ptr, (c * 128 + 16 * SUB * h) // GS, offs_n, n_mask, N, K, GS,
                                           INT_ZP)
-                acc += part * s16[None, :] + xs[:, None] * corr[None, :]
+                if XDOT:
+                    acc += part * s16[None, :] + xs * corr[None, :]
+                else:
+                    acc += part * s16[None, :] + xs[:, None] * corr[None, :]
     _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K)
 
 

@@ -251,7 +251,8 @@ def _run_factored(kind, seed, extra):
     _check_factored(y, x, codes, scale, zero, g, int_zp)
 
 
-_MM2_VARIANTS = [{"SUB": 1}, {"SUB": 2}, {"SUB": 8}, {"SUB": 4, "JOIN": False}, {"SUB": 8, "JOIN": False}]
+_MM2_VARIANTS = [{"SUB": 1}, {"SUB": 2}, {"SUB": 8}, {"SUB": 4, "JOIN": False}, {"SUB": 8, "JOIN": False},
+                 {"SUB": 1, "XDOT": True}, {"SUB": 8, "XDOT": True}]
 
 
 @needs_triton
