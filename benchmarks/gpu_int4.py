@@ -209,6 +209,8 @@ def _sweep_configs(m: int) -> list[dict]:
             for split in (1, 4, 8):
                 add("gemv2", 1, bn, 0, split, 4, 3)
         add("gemv2", 1, 256, 0, 4, 8, 3)
+        for bn, split in ((64, 1), (128, 1), (128, 4), (256, 4)):
+            add("gemv2", 1, bn, 0, split, 4, 3, PREFETCH=True)
         add("mm2", 16, 64, 0, 4, 4, 3, SUB=1)
         add("mm2", 16, 128, 0, 4, 4, 3, SUB=8)
         for split in (4, 8):
@@ -217,6 +219,7 @@ def _sweep_configs(m: int) -> list[dict]:
         add("gemv", 1, 128, 128, 4, 4, 3)
         for bn in (128, 256):
             add("gemv2", 1, bn, 0, 4, 4, 3)
+        add("gemv2", 1, 128, 0, 4, 4, 3, PREFETCH=True)
         add("mm", 16, 64, 64, 4)
         for bn in (64, 128):
             add("mm2", 16, bn, 0, 4, 4, 3, SUB=1)
@@ -271,6 +274,8 @@ def _short(cfg: dict) -> str:
         f"w{cfg['num_warps']} st{cfg['num_stages']}"
     if "SUB" in cfg:
         t += f" sub{cfg['SUB']}" + ("" if cfg.get("JOIN", True) else " bcast") + (" xdot" if cfg.get("XDOT") else "")
+    if cfg.get("PREFETCH"):
+        t += " prefetch"
     return t
 
 
@@ -411,7 +416,7 @@ def main(argv=None) -> int:
         kinds = tuple(v for v in args.kinds.split(",") if v)
         if not kinds or set(kinds) - set(SWEEP_KINDS):
             p.error(f"--kinds takes a comma-separated subset of {','.join(SWEEP_KINDS)}, got {args.kinds!r}")
-        report = (head + "Triton tile sweep (CUDA graphs; config: kind BMxBNxBK split warps stages [planes per dot, bcast: broadcast shift, xdot: sums by dot]):"
+        report = (head + "Triton tile sweep (CUDA graphs; config: kind BMxBNxBK split warps stages [planes per dot, bcast: broadcast shift, xdot: sums by dot, prefetch: next chunk's words early]):"
                   "\n\n" + run_sweep(shapes, batches, args.budget_ms, kinds) + "\n")
     else:
         bw = hbm_bandwidth()

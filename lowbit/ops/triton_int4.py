@@ -161,7 +161,8 @@ def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wra
     elif cfg["kind"] == "gemv2":
         grid = (-(-n // bn), split, m)
         wrap(ks["gemv2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
-                                GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, GP=gp, SPLIT_K=split, **launch)
+                                GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, GP=gp, PREFETCH=cfg.get("PREFETCH", False),
+                                SPLIT_K=split, **launch)
     elif cfg["kind"] == "mm2":
         sub = min(cfg.get("SUB", 1), gp)  # planes per tl.dot: a dot never spans two groups
         grid = (-(-m // bm) * -(-n // bn), split)

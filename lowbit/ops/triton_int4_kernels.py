@@ -78,6 +78,14 @@ def _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS: tl.constexpr):
 
 
 @triton.jit
+def _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks):
+    # The [16, BLOCK_N] word tile of chunk c (zeros past the last chunk and column).
+    rows = c * 16 + offs_i
+    return tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
+                   other=0)
+
+
+@triton.jit
 def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
                 GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
     # One activation row per program (grid axis 2). Each 128-K step loads its [16, BLOCK_N]
@@ -94,9 +102,7 @@ def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_x
     acc = tl.full((16, BLOCK_N), 0.0, tl.float32)
     for it in range(per_split):
         c = c0 + it
-        rows = c * 16 + offs_i
-        q = tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
-                    other=0)
+        q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
         for j in tl.static_range(8):
             k0 = c * 128 + 16 * j
             k = k0 + offs_i
@@ -242,9 +248,7 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
         xs = tl.full((BLOCK_M,), 0.0, tl.float32)
     for it in range(per_split):
         c = c0 + it
-        rows = c * 16 + offs_i
-        q = tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
-                    other=0)
+        q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
         for h in tl.static_range(8 // SUB):
             k = c * 128 + 16 * SUB * h + offs_s
             a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & (k < K)[None, :],
@@ -275,11 +279,13 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
 @triton.jit
 def gemv2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
                  GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, GP: tl.constexpr,
-                 SPLIT_K: tl.constexpr):
+                 PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr):
     # CUDA-core GEMV, one activation row per program (grid axis 2), factored like
     # mm2_kernel: per weight one shift, one and-or (fp32 1 + q / 16) and one FMA into the
     # group's [16, BLOCK_N] partial; per group one FMA per partial element (16 s) and a
     # [BLOCK_N] correction times the group's activation sum. Rows reduced at the end.
+    # PREFETCH: the next chunk's words are loaded before this chunk is computed (twice
+    # the bytes in flight; Triton does not pipeline loads that feed no dot).
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -291,11 +297,15 @@ def gemv2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_
     part = tl.full((16, BLOCK_N), 0.0, tl.float32)
     ycorr = tl.full((BLOCK_N,), 0.0, tl.float32)
     xv = tl.full((16,), 0.0, tl.float32)
+    if PREFETCH:
+        q_next = _words(q_ptr, c0, offs_i, offs_n, n_mask, N, n_chunks)
     for it in range(per_split):
         c = c0 + it
-        rows = c * 16 + offs_i
-        q = tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
-                    other=0)
+        if PREFETCH:  # chunk c was loaded during chunk c - 1; start c + 1 now
+            q = q_next
+            q_next = _words(q_ptr, c + 1, offs_i, offs_n, n_mask, N, n_chunks)
+        else:
+            q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
         for j in tl.static_range(8):
             k = c * 128 + 16 * j + offs_i
             a = tl.load(x_ptr + pid_m * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
