@@ -215,21 +215,13 @@ def _sweep_configs(m: int) -> list[dict]:
         add("mm2", 16, 128, 0, 4, 4, 3, SUB=8)
         for split in (4, 8):
             add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
-    elif m <= 8:
-        add("gemv", 1, 128, 128, 4, 4, 3)
-        for bn in (128, 256):
-            add("gemv2", 1, bn, 0, 4, 4, 3)
-        add("gemv2", 1, 128, 0, 4, 4, 3, PREFETCH=True)
-        add("mm", 16, 64, 64, 4)
-        for bn in (64, 128):
-            add("mm2", 16, bn, 0, 4, 4, 3, SUB=1)
-            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8)
-            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8, XDOT=True)
-        for split in (2, 8):
-            add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
-        add("mm2", 16, 64, 0, 4, 4, 3, SUB=8, JOIN=False)
     elif m <= 16:
-        for bn in (64, 128):
+        if m <= 8:
+            add("gemv", 1, 128, 128, 4, 4, 3)
+            for bn in (128, 256):
+                add("gemv2", 1, bn, 0, 4, 4, 3)
+            add("gemv2", 1, 128, 0, 4, 4, 3, PREFETCH=True)
+        for bn in (64,) if m <= 8 else (64, 128):
             add("mm", 16, bn, 64, 4)
         for bn in (64, 128):
             add("mm2", 16, bn, 0, 4, 4, 3, SUB=1)

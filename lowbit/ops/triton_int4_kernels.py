@@ -86,19 +86,21 @@ def _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks):
 
 
 @triton.jit
+def _gemv_ids(N, n_chunks, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+    # A GEMV program's row (grid axis 2), columns (axis 0: offsets, 16 plane rows, mask) and
+    # chunk range (axis 1: split-K): chunks c0 .. c0 + per_split - 1.
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    per_split = _cdiv(n_chunks, SPLIT_K)
+    return tl.program_id(2), offs_n, tl.arange(0, 16), offs_n < N, tl.program_id(1) * per_split, per_split
+
+
+@triton.jit
 def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
                 GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
     # One activation row per program (grid axis 2). Each 128-K step loads its [16, BLOCK_N]
     # word tile once; plane j's codes multiply a contiguous 16-value activation slice and
     # accumulate elementwise into a [16, BLOCK_N] tile, reduced over the 16 rows at the end.
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_i = tl.arange(0, 16)
-    n_mask = offs_n < N
-    per_split = _cdiv(n_chunks, SPLIT_K)
-    c0 = pid_k * per_split
+    pid_m, offs_n, offs_i, n_mask, c0, per_split = _gemv_ids(N, n_chunks, BLOCK_N, SPLIT_K)
     acc = tl.full((16, BLOCK_N), 0.0, tl.float32)
     for it in range(per_split):
         c = c0 + it
@@ -231,15 +233,11 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
     # The activation sums come from a row reduction, or (XDOT) from a second dot with a
     # tile of ones, landing in the accumulator's layout (no shuffles, idle tensor cores).
     # Split-K over chunks (grid axis 1) for small grids.
-    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
+    pid_k, offs_m, offs_n, offs_s, m_mask = _mm_tile(M, N, BLOCK_M, BLOCK_N, 16 * SUB, GROUP_M)
     n_mask = offs_n < N
     offs_i = tl.arange(0, 16)
-    offs_s = tl.arange(0, 16 * SUB)
     per_split = _cdiv(n_chunks, SPLIT_K)
-    c0 = tl.program_id(1) * per_split
+    c0 = pid_k * per_split
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     part = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     if XDOT:
@@ -286,13 +284,7 @@ def gemv2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_
     # [BLOCK_N] correction times the group's activation sum. Rows reduced at the end.
     # PREFETCH: the next chunk's words are loaded before this chunk is computed (twice
     # the bytes in flight; Triton does not pipeline loads that feed no dot).
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_i = tl.arange(0, 16)
-    n_mask = offs_n < N
-    per_split = _cdiv(n_chunks, SPLIT_K)
-    c0 = tl.program_id(1) * per_split
+    pid_m, offs_n, offs_i, n_mask, c0, per_split = _gemv_ids(N, n_chunks, BLOCK_N, SPLIT_K)
     acc = tl.full((16, BLOCK_N), 0.0, tl.float32)
     part = tl.full((16, BLOCK_N), 0.0, tl.float32)
     ycorr = tl.full((BLOCK_N,), 0.0, tl.float32)
