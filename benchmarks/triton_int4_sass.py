@@ -25,9 +25,11 @@ import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
+from benchmarks.common import cpu_model
 from benchmarks.gpu_int4 import _short, _sweep_configs
 from lowbit.ops import triton_int4
 from lowbit.packing.int4_triton import pack_int4_triton
@@ -145,17 +147,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import triton
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else "?"
     head = (f"# SASS of lowbit's Triton int4 kernels, sm{args.arch} (compiled without a GPU)\n\n"
-            f"Compiled on {cpu} (the CPU does not affect the SASS); torch {torch.__version__}, "
+            f"Compiled on {cpu_model()} (the CPU does not affect the SASS); torch {torch.__version__}, "
             f"triton {triton.__version__}, bf16 activations, group size 128; per config of "
             f"`benchmarks.gpu_int4 --sweep`. Columns I2F .. SHFL: count in one K-loop iteration of one warp.\n\n")
     report = head + run([int(v) for v in args.batches.split(",")], args.arch) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
     print(report)
+    if args.out:
+        Path(args.out).write_text(report)
     return 0
 
 
