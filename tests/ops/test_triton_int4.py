@@ -326,6 +326,29 @@ def test_fuzz_each_kernel_cuda(kind, seed):
     assert sqnr(T.int4_triton_reference(x, q, scale, zero, g).float(), y.float()) >= 42.0, (kind, m, n, k, g)
 
 
+_FACTORED_CUDA = [("gemv2", {}), ("gemv2", {"PREFETCH": True}), ("mm2", {"SUB": 1}), ("mm2", {"SUB": 8}),
+                  ("mm2", {"SUB": 8, "XDOT": True}), ("mm2", {"SUB": 4, "JOIN": False})]
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("variant", range(len(_FACTORED_CUDA)),
+                         ids=[k + "".join(f"-{a}{b}" for a, b in e.items()) for k, e in _FACTORED_CUDA])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fuzz_factored_kernels_cuda(variant, seed, dtype):
+    """The factored kernels on the GPU (bf16 tensor-core dots included) within the stated bound."""
+    kind, extra = _FACTORED_CUDA[variant]
+    m, n, k, g, int_zp = _fuzz_case(300 + seed)
+    m = min(m, 3) if kind == "gemv2" else m
+    codes, scale, zero = _operands(n, k, g, int_zp, "cuda", dtype, seed)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    cfg = {"kind": kind, "BLOCK_M": (16 if m <= 16 else 64) if kind == "mm2" else 1, "BLOCK_N": 64, "BLOCK_K": 0,
+           "num_warps": 4, "num_stages": 3, "SPLIT_K": 1 + seed % 3, **extra}
+    y = T.int4_triton_linear(x, pack_int4_triton(codes), scale, zero, g, cfg=cfg)
+    _check_factored(y, x, codes, scale, zero, g, int_zp)
+
+
 @needs_cuda
 @needs_triton
 @pytest.mark.parametrize("seed", range(10))
