@@ -206,15 +206,17 @@ def _sweep_configs(m: int) -> list[dict]:
         for split in (4, 8):
             add("gemv", 1, 64, 128, split, 4, 3)
         for bn in (64, 128, 256):
-            for split in (1, 4, 8):
+            for split in (1, 4):
                 add("gemv2", 1, bn, 0, split, 4, 3)
+        add("gemv2", 1, 128, 0, 8, 4, 3)
         add("gemv2", 1, 256, 0, 4, 8, 3)
-        for bn, split in ((64, 1), (128, 1), (128, 4), (256, 4)):
+        for bn, split in ((128, 1), (128, 4), (256, 4)):
             add("gemv2", 1, bn, 0, split, 4, 3, PREFETCH=True)
-        add("mm2", 16, 64, 0, 4, 4, 3, SUB=1)
         add("mm2", 16, 128, 0, 4, 4, 3, SUB=8)
         for split in (4, 8):
             add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
+            add("mm2", 16, 128, 0, split, 4, 3, PAIR=True, XDOT=True)
+        add("mm2", 16, 256, 0, 4, 8, 3, PAIR=True, XDOT=True)
     elif m <= 16:
         if m <= 8:
             add("gemv", 1, 128, 128, 4, 4, 3)
@@ -223,33 +225,36 @@ def _sweep_configs(m: int) -> list[dict]:
             add("gemv2", 1, 128, 0, 4, 4, 3, PREFETCH=True)
         for bn in (64,) if m <= 8 else (64, 128):
             add("mm", 16, bn, 64, 4)
+        add("mm2", 16, 128, 0, 4, 4, 3, SUB=1)
         for bn in (64, 128):
-            add("mm2", 16, bn, 0, 4, 4, 3, SUB=1)
             add("mm2", 16, bn, 0, 4, 4, 3, SUB=8)
             add("mm2", 16, bn, 0, 4, 4, 3, SUB=8, XDOT=True)
         for split in (2, 8):
             add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
-        add("mm2", 16, 64, 0, 4, 4, 3, SUB=8, JOIN=False)
+        for bn, split, warps in ((128, 2, 4), (128, 4, 4), (256, 2, 8)):
+            add("mm2", 16, bn, 0, split, warps, 3, PAIR=True, XDOT=True)
+        add("mm2", 16, 128, 0, 4, 4, 3, SUB=8, JOIN=False)
     elif m <= 64:
         add("mm", 32, 64, 64, 4)
         add("mm", 64, 128, 64, 1)
         add("deq", 0, 128, 0, 1, 4, 1)
-        for bm in (32, 64):
-            for bn in (64, 128):
-                for split in (1, 4):
-                    add("mm2", bm, bn, 0, split, 4, 3, SUB=8)
-        add("mm2", 32, 64, 0, 4, 4, 3, SUB=1)
+        for bm, bn in ((32, 64), (32, 128), (64, 128)):
+            for split in (1, 4):
+                add("mm2", bm, bn, 0, split, 4, 3, SUB=8)
         add("mm2", 64, 128, 0, 1, 4, 3, SUB=2)
         add("mm2", 32, 128, 0, 4, 4, 3, SUB=8, XDOT=True)
         add("mm2", 64, 128, 0, 1, 4, 3, SUB=8, XDOT=True)
+        add("mm2", 32, 128, 0, 4, 4, 3, PAIR=True, XDOT=True)
+        add("mm2", 64, 128, 0, 1, 4, 3, PAIR=True, XDOT=True)
     else:
         add("mm", 64, 128, 64, 1)
         add("mm", 128, 128, 64, 1, 8, 3)
         add("deq", 0, 128, 0, 1, 4, 1)
         for bm, bn, warps in ((64, 128, 4), (64, 256, 8), (128, 128, 8), (128, 256, 8)):
             add("mm2", bm, bn, 0, 1, warps, 3, SUB=8)
-        add("mm2", 128, 128, 0, 1, 8, 3, SUB=2)
         add("mm2", 128, 128, 0, 1, 8, 3, SUB=8, XDOT=True)
+        add("mm2", 64, 256, 0, 1, 8, 3, PAIR=True, XDOT=True)
+        add("mm2", 128, 128, 0, 1, 8, 3, PAIR=True)
     return out
 
 
@@ -264,10 +269,14 @@ def _short(cfg: dict) -> str:
     """A sweep config in a few characters: kind BMxBNxBK sSPLIT wWARPS stSTAGES [SUB, JOIN]."""
     t = f"{cfg.get('kind', 'marlin')} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} s{cfg['SPLIT_K']} " \
         f"w{cfg['num_warps']} st{cfg['num_stages']}"
+    if cfg.get("PAIR"):
+        t += " pair"
     if "SUB" in cfg:
         t += f" sub{cfg['SUB']}" + ("" if cfg.get("JOIN", True) else " bcast") + (" xdot" if cfg.get("XDOT") else "")
     if cfg.get("PREFETCH"):
         t += " prefetch"
+    if cfg.get("XDOT") and "SUB" not in cfg:
+        t += " xdot"
     return t
 
 
@@ -408,7 +417,7 @@ def main(argv=None) -> int:
         kinds = tuple(v for v in args.kinds.split(",") if v)
         if not kinds or set(kinds) - set(SWEEP_KINDS):
             p.error(f"--kinds takes a comma-separated subset of {','.join(SWEEP_KINDS)}, got {args.kinds!r}")
-        report = (head + "Triton tile sweep (CUDA graphs; config: kind BMxBNxBK split warps stages [planes per dot, bcast: broadcast shift, xdot: sums by dot, prefetch: next chunk's words early]):"
+        report = (head + "Triton tile sweep (CUDA graphs; config: kind BMxBNxBK split warps stages [pair: planes h, h+4 from one shift; sub: planes per dot; bcast: broadcast shift; xdot: sums by dot; prefetch: next chunk's words early]):"
                   "\n\n" + run_sweep(shapes, batches, args.budget_ms, kinds) + "\n")
     else:
         bw = hbm_bandwidth()

@@ -164,11 +164,12 @@ def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wra
                                 GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, GP=gp, PREFETCH=cfg.get("PREFETCH", False),
                                 SPLIT_K=split, **launch)
     elif cfg["kind"] == "mm2":
-        sub = min(cfg.get("SUB", 1), gp)  # planes per tl.dot: a dot never spans two groups
+        pair = bool(cfg.get("PAIR", False)) and gp == _CHUNK // _PLANE  # pairs of planes need the chunk in one group
+        sub = 1 if pair else min(cfg.get("SUB", 1), gp)  # planes per tl.dot: a dot never spans two groups
         grid = (-(-m // bm) * -(-n // bn), split)
         wrap(ks["mm2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
                               GS=group_size, INT_ZP=int_zp, BLOCK_M=bm, BLOCK_N=bn, SUB=sub, GP=gp,
-                              JOIN=cfg.get("JOIN", True), XDOT=cfg.get("XDOT", False), SPLIT_K=split, GROUP_M=8, MAG_SH=_MAGIC[x.dtype][0],
+                              JOIN=cfg.get("JOIN", True), XDOT=cfg.get("XDOT", False), PAIR=pair, SPLIT_K=split, GROUP_M=8, MAG_SH=_MAGIC[x.dtype][0],
                               MAG_ONE=_MAGIC[x.dtype][1], **launch)
     else:
         grid = (-(-m // bm) * -(-n // bn), split)

@@ -68,6 +68,15 @@ def _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K: tl.const
 
 
 @triton.jit
+def _write_row(out, y, n_mask, SPLIT_K: tl.constexpr):
+    # A GEMV's output row: split-K partial sums add into fp32, else a store in the output dtype.
+    if SPLIT_K > 1:
+        tl.atomic_add(out, y, mask=n_mask)
+    else:
+        tl.store(out, y.to(out.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
 def _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS: tl.constexpr):
     # One scale / zero row per 16-wide plane (all 16 k in one group, GS >= 16).
     ok = n_mask & ((k0 + 0 * offs_n) < K)  # tensor compare (the interpreter wants one)
@@ -112,12 +121,7 @@ def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_x
             s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
             nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
             acc += _dequant(nib, s[None, :], z[None, :], INT_ZP) * a[:, None]
-    y = tl.reduce(acc, 0, _add)
-    out = out_ptr + pid_m * stride_om + offs_n
-    if SPLIT_K > 1:
-        tl.atomic_add(out, y, mask=n_mask)
-    else:
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    _write_row(out_ptr + pid_m * stride_om + offs_n, tl.reduce(acc, 0, _add), n_mask, SPLIT_K)
 
 
 @triton.jit
@@ -167,13 +171,19 @@ def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, Kp, stride_xm, strid
 
 
 @triton.jit
-def _plane(q, j: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr, DT: tl.constexpr):
-    # Nibble plane j of an int32 word tile as 1 + code / 16 in DT: one shift, one and-or.
+def _nibble_at(q, j: tl.constexpr, MAG_SH: tl.constexpr):
+    # q shifted so that nibble j's lowest bit lands on bit MAG_SH (other bits unmasked).
     if 4 * j <= MAG_SH:
         t = q << (MAG_SH - 4 * j)
     else:
         t = q >> (4 * j - MAG_SH)
-    v = (t & (0xF << MAG_SH)) | MAG_ONE
+    return t
+
+
+@triton.jit
+def _plane(q, j: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr, DT: tl.constexpr):
+    # Nibble plane j of an int32 word tile as 1 + code / 16 in DT: one shift, one and-or.
+    v = (_nibble_at(q, j, MAG_SH) & (0xF << MAG_SH)) | MAG_ONE
     if MAG_SH < 16:
         v = v.to(tl.int16)
     return v.to(DT, bitcast=True)
@@ -221,18 +231,62 @@ def _group_coeffs(s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS: tl.constexpr, INT_Z
 
 
 @triton.jit
+def _plane_pair(q, h: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr, DT: tl.constexpr):
+    # Planes h and h + 4 (h < 4) of a word tile with one shift and one and-or: nibble h + 4
+    # sits 16 bits above nibble h, so the same shift lands both on a 16-bit half's code
+    # bits (16-bit dtypes only).
+    v = (_nibble_at(q, h, MAG_SH) & ((0xF << MAG_SH) * 0x10001)) | (MAG_ONE * 0x10001)
+    return v.to(tl.int16).to(DT, bitcast=True), (v >> 16).to(tl.int16).to(DT, bitcast=True)
+
+
+@triton.jit
+def _act_tile(x_ptr, offs_m, m_mask, stride_xm, k, K):
+    # The [BLOCK_M, len(k)] activation slice (zeros past M and K).
+    return tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _dot_step(a, w, part, xs, FIRST: tl.constexpr, XDOT: tl.constexpr):
+    # One tl.dot into the group's partial, and the activation sums of the slice: a row
+    # reduction, or (XDOT) a dot with ones in the accumulator's layout.
+    if FIRST:
+        part = tl.dot(a, w)
+        if XDOT:
+            xs = tl.dot(a, tl.full(w.shape, 1.0, a.dtype))
+        else:
+            xs = tl.reduce(a.to(tl.float32), 1, _add)
+    else:
+        part = tl.dot(a, w, part)
+        if XDOT:
+            xs = tl.dot(a, tl.full(w.shape, 1.0, a.dtype), xs)
+        else:
+            xs += tl.reduce(a.to(tl.float32), 1, _add)
+    return part, xs
+
+
+@triton.jit
+def _apply_group(acc, part, xs, s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS: tl.constexpr, INT_ZP: tl.constexpr,
+                 XDOT: tl.constexpr):
+    s16, corr = _group_coeffs(s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS, INT_ZP)
+    if XDOT:
+        acc += part * s16[None, :] + xs * corr[None, :]
+    else:
+        acc += part * s16[None, :] + xs[:, None] * corr[None, :]
+    return acc
+
+
+@triton.jit
 def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
                GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               SUB: tl.constexpr, GP: tl.constexpr, JOIN: tl.constexpr, XDOT: tl.constexpr,
+               SUB: tl.constexpr, GP: tl.constexpr, JOIN: tl.constexpr, XDOT: tl.constexpr, PAIR: tl.constexpr,
                SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr):
     # Tensor-core GEMM on the raw codes. Each 128-K chunk loads its [16, BLOCK_N] word
     # tile once; SUB planes at a time (16 SUB consecutive k) become one [16 SUB, BLOCK_N]
     # tile of 1 + q / 16 for one tl.dot with the [BLOCK_M, 16 SUB] activation slice. The
     # dots of one group (GP planes: GS / 16, at most the chunk's 8) sum into `part`; at
     # the group's end one [BLOCK_M, BLOCK_N] FMA pair applies its scale and zero point.
-    # The activation sums come from a row reduction, or (XDOT) from a second dot with a
-    # tile of ones, landing in the accumulator's layout (no shuffles, idle tensor cores).
-    # Split-K over chunks (grid axis 1) for small grids.
+    # PAIR (SUB = 1, GP = 8: the chunk in one group): planes h and h + 4 come from one
+    # shift and one and-or (_plane_pair). Split-K over chunks (grid axis 1) for small grids.
     pid_k, offs_m, offs_n, offs_s, m_mask = _mm_tile(M, N, BLOCK_M, BLOCK_N, 16 * SUB, GROUP_M)
     n_mask = offs_n < N
     offs_i = tl.arange(0, 16)
@@ -247,30 +301,23 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
     for it in range(per_split):
         c = c0 + it
         q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
-        for h in tl.static_range(8 // SUB):
-            k = c * 128 + 16 * SUB * h + offs_s
-            a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & (k < K)[None, :],
-                        other=0.0)
-            w = _planes(q, SUB * h, SUB, JOIN, MAG_SH, MAG_ONE, a.dtype)
-            if (SUB * h) % GP == 0:  # first dot of a group
-                part = tl.dot(a, w)
-                if XDOT:
-                    xs = tl.dot(a, tl.full((16 * SUB, BLOCK_N), 1.0, a.dtype))
-                else:
-                    xs = tl.reduce(a.to(tl.float32), 1, _add)
-            else:
-                part = tl.dot(a, w, part)
-                if XDOT:
-                    xs = tl.dot(a, tl.full((16 * SUB, BLOCK_N), 1.0, a.dtype), xs)
-                else:
-                    xs += tl.reduce(a.to(tl.float32), 1, _add)
-            if (SUB * (h + 1)) % GP == 0:  # last dot of a group
-                s16, corr = _group_coeffs(s_ptr, z_ptr, (c * 128 + 16 * SUB * h) // GS, offs_n, n_mask, N, K, GS,
-                                          INT_ZP)
-                if XDOT:
-                    acc += part * s16[None, :] + xs * corr[None, :]
-                else:
-                    acc += part * s16[None, :] + xs[:, None] * corr[None, :]
+        if PAIR:
+            for h in tl.static_range(4):
+                k = c * 128 + 16 * h + offs_s
+                a = _act_tile(x_ptr, offs_m, m_mask, stride_xm, k, K)
+                lo, hi = _plane_pair(q, h, MAG_SH, MAG_ONE, a.dtype)
+                part, xs = _dot_step(a, lo, part, xs, h == 0, XDOT)
+                part, xs = _dot_step(_act_tile(x_ptr, offs_m, m_mask, stride_xm, k + 64, K), hi, part, xs, False, XDOT)
+            acc = _apply_group(acc, part, xs, s_ptr, z_ptr, (c * 128) // GS, offs_n, n_mask, N, K, GS, INT_ZP, XDOT)
+        else:
+            for h in tl.static_range(8 // SUB):
+                k = c * 128 + 16 * SUB * h + offs_s
+                a = _act_tile(x_ptr, offs_m, m_mask, stride_xm, k, K)
+                w = _planes(q, SUB * h, SUB, JOIN, MAG_SH, MAG_ONE, a.dtype)
+                part, xs = _dot_step(a, w, part, xs, (SUB * h) % GP == 0, XDOT)  # first dot of a group
+                if (SUB * (h + 1)) % GP == 0:  # last dot of a group
+                    acc = _apply_group(acc, part, xs, s_ptr, z_ptr, (c * 128 + 16 * SUB * h) // GS, offs_n, n_mask, N,
+                                       K, GS, INT_ZP, XDOT)
     _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K)
 
 
@@ -312,12 +359,7 @@ def gemv2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_
                 s16, corr = _group_coeffs(s_ptr, z_ptr, (c * 128 + 16 * j) // GS, offs_n, n_mask, N, K, GS, INT_ZP)
                 acc += part * s16[None, :]
                 ycorr += corr * tl.reduce(xv, 0, _add)
-    y = tl.reduce(acc, 0, _add) + ycorr
-    out = out_ptr + pid_m * stride_om + offs_n
-    if SPLIT_K > 1:
-        tl.atomic_add(out, y, mask=n_mask)
-    else:
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    _write_row(out_ptr + pid_m * stride_om + offs_n, tl.reduce(acc, 0, _add) + ycorr, n_mask, SPLIT_K)
 
 
 @triton.jit

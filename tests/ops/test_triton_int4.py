@@ -224,7 +224,7 @@ def _check_factored(y, x, codes, scale, zero, g, int_zp):
     assert bool((err <= bound).all()), f"max err {err.max():.3g}, worst err / bound {(err / bound).max():.3g}"
 
 
-def _factored_case(seed):
+def _factored_case(seed, min_group=32):
     """Fuzzed (M, N, K, group, int zp, BLOCK_N, SPLIT_K, dtype): M 1..70, K a multiple of
     the group (often not of 128: the last chunk is padding), N tails past BLOCK_N."""
     gen = torch.Generator().manual_seed(1000 + seed)
@@ -232,7 +232,7 @@ def _factored_case(seed):
     def pick(seq):
         return seq[int(torch.randint(0, len(seq), (1,), generator=gen))]
 
-    g = pick((32, 64, 128, 256))
+    g = pick(tuple(v for v in (32, 64, 128, 256) if v >= min_group))
     k = g * int(torch.randint(1, max(2, 400 // g), (1,), generator=gen))
     n = 8 * int(torch.randint(1, 9, (1,), generator=gen))
     m = int(torch.randint(1, 71, (1,), generator=gen))
@@ -240,7 +240,7 @@ def _factored_case(seed):
 
 
 def _run_factored(kind, seed, extra):
-    m, n, k, g, int_zp, bn, split, dtype = _factored_case(seed)
+    m, n, k, g, int_zp, bn, split, dtype = _factored_case(seed, 128 if extra.get("PAIR") else 32)  # PAIR: g >= 128
     if kind == "gemv2":
         m = min(m, 3)
     codes, scale, zero = _operands(n, k, g, int_zp, "cpu", dtype, seed)
@@ -252,7 +252,7 @@ def _run_factored(kind, seed, extra):
 
 
 _MM2_VARIANTS = [{"SUB": 1}, {"SUB": 2}, {"SUB": 8}, {"SUB": 4, "JOIN": False}, {"SUB": 8, "JOIN": False},
-                 {"SUB": 1, "XDOT": True}, {"SUB": 8, "XDOT": True}]
+                 {"SUB": 1, "XDOT": True}, {"SUB": 8, "XDOT": True}, {"PAIR": True}, {"PAIR": True, "XDOT": True}]
 
 
 @needs_triton
