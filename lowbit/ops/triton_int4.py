@@ -24,13 +24,18 @@ the benchmark sweep; ``_pick``'s table does not use them until H200 runs say so)
   convert, which runs at a quarter of the FMA rate), one FMA per weight into the group's
   partial, and the affine map once per group: ``sum x ((q - 8) s + z) = 16 s P +
   (z - 24 s) sum x`` with ``P = sum x (1 + q / 16)`` (int zero points:
-  ``16 s P - (z + 16) s sum x``).
+  ``16 s P - (z + 16) s sum x``). ``PREFETCH``: the next chunk's words are loaded before
+  the current chunk is computed (Triton pipelines no loads that feed no dot).
 * ``mm2_kernel``    the tensor-core version of the same: each 128-K chunk loads its word
   tile once, ``SUB`` nibble planes at a time become a ``[16 SUB, BLOCK_N]`` tile of
   ``1 + q / 16`` in the activation dtype (exact in bf16/fp16) for one ``tl.dot``
   (``SUB`` = 1: eight K = 16 dots per chunk; 2/4/8: planes stacked with ``tl.join``, or
   with one broadcast shift when ``JOIN`` is false), the group's scale and zero point
   applied to the ``[BLOCK_M, BLOCK_N]`` partial at the group's end. Split-K over chunks.
+  ``XDOT``: the activation sums of a group from a second dot with ones (in the
+  accumulator's layout) instead of a row reduction. ``PAIR`` (group size >= 128): planes
+  ``h`` and ``h + 4`` from one shift and one and-or, their codes landing in the two 16-bit
+  halves of each word. ``benchmarks/triton_int4_sass.py`` counts the SASS of each.
 
 Both round differently from the dequantize-then-dot kernels (sums of exact products in
 fp32, no rounding of the dequantized weight to bf16): tests/ops/test_triton_int4.py

@@ -327,7 +327,8 @@ def test_fuzz_each_kernel_cuda(kind, seed):
 
 
 _FACTORED_CUDA = [("gemv2", {}), ("gemv2", {"PREFETCH": True}), ("mm2", {"SUB": 1}), ("mm2", {"SUB": 8}),
-                  ("mm2", {"SUB": 8, "XDOT": True}), ("mm2", {"SUB": 4, "JOIN": False})]
+                  ("mm2", {"SUB": 8, "XDOT": True}), ("mm2", {"SUB": 4, "JOIN": False}), ("mm2", {"PAIR": True}),
+                  ("mm2", {"PAIR": True, "XDOT": True})]
 
 
 @needs_cuda
