@@ -188,36 +188,73 @@ def _eager_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SWEEP_KINDS = ("gemv", "gemv2", "mm", "mm2", "deq", "marlin")
+
+
 def _sweep_configs(m: int) -> list[dict]:
-    """Candidate Triton launch parameters for batch size ``m`` (see ops/triton_int4.py)."""
+    """Candidate Triton launch parameters for batch size ``m`` (see ops/triton_int4.py):
+    the old kernels (gemv, mm, deq) around today's table rows, and the factored ones
+    (gemv2, mm2) over their tile, planes-per-dot (SUB, JOIN) and split-K choices. Few per
+    M, so that one sweep of two shapes x five batch sizes stays within a few GPU minutes."""
     out = []
 
-    def add(kind, bm, bn, bk, split, warps=4, stages=4):
+    def add(kind, bm, bn, bk, split, warps=4, stages=4, **extra):
         out.append({"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "num_warps": warps,
-                    "num_stages": stages})
+                    "num_stages": stages, **extra})
 
-    if m <= 8:
-        for bn in (64, 128, 256) if m == 1 else (128,):
-            for split in (1, 2, 4, 8) if m == 1 else (1, 4):
-                add("gemv", 1, bn, 128, split, 4, 3)
-    if m <= 16:
-        for bn in (64, 128):
-            for bk in (64, 128):
-                for split in (1, 2, 4, 8) if m > 1 else (1, 4):
-                    add("mm", 16, bn, bk, split)
-    elif m <= 64:
-        for bm in (32, 64):
-            for bn in (64, 128):
-                for bk in (64, 128):
-                    for split in (1, 4):
-                        add("mm", bm, bn, bk, split)
-    else:
-        for bm in (64, 128) if m <= 256 else (128,):
+    if m == 1:
+        for split in (4, 8):
+            add("gemv", 1, 64, 128, split, 4, 3)
+        for bn in (64, 128, 256):
+            for split in (1, 4):
+                add("gemv2", 1, bn, 0, split, 4, 3)
+        add("gemv2", 1, 128, 0, 8, 4, 3)
+        add("gemv2", 1, 256, 0, 4, 8, 3)
+        for bn, split in ((128, 1), (128, 4), (256, 4)):
+            add("gemv2", 1, bn, 0, split, 4, 3, PREFETCH=True)
+        add("mm2", 16, 128, 0, 4, 4, 3, SUB=8)
+        for split in (4, 8):
+            add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
+            add("mm2", 16, 128, 0, split, 4, 3, PAIR=True, XDOT=True)
+        add("mm2", 16, 256, 0, 4, 8, 3, PAIR=True, XDOT=True)
+    elif m <= 16:
+        if m <= 8:
+            add("gemv", 1, 128, 128, 4, 4, 3)
             for bn in (128, 256):
-                for bk in (32, 64):
-                    for warps, stages in ((4, 4), (8, 3)):
-                        add("mm", bm, bn, bk, 1, warps, stages)
+                add("gemv2", 1, bn, 0, 4, 4, 3)
+            add("gemv2", 1, 128, 0, 4, 4, 3, PREFETCH=True)
+        for bn in (64,) if m <= 8 else (64, 128):
+            add("mm", 16, bn, 64, 4)
+        add("mm2", 16, 128, 0, 4, 4, 3, SUB=1)
+        for bn in (64, 128):
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8)
+            add("mm2", 16, bn, 0, 4, 4, 3, SUB=8, XDOT=True)
+        for split in (2, 8):
+            add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
+        for bn, split, warps in ((128, 2, 4), (128, 4, 4), (256, 2, 8)):
+            add("mm2", 16, bn, 0, split, warps, 3, PAIR=True, XDOT=True)
+        add("mm2", 16, 128, 0, 4, 4, 3, SUB=8, JOIN=False)
+    elif m <= 64:
+        add("mm", 32, 64, 64, 4)
+        add("mm", 64, 128, 64, 1)
         add("deq", 0, 128, 0, 1, 4, 1)
+        for bm, bn in ((32, 64), (32, 128), (64, 128)):
+            for split in (1, 4):
+                add("mm2", bm, bn, 0, split, 4, 3, SUB=8)
+        add("mm2", 64, 128, 0, 1, 4, 3, SUB=2)
+        add("mm2", 32, 128, 0, 4, 4, 3, SUB=8, XDOT=True)
+        add("mm2", 64, 128, 0, 1, 4, 3, SUB=8, XDOT=True)
+        add("mm2", 32, 128, 0, 4, 4, 3, PAIR=True, XDOT=True)
+        add("mm2", 64, 128, 0, 1, 4, 3, PAIR=True, XDOT=True)
+    else:
+        add("mm", 64, 128, 64, 1)
+        add("mm", 128, 128, 64, 1, 8, 3)
+        add("deq", 0, 128, 0, 1, 4, 1)
+        for bm, bn, warps in ((64, 128, 4), (64, 256, 8), (128, 128, 8), (128, 256, 8)):
+            add("mm2", bm, bn, 0, 1, warps, 3, SUB=8)
+        add("mm2", 128, 128, 0, 1, 8, 3, SUB=8, XDOT=True)
+        add("mm2", 64, 256, 0, 1, 8, 3, PAIR=True, XDOT=True)
+        add("mm2", 128, 128, 0, 1, 8, 3, PAIR=True)
     return out
 
 
@@ -228,53 +265,94 @@ def _marlin_sweep_configs(m: int) -> list[dict]:
             for bn in (64, 128) for bk in (32, 64, 128) for split in ((1, 4) if m <= 64 else (1,))]
 
 
-def run_sweep(shapes, batches, budget_ms) -> str:
+def _short(cfg: dict) -> str:
+    """A sweep config in a few characters: kind BMxBNxBK sSPLIT wWARPS stSTAGES [SUB, JOIN]."""
+    t = f"{cfg.get('kind', 'marlin')} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} s{cfg['SPLIT_K']} " \
+        f"w{cfg['num_warps']} st{cfg['num_stages']}"
+    if cfg.get("PAIR"):
+        t += " pair"
+    if "SUB" in cfg:
+        t += f" sub{cfg['SUB']}" + ("" if cfg.get("JOIN", True) else " bcast") + (" xdot" if cfg.get("XDOT") else "")
+    if cfg.get("PREFETCH"):
+        t += " prefetch"
+    if cfg.get("XDOT") and "SUB" not in cfg:
+        t += " xdot"
+    return t
+
+
+def _best_cell(res: dict, cfgs: dict, sq: dict, kind: str) -> str:
+    mine = [c for c in res if cfgs[c].get("kind", "marlin") == kind]
+    if not mine:
+        return "- | -"
+    b = min(mine, key=res.get)
+    return f"{1000 * res[b]:.1f} | `{_short(cfgs[b])}` {sq.get(b, float('nan')):.0f} dB"
+
+
+def run_sweep(shapes, batches, budget_ms, kinds=SWEEP_KINDS, device="cuda") -> str:
+    """Per (shape, M): bf16, today's dispatch, and the best time of each kernel kind with
+    its config and its SQNR against the pure-PyTorch reference (bf16 output rounding alone
+    allows ~48 dB). ``device`` other than CUDA: a dry run in Triton's interpreter (with
+    ``_time_calls`` replaced), to check that every config launches."""
     global _LAUNCH_ERRORS
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
     _LAUNCH_ERRORS = (CompilationError, OutOfResources, RuntimeError, ValueError)
-    lines = ["| N | K | M | table (us) | best (us) | best config | marlin table (us) | marlin best (us) | marlin best config |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    head = "| N | K | M | bf16 (us) | table (us) | " + " | ".join(f"{k} (us) | {k} best config, SQNR" for k in kinds)
+    lines = [head + " | bf16 / best |", "|" + "---|" * (6 + 2 * len(kinds))]
     for n, k in shapes:
-        g = torch.Generator(device="cuda").manual_seed(0)
+        g = torch.Generator(device=device).manual_seed(0)
 
         def weight(n=n, k=k, g=g):
-            return (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+            return (torch.randn(n, k, device=device, generator=g) * 0.02).to(torch.bfloat16)
 
+        bw = _copies(weight, weight())
         tw = _copies(lambda: Int4TritonCudaTensor.from_float(weight(), 128), Int4TritonCudaTensor.from_float(weight(), 128))
-        mw = _copies(lambda: Int4MarlinTensor.from_float(weight(), 128), Int4MarlinTensor.from_float(weight(), 128))
+        mw = _copies(lambda: Int4MarlinTensor.from_float(weight(), 128), Int4MarlinTensor.from_float(weight(), 128)) \
+            if "marlin" in kinds else []
         for m in batches:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            res = {}
-            for cfg in _sweep_configs(m):
+            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+            t0 = tw[0]
+            ref = triton_int4.int4_triton_reference(x, t0.qdata, t0.scale, t0.zero_point, 128).float()
+            res, cfgs, sq = {}, {}, {}
+            for cfg in [c for c in _sweep_configs(m) if c["kind"] in kinds]:
+                key = str(cfg)
                 calls = [lambda t=t, c=cfg, x=x: triton_int4.int4_triton_linear(x, t.qdata, t.scale, t.zero_point, 128,
                                                                                  cfg=c)
                          for t in tw]
                 try:
-                    res[str(cfg)] = _time_calls(calls, budget_ms, graph=True)
+                    res[key] = _time_calls(calls, budget_ms, graph=True)
+                    y = triton_int4.int4_triton_linear(x, t0.qdata, t0.scale, t0.zero_point, 128, cfg=cfg)
+                    sq[key] = lowbit.sqnr(ref, y.float())
+                    cfgs[key] = cfg
                 except _LAUNCH_ERRORS as e:  # a config the compiler rejects (e.g. out of shared memory)
-                    log.info("config %s failed: %s", cfg, type(e).__name__)
-            best = min(res, key=res.get)
+                    res.pop(key, None)
+                    log.info("config %s failed: %s: %s", cfg, type(e).__name__, str(e)[:200])
+            if "marlin" in kinds:
+                mref = reference.int4_marlin_mm(x, mw[0].qdata, mw[0].scale, mw[0].zero_point, 128).float()
+                for cfg in _marlin_sweep_configs(m):
+                    if 128 % cfg["BLOCK_K"] or n % cfg["BLOCK_N"]:
+                        continue
+                    key = "marlin " + str(cfg)
+                    calls = [lambda t=t, c=cfg, x=x: triton_int4.int4_marlin_linear(x, t.qdata, t.scale, t.zero_point,
+                                                                                     128, cfg=c)
+                             for t in mw]
+                    try:
+                        res[key] = _time_calls(calls, budget_ms, graph=True)
+                        sq[key] = lowbit.sqnr(mref, calls[0]().float())
+                        cfgs[key] = cfg
+                    except _LAUNCH_ERRORS as e:
+                        res.pop(key, None)
+                        log.info("marlin config %s failed: %s", cfg, type(e).__name__)
+            bf16 = _time_calls([lambda w=w, x=x: F.linear(x, w) for w in bw], budget_ms, graph=True)
             table = _time_calls([lambda t=t, x=x: F.linear(x, t) for t in tw], budget_ms, graph=True)
-            mres = {}
-            for cfg in _marlin_sweep_configs(m):
-                if 128 % cfg["BLOCK_K"] or n % cfg["BLOCK_N"]:
-                    continue
-                calls = [lambda t=t, c=cfg, x=x: triton_int4.int4_marlin_linear(x, t.qdata, t.scale, t.zero_point, 128,
-                                                                                 cfg=c)
-                         for t in mw]
-                try:
-                    mres[str(cfg)] = _time_calls(calls, budget_ms, graph=True)
-                except _LAUNCH_ERRORS as e:
-                    log.info("marlin config %s failed: %s", cfg, type(e).__name__)
-            mbest = min(mres, key=mres.get)
-            mtable = _time_calls([lambda t=t, x=x: F.linear(x, t) for t in mw], budget_ms, graph=True)
-            lines.append(f"| {n} | {k} | {m} | {1000 * table:.1f} | {1000 * res[best]:.1f} | `{best}` | "
-                         f"{1000 * mtable:.1f} | {1000 * mres[mbest]:.1f} | `{mbest}` |")
+            best = min(res.values()) if res else float("nan")
+            lines.append(f"| {n} | {k} | {m} | {1000 * bf16:.1f} | {1000 * table:.1f} | "
+                         + " | ".join(_best_cell(res, cfgs, sq, kd) for kd in kinds) + f" | {bf16 / best:.2f} |")
             log.info(lines[-1])
-        del tw, mw
-        torch.cuda.empty_cache()
+        del bw, tw, mw
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return "\n".join(lines)
 
 
@@ -319,6 +397,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=None, help="N:K,N:K,... (default: the four LLM shapes)")
     p.add_argument("--batches", default=None, help="comma-separated M values")
     p.add_argument("--budget-ms", type=float, default=30.0, help="timing budget per cell")
+    p.add_argument("--kinds", default=",".join(SWEEP_KINDS),
+                   help=f"--sweep: comma-separated kernel kinds to time (of {','.join(SWEEP_KINDS)})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if not torch.cuda.is_available():
@@ -334,7 +414,11 @@ def main(argv=None) -> int:
             f"triton {_triton_version()}; bf16 activations, group_size 128; cold weights (>= 256 MB per replay); "
             f"median of CUDA-event timings.\n\n")
     if args.sweep:
-        report = head + "Triton tile sweep (CUDA graphs):\n\n" + run_sweep(shapes, batches, args.budget_ms) + "\n"
+        kinds = tuple(v for v in args.kinds.split(",") if v)
+        if not kinds or set(kinds) - set(SWEEP_KINDS):
+            p.error(f"--kinds takes a comma-separated subset of {','.join(SWEEP_KINDS)}, got {args.kinds!r}")
+        report = (head + "Triton tile sweep (CUDA graphs; config: kind BMxBNxBK split warps stages [pair: planes h, h+4 from one shift; sub: planes per dot; bcast: broadcast shift; xdot: sums by dot; prefetch: next chunk's words early]):"
+                  "\n\n" + run_sweep(shapes, batches, args.budget_ms, kinds) + "\n")
     else:
         bw = hbm_bandwidth()
         rows = []

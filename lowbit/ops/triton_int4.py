@@ -16,6 +16,31 @@ Three kernels read lowbit's own layout (``lowbit/packing/int4_triton.py``: int32
 * ``dequant_kernel`` writes the bf16 weight ``[K, N]`` (row-major, coalesced) for a
   cuBLAS GEMM at large M, where that measures faster than the fused kernel.
 
+Two factored variants read the same layout, selectable through ``cfg["kind"]`` (tests and
+the benchmark sweep; ``_pick``'s table does not use them until H200 runs say so):
+
+* ``gemv2_kernel``  like ``gemv_kernel``, but each code becomes the fp32 ``1 + q / 16``
+  by moving its bits into the mantissa of 1.0 (a shift and an and-or: no int -> float
+  convert, which runs at a quarter of the FMA rate), one FMA per weight into the group's
+  partial, and the affine map once per group: ``sum x ((q - 8) s + z) = 16 s P +
+  (z - 24 s) sum x`` with ``P = sum x (1 + q / 16)`` (int zero points:
+  ``16 s P - (z + 16) s sum x``). ``PREFETCH``: the next chunk's words are loaded before
+  the current chunk is computed (Triton pipelines no loads that feed no dot).
+* ``mm2_kernel``    the tensor-core version of the same: each 128-K chunk loads its word
+  tile once, ``SUB`` nibble planes at a time become a ``[16 SUB, BLOCK_N]`` tile of
+  ``1 + q / 16`` in the activation dtype (exact in bf16/fp16) for one ``tl.dot``
+  (``SUB`` = 1: eight K = 16 dots per chunk; 2/4/8: planes stacked with ``tl.join``, or
+  with one broadcast shift when ``JOIN`` is false), the group's scale and zero point
+  applied to the ``[BLOCK_M, BLOCK_N]`` partial at the group's end. Split-K over chunks.
+  ``XDOT``: the activation sums of a group from a second dot with ones (in the
+  accumulator's layout) instead of a row reduction. ``PAIR`` (group size >= 128): planes
+  ``h`` and ``h + 4`` from one shift and one and-or, their codes landing in the two 16-bit
+  halves of each word. ``benchmarks/triton_int4_sass.py`` counts the SASS of each.
+
+Both round differently from the dequantize-then-dot kernels (sums of exact products in
+fp32, no rounding of the dequantized weight to bf16): tests/ops/test_triton_int4.py
+states and checks the bound against the float64 product.
+
 A fourth, ``marlin_mm_kernel``, reads the Marlin layout (``lowbit/packing/int4_marlin.py``)
 in place: every ``[BLOCK_K, BLOCK_N]`` code tile is gathered with the Marlin address
 arithmetic (word and nibble of each (k, n) computed from the layout's definition) and
@@ -54,6 +79,8 @@ __all__ = [
 GEMV_MAX_M = 1  # batch rows up to which the CUDA-core GEMV beats the tensor-core kernel (H200)
 _PLANE = 16  # K values per nibble plane (one tl.dot with K = 16)
 _CHUNK = 128  # K values per word tile (8 planes)
+# mm2_kernel's codes enter the dot as 1 + q / 16: (bit of the code's lowest bit, bits of 1.0) per dtype.
+_MAGIC = {torch.bfloat16: (3, 0x3F80), torch.float16: (6, 0x3C00)}
 
 
 @functools.cache
@@ -66,8 +93,8 @@ def _kernels():
 
 def _kernel_table(k) -> dict:
     """Short names of the kernels in module ``k`` (tests pass an interpreted copy)."""
-    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "dequant": k.dequant_kernel, "marlin": k.marlin_mm_kernel,
-            "marlin_dequant": k.marlin_dequant_kernel}
+    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "gemv2": k.gemv2_kernel, "mm2": k.mm2_kernel,
+            "dequant": k.dequant_kernel, "marlin": k.marlin_mm_kernel, "marlin_dequant": k.marlin_dequant_kernel}
 
 
 # ---------------------------------------------------------------------- dispatch by M
@@ -130,10 +157,25 @@ def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wra
     ks = _kernels()
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    n_chunks = qdata.shape[0] // 16
+    gp = min(group_size // _PLANE, _CHUNK // _PLANE)  # planes per scale step (one group, at most a chunk)
     if cfg["kind"] == "gemv":
         grid = (-(-n // bn), split, m)
-        wrap(ks["gemv"])[grid](x, qdata, scale, zero_point, out, m, n, k, qdata.shape[0] // 16, x.stride(0),
+        wrap(ks["gemv"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0),
                                out.stride(0), GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, SPLIT_K=split, **launch)
+    elif cfg["kind"] == "gemv2":
+        grid = (-(-n // bn), split, m)
+        wrap(ks["gemv2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
+                                GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, GP=gp, PREFETCH=cfg.get("PREFETCH", False),
+                                SPLIT_K=split, **launch)
+    elif cfg["kind"] == "mm2":
+        pair = bool(cfg.get("PAIR", False)) and gp == _CHUNK // _PLANE  # pairs of planes need the chunk in one group
+        sub = 1 if pair else min(cfg.get("SUB", 1), gp)  # planes per tl.dot: a dot never spans two groups
+        grid = (-(-m // bm) * -(-n // bn), split)
+        wrap(ks["mm2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
+                              GS=group_size, INT_ZP=int_zp, BLOCK_M=bm, BLOCK_N=bn, SUB=sub, GP=gp,
+                              JOIN=cfg.get("JOIN", True), XDOT=cfg.get("XDOT", False), PAIR=pair, SPLIT_K=split, GROUP_M=8, MAG_SH=_MAGIC[x.dtype][0],
+                              MAG_ONE=_MAGIC[x.dtype][1], **launch)
     else:
         grid = (-(-m // bm) * -(-n // bn), split)
         wrap(ks["mm"])[grid](x, qdata, scale, zero_point, out, m, n, k, qdata.shape[0] * 8, x.stride(0), out.stride(0),

@@ -11,7 +11,8 @@ this module under ``TRITON_INTERPRET=1`` in a process whose triton is already lo
 import triton
 import triton.language as tl
 
-__all__ = ["dequant_kernel", "gemv_kernel", "marlin_dequant_kernel", "marlin_mm_kernel", "mm_kernel"]
+__all__ = ["dequant_kernel", "gemv2_kernel", "gemv_kernel", "marlin_dequant_kernel", "marlin_mm_kernel", "mm2_kernel",
+           "mm_kernel"]
 
 
 @triton.jit
@@ -67,6 +68,15 @@ def _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K: tl.const
 
 
 @triton.jit
+def _write_row(out, y, n_mask, SPLIT_K: tl.constexpr):
+    # A GEMV's output row: split-K partial sums add into fp32, else a store in the output dtype.
+    if SPLIT_K > 1:
+        tl.atomic_add(out, y, mask=n_mask)
+    else:
+        tl.store(out, y.to(out.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
 def _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS: tl.constexpr):
     # One scale / zero row per 16-wide plane (all 16 k in one group, GS >= 16).
     ok = n_mask & ((k0 + 0 * offs_n) < K)  # tensor compare (the interpreter wants one)
@@ -77,25 +87,33 @@ def _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS: tl.constexpr):
 
 
 @triton.jit
+def _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks):
+    # The [16, BLOCK_N] word tile of chunk c (zeros past the last chunk and column).
+    rows = c * 16 + offs_i
+    return tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
+                   other=0)
+
+
+@triton.jit
+def _gemv_ids(N, n_chunks, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
+    # A GEMV program's row (grid axis 2), columns (axis 0: offsets, 16 plane rows, mask) and
+    # chunk range (axis 1: split-K): chunks c0 .. c0 + per_split - 1.
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    per_split = _cdiv(n_chunks, SPLIT_K)
+    return tl.program_id(2), offs_n, tl.arange(0, 16), offs_n < N, tl.program_id(1) * per_split, per_split
+
+
+@triton.jit
 def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
                 GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
     # One activation row per program (grid axis 2). Each 128-K step loads its [16, BLOCK_N]
     # word tile once; plane j's codes multiply a contiguous 16-value activation slice and
     # accumulate elementwise into a [16, BLOCK_N] tile, reduced over the 16 rows at the end.
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_i = tl.arange(0, 16)
-    n_mask = offs_n < N
-    per_split = _cdiv(n_chunks, SPLIT_K)
-    c0 = pid_k * per_split
+    pid_m, offs_n, offs_i, n_mask, c0, per_split = _gemv_ids(N, n_chunks, BLOCK_N, SPLIT_K)
     acc = tl.full((16, BLOCK_N), 0.0, tl.float32)
     for it in range(per_split):
         c = c0 + it
-        rows = c * 16 + offs_i
-        q = tl.load(q_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < n_chunks * 16)[:, None] & n_mask[None, :],
-                    other=0)
+        q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
         for j in tl.static_range(8):
             k0 = c * 128 + 16 * j
             k = k0 + offs_i
@@ -103,12 +121,7 @@ def gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_x
             s, z = _plane_params(s_ptr, z_ptr, k0, offs_n, n_mask, N, K, GS)
             nib = ((q >> (4 * j)) & 0xF).to(tl.float32)
             acc += _dequant(nib, s[None, :], z[None, :], INT_ZP) * a[:, None]
-    y = tl.reduce(acc, 0, _add)
-    out = out_ptr + pid_m * stride_om + offs_n
-    if SPLIT_K > 1:
-        tl.atomic_add(out, y, mask=n_mask)
-    else:
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    _write_row(out_ptr + pid_m * stride_om + offs_n, tl.reduce(acc, 0, _add), n_mask, SPLIT_K)
 
 
 @triton.jit
@@ -144,6 +157,209 @@ def mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, Kp, stride_xm, strid
         a = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(a, w.to(a.dtype), acc)
     _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K)
+
+
+# ---------------------------------------------------------------------- factored kernels (mm2, gemv2)
+# Same layout, but the affine map is applied once per group, not per weight. A code q
+# enters the dot as v = 1 + q / 16, built by moving its 4 bits into the top mantissa
+# bits of 1.0 (exact in bf16, fp16 and fp32; no int -> float convert). For the GS
+# k of one group and one column, with P = sum x_k v_k and xsum = sum x_k:
+#   float zero point  sum x_k ((q_k - 8) s + z) = 16 s P + (z - 24 s) xsum
+#   int zero point    sum x_k (q_k - z) s       = 16 s P - (z + 16) s xsum
+# MAG_SH is the bit of the code's lowest bit (3 bf16, 6 fp16, 19 fp32), MAG_ONE the bits
+# of 1.0 in that dtype.
+
+
+@triton.jit
+def _nibble_at(q, j: tl.constexpr, MAG_SH: tl.constexpr):
+    # q shifted so that nibble j's lowest bit lands on bit MAG_SH (other bits unmasked).
+    if 4 * j <= MAG_SH:
+        t = q << (MAG_SH - 4 * j)
+    else:
+        t = q >> (4 * j - MAG_SH)
+    return t
+
+
+@triton.jit
+def _plane(q, j: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr, DT: tl.constexpr):
+    # Nibble plane j of an int32 word tile as 1 + code / 16 in DT: one shift, one and-or.
+    v = (_nibble_at(q, j, MAG_SH) & (0xF << MAG_SH)) | MAG_ONE
+    if MAG_SH < 16:
+        v = v.to(tl.int16)
+    return v.to(DT, bitcast=True)
+
+
+@triton.jit
+def _cat(a, b):
+    # [R, C] and [R, C] -> [2R, C], a's rows first.
+    return tl.reshape(tl.permute(tl.join(a, b), (2, 0, 1)), (2 * a.shape[0], a.shape[1]))
+
+
+@triton.jit
+def _planes(q, j0: tl.constexpr, SUB: tl.constexpr, JOIN: tl.constexpr, MAG_SH: tl.constexpr,
+            MAG_ONE: tl.constexpr, DT: tl.constexpr):
+    # Planes j0 .. j0 + SUB - 1 stacked as a [16 SUB, BLOCK_N] tile: rows in k order.
+    if SUB == 1:
+        w = _plane(q, j0, MAG_SH, MAG_ONE, DT)
+    elif JOIN:  # per-plane constant shifts, joined in pairs
+        w = _cat(_plane(q, j0, MAG_SH, MAG_ONE, DT), _plane(q, j0 + 1, MAG_SH, MAG_ONE, DT))
+        if SUB >= 4:
+            w = _cat(w, _cat(_plane(q, j0 + 2, MAG_SH, MAG_ONE, DT), _plane(q, j0 + 3, MAG_SH, MAG_ONE, DT)))
+        if SUB == 8:
+            w = _cat(w, _cat(_cat(_plane(q, j0 + 4, MAG_SH, MAG_ONE, DT), _plane(q, j0 + 5, MAG_SH, MAG_ONE, DT)),
+                             _cat(_plane(q, j0 + 6, MAG_SH, MAG_ONE, DT), _plane(q, j0 + 7, MAG_SH, MAG_ONE, DT))))
+    else:  # one broadcast shift of the [1, 16, BLOCK_N] words by a [SUB, 1, 1] vector
+        sh = 4 * (j0 + tl.arange(0, SUB))
+        v = (((q[None, :, :] >> sh[:, None, None]) & 0xF) << MAG_SH) | MAG_ONE
+        if MAG_SH < 16:
+            v = v.to(tl.int16)
+        w = tl.reshape(v.to(DT, bitcast=True), (16 * SUB, q.shape[1]))
+    return w
+
+
+@triton.jit
+def _group_coeffs(s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS: tl.constexpr, INT_ZP: tl.constexpr):
+    # (16 s, correction) of group g: y += 16 s P + correction * xsum (see above).
+    ok = n_mask & ((g * GS + 0 * offs_n) < K)  # groups past K (padding of the last chunk): 0
+    s = tl.load(s_ptr + g * N + offs_n, mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + g * N + offs_n, mask=ok, other=0).to(tl.float32)
+    if INT_ZP:
+        corr = -(z + 16.0) * s
+    else:
+        corr = z - 24.0 * s
+    return 16.0 * s, corr
+
+
+@triton.jit
+def _plane_pair(q, h: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr, DT: tl.constexpr):
+    # Planes h and h + 4 (h < 4) of a word tile with one shift and one and-or: nibble h + 4
+    # sits 16 bits above nibble h, so the same shift lands both on a 16-bit half's code
+    # bits (16-bit dtypes only).
+    v = (_nibble_at(q, h, MAG_SH) & ((0xF << MAG_SH) * 0x10001)) | (MAG_ONE * 0x10001)
+    return v.to(tl.int16).to(DT, bitcast=True), (v >> 16).to(tl.int16).to(DT, bitcast=True)
+
+
+@triton.jit
+def _act_tile(x_ptr, offs_m, m_mask, stride_xm, k, K):
+    # The [BLOCK_M, len(k)] activation slice (zeros past M and K).
+    return tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _dot_step(a, w, part, xs, FIRST: tl.constexpr, XDOT: tl.constexpr):
+    # One tl.dot into the group's partial, and the activation sums of the slice: a row
+    # reduction, or (XDOT) a dot with ones in the accumulator's layout.
+    if FIRST:
+        part = tl.dot(a, w)
+        if XDOT:
+            xs = tl.dot(a, tl.full(w.shape, 1.0, a.dtype))
+        else:
+            xs = tl.reduce(a.to(tl.float32), 1, _add)
+    else:
+        part = tl.dot(a, w, part)
+        if XDOT:
+            xs = tl.dot(a, tl.full(w.shape, 1.0, a.dtype), xs)
+        else:
+            xs += tl.reduce(a.to(tl.float32), 1, _add)
+    return part, xs
+
+
+@triton.jit
+def _apply_group(acc, part, xs, s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS: tl.constexpr, INT_ZP: tl.constexpr,
+                 XDOT: tl.constexpr):
+    s16, corr = _group_coeffs(s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS, INT_ZP)
+    if XDOT:
+        acc += part * s16[None, :] + xs * corr[None, :]
+    else:
+        acc += part * s16[None, :] + xs[:, None] * corr[None, :]
+    return acc
+
+
+@triton.jit
+def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
+               GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               SUB: tl.constexpr, GP: tl.constexpr, JOIN: tl.constexpr, XDOT: tl.constexpr, PAIR: tl.constexpr,
+               SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr):
+    # Tensor-core GEMM on the raw codes. Each 128-K chunk loads its [16, BLOCK_N] word
+    # tile once; SUB planes at a time (16 SUB consecutive k) become one [16 SUB, BLOCK_N]
+    # tile of 1 + q / 16 for one tl.dot with the [BLOCK_M, 16 SUB] activation slice. The
+    # dots of one group (GP planes: GS / 16, at most the chunk's 8) sum into `part`; at
+    # the group's end one [BLOCK_M, BLOCK_N] FMA pair applies its scale and zero point.
+    # PAIR (SUB = 1, GP = 8: the chunk in one group): planes h and h + 4 come from one
+    # shift and one and-or (_plane_pair). Split-K over chunks (grid axis 1) for small grids.
+    pid_k, offs_m, offs_n, offs_s, m_mask = _mm_tile(M, N, BLOCK_M, BLOCK_N, 16 * SUB, GROUP_M)
+    n_mask = offs_n < N
+    offs_i = tl.arange(0, 16)
+    per_split = _cdiv(n_chunks, SPLIT_K)
+    c0 = pid_k * per_split
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    part = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    if XDOT:
+        xs = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    else:
+        xs = tl.full((BLOCK_M,), 0.0, tl.float32)
+    for it in range(per_split):
+        c = c0 + it
+        q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
+        if PAIR:
+            for h in tl.static_range(4):
+                k = c * 128 + 16 * h + offs_s
+                a = _act_tile(x_ptr, offs_m, m_mask, stride_xm, k, K)
+                lo, hi = _plane_pair(q, h, MAG_SH, MAG_ONE, a.dtype)
+                part, xs = _dot_step(a, lo, part, xs, h == 0, XDOT)
+                part, xs = _dot_step(_act_tile(x_ptr, offs_m, m_mask, stride_xm, k + 64, K), hi, part, xs, False, XDOT)
+            acc = _apply_group(acc, part, xs, s_ptr, z_ptr, (c * 128) // GS, offs_n, n_mask, N, K, GS, INT_ZP, XDOT)
+        else:
+            for h in tl.static_range(8 // SUB):
+                k = c * 128 + 16 * SUB * h + offs_s
+                a = _act_tile(x_ptr, offs_m, m_mask, stride_xm, k, K)
+                w = _planes(q, SUB * h, SUB, JOIN, MAG_SH, MAG_ONE, a.dtype)
+                part, xs = _dot_step(a, w, part, xs, (SUB * h) % GP == 0, XDOT)  # first dot of a group
+                if (SUB * (h + 1)) % GP == 0:  # last dot of a group
+                    acc = _apply_group(acc, part, xs, s_ptr, z_ptr, (c * 128 + 16 * SUB * h) // GS, offs_n, n_mask, N,
+                                       K, GS, INT_ZP, XDOT)
+    _write_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, SPLIT_K)
+
+
+@triton.jit
+def gemv2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
+                 GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, GP: tl.constexpr,
+                 PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr):
+    # CUDA-core GEMV, one activation row per program (grid axis 2), factored like
+    # mm2_kernel: per weight one shift, one and-or (fp32 1 + q / 16) and one FMA into the
+    # group's [16, BLOCK_N] partial; per group one FMA per partial element (16 s) and a
+    # [BLOCK_N] correction times the group's activation sum. Rows reduced at the end.
+    # PREFETCH: the next chunk's words are loaded before this chunk is computed (twice
+    # the bytes in flight; Triton does not pipeline loads that feed no dot).
+    pid_m, offs_n, offs_i, n_mask, c0, per_split = _gemv_ids(N, n_chunks, BLOCK_N, SPLIT_K)
+    acc = tl.full((16, BLOCK_N), 0.0, tl.float32)
+    part = tl.full((16, BLOCK_N), 0.0, tl.float32)
+    ycorr = tl.full((BLOCK_N,), 0.0, tl.float32)
+    xv = tl.full((16,), 0.0, tl.float32)
+    if PREFETCH:
+        q_next = _words(q_ptr, c0, offs_i, offs_n, n_mask, N, n_chunks)
+    for it in range(per_split):
+        c = c0 + it
+        if PREFETCH:  # chunk c was loaded during chunk c - 1; start c + 1 now
+            q = q_next
+            q_next = _words(q_ptr, c + 1, offs_i, offs_n, n_mask, N, n_chunks)
+        else:
+            q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
+        for j in tl.static_range(8):
+            k = c * 128 + 16 * j + offs_i
+            a = tl.load(x_ptr + pid_m * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+            w = _plane(q, j, 19, 0x3F800000, tl.float32)
+            if j % GP == 0:
+                part = w * a[:, None]
+                xv = a
+            else:
+                part += w * a[:, None]
+                xv += a
+            if (j + 1) % GP == 0:
+                s16, corr = _group_coeffs(s_ptr, z_ptr, (c * 128 + 16 * j) // GS, offs_n, n_mask, N, K, GS, INT_ZP)
+                acc += part * s16[None, :]
+                ycorr += corr * tl.reduce(xv, 0, _add)
+    _write_row(out_ptr + pid_m * stride_om + offs_n, tl.reduce(acc, 0, _add) + ycorr, n_mask, SPLIT_K)
 
 
 @triton.jit

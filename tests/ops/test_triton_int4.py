@@ -184,6 +184,94 @@ def test_marlin_dequantize_kernel_interpreted(cpu_kernels, g):
     torch.testing.assert_close(w, dequantize_int4_int_zp(codes, scale, zero, g).t())
 
 
+# The factored kernels (mm2_kernel, gemv2_kernel: codes enter the dot as 1 + q / 16, the
+# affine map applied once per group) round differently from the dequantize-then-dot
+# kernels, so they are checked against the exact (float64) product with a stated bound:
+#   |y - y64| <= rtol_out |y64| + K 2^-23 B,  B = sum_k |x_k| m_k,
+# rtol_out = 2^-7 (bf16) / 2^-10 (fp16) covers the one rounding of the output, and K 2^-23 B
+# the fp32 sums, whose terms (16 s P and the zero-point correction times sum x) are each
+# at most |x| m in size with m = 32 s + |z| (float zero point) or (32 + z) s (int).
+_RTOL_OUT = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+@pytest.fixture
+def bf16_dot(monkeypatch):
+    """The interpreter multiplies bfloat16 dot operands as their raw uint16 bits (triton
+    3.9); this widens them to float32 first, as the tensor cores do, so that bf16 runs."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as interp
+
+    orig = interp.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, *args):
+        if a.dtype.scalar == tl.bfloat16:
+            a, b = (interp.TensorHandle(interp._convert_float(t.data, tl.bfloat16, tl.float32, None).view(np.float32),
+                                        tl.float32) for t in (a, b))
+        return orig(self, a, b, d, *args)
+
+    monkeypatch.setattr(interp.InterpreterBuilder, "create_dot", create_dot)
+
+
+def _check_factored(y, x, codes, scale, zero, g, int_zp):
+    sd, zd = scale.double(), zero.double()  # [G, N]
+    q, sk, zk = codes.double().t(), sd.repeat_interleave(g, 0), zd.repeat_interleave(g, 0)  # [K, N]
+    y64 = x.double() @ ((q - zk) * sk if int_zp else (q - 8) * sk + zk)  # exact weights, float64 sums
+    mag = (32 + zd) * sd if int_zp else 32 * sd + zd.abs()  # [G, N]
+    bound = _RTOL_OUT[x.dtype] * y64.abs() + x.shape[1] * 2.0**-23 * (x.double().abs() @ mag.repeat_interleave(g, 0))
+    err = (y.double() - y64).abs()
+    assert y.dtype == x.dtype and y.shape == y64.shape
+    assert bool((err <= bound).all()), f"max err {err.max():.3g}, worst err / bound {(err / bound).max():.3g}"
+
+
+def _factored_case(seed, min_group=32):
+    """Fuzzed (M, N, K, group, int zp, BLOCK_N, SPLIT_K, dtype): M 1..70, K a multiple of
+    the group (often not of 128: the last chunk is padding), N tails past BLOCK_N."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+
+    def pick(seq):
+        return seq[int(torch.randint(0, len(seq), (1,), generator=gen))]
+
+    g = pick(tuple(v for v in (32, 64, 128, 256) if v >= min_group))
+    k = g * int(torch.randint(1, max(2, 400 // g), (1,), generator=gen))
+    n = 8 * int(torch.randint(1, 9, (1,), generator=gen))
+    m = int(torch.randint(1, 71, (1,), generator=gen))
+    return m, n, k, g, bool(seed % 2), pick((32, 64)), pick((1, 2, 3)), (torch.bfloat16, torch.float16)[seed // 2 % 2]
+
+
+def _run_factored(kind, seed, extra):
+    m, n, k, g, int_zp, bn, split, dtype = _factored_case(seed, 128 if extra.get("PAIR") else 32)  # PAIR: g >= 128
+    if kind == "gemv2":
+        m = min(m, 3)
+    codes, scale, zero = _operands(n, k, g, int_zp, "cpu", dtype, seed)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    cfg = {"kind": kind, "BLOCK_M": 16 if kind == "mm2" else 1, "BLOCK_N": bn, "BLOCK_K": 0, "num_warps": 4,
+           "num_stages": 2, "SPLIT_K": split, **extra}
+    y = T.int4_triton_linear(x, pack_int4_triton(codes), scale, zero, g, cfg=cfg)
+    _check_factored(y, x, codes, scale, zero, g, int_zp)
+
+
+_MM2_VARIANTS = [{"SUB": 1}, {"SUB": 2}, {"SUB": 8}, {"SUB": 4, "JOIN": False}, {"SUB": 8, "JOIN": False},
+                 {"SUB": 1, "XDOT": True}, {"SUB": 8, "XDOT": True}, {"PAIR": True}, {"PAIR": True, "XDOT": True}]
+
+
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("variant", range(len(_MM2_VARIANTS)),
+                         ids=["-".join(f"{a}{b}" for a, b in v.items()) for v in _MM2_VARIANTS])
+def test_mm2_kernel_interpreted(cpu_kernels, bf16_dot, variant, seed):
+    _run_factored("mm2", 3 * variant + seed, _MM2_VARIANTS[variant])  # distinct shapes per variant
+
+
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("seed", range(6))
+def test_gemv2_kernel_interpreted(cpu_kernels, seed):
+    # PREFETCH with SPLIT_K 1, so that programs run two or three chunks (K 256, 192, 320).
+    _run_factored("gemv2", seed, {"PREFETCH": True, "SPLIT_K": 1} if seed in (0, 1, 3) else {})
+
+
 def test_op_runs_reference_off_cuda():
     n, k, g = 16, 256, 128
     codes, scale, zero = _operands(n, k, g, False, "cpu")
@@ -236,6 +324,30 @@ def test_fuzz_each_kernel_cuda(kind, seed):
            "num_stages": 3, "SPLIT_K": 1 if kind == "deq" else 1 + seed % 3}
     y = T.int4_triton_linear(x, q, scale, zero, g, cfg=cfg)
     assert sqnr(T.int4_triton_reference(x, q, scale, zero, g).float(), y.float()) >= 42.0, (kind, m, n, k, g)
+
+
+_FACTORED_CUDA = [("gemv2", {}), ("gemv2", {"PREFETCH": True}), ("mm2", {"SUB": 1}), ("mm2", {"SUB": 8}),
+                  ("mm2", {"SUB": 8, "XDOT": True}), ("mm2", {"SUB": 4, "JOIN": False}), ("mm2", {"PAIR": True}),
+                  ("mm2", {"PAIR": True, "XDOT": True})]
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("variant", range(len(_FACTORED_CUDA)),
+                         ids=[k + "".join(f"-{a}{b}" for a, b in e.items()) for k, e in _FACTORED_CUDA])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fuzz_factored_kernels_cuda(variant, seed, dtype):
+    """The factored kernels on the GPU (bf16 tensor-core dots included) within the stated bound."""
+    kind, extra = _FACTORED_CUDA[variant]
+    m, n, k, g, int_zp = _fuzz_case(300 + seed)
+    m = min(m, 3) if kind == "gemv2" else m
+    codes, scale, zero = _operands(n, k, g, int_zp, "cuda", dtype, seed)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    cfg = {"kind": kind, "BLOCK_M": (16 if m <= 16 else 64) if kind == "mm2" else 1, "BLOCK_N": 64, "BLOCK_K": 0,
+           "num_warps": 4, "num_stages": 3, "SPLIT_K": 1 + seed % 3, **extra}
+    y = T.int4_triton_linear(x, pack_int4_triton(codes), scale, zero, g, cfg=cfg)
+    _check_factored(y, x, codes, scale, zero, g, int_zp)
 
 
 @needs_cuda
