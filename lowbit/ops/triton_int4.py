@@ -100,20 +100,27 @@ def _kernel_table(k) -> dict:
 # ---------------------------------------------------------------------- dispatch by M
 
 # Tile choices per M range, measured on an H200 (sm90) with benchmarks/gpu_int4.py
-# --sweep (results file named in the module docstring). Other CUDA archs (sm80/sm89)
-# use the same table until measured there. kind: "gemv", "mm" or "deq" (dequantize +
-# cuBLAS). Each row: (max M, kind, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
-# H200 sweep (4096x4096, cold weights, CUDA graphs): M=1 GEMV BLOCK_N 64 split 8 13.1 us;
-# M=4..16 tensor-core kernel 16x64x64 split 4 19.5-20.0 us; M=64 fused 32.0 us vs 20.9 us
-# for dequantize + cuBLAS, M=256: 87 vs 26 us, M=1024: 150 vs 56 us. So the fused GEMM
-# serves M <= 16 and the dequantize kernel + cuBLAS everything above.
+# --sweep (benchmarks/results/gpu_int4_h200_sweep_mm2.md). Other CUDA archs (sm80/sm89)
+# use the same table until measured there. kind: "gemv"/"gemv2", "mm"/"mm2" or "deq"
+# (dequantize + cuBLAS). Each row: (max M, kind, BLOCK_M, BLOCK_N, BLOCK_K (128: the
+# chunk the split-K heuristic counts), num_warps, num_stages, extra cfg).
+# H200 sweep, cold weights, CUDA graphs, 14336x4096 (4096x4096), us:
+#   M=1   gemv2 PREFETCH 23.6 (12.2), old gemv 31.3 (13.3), bf16 32.8 (13.9)
+#   M=4   mm2 PAIR+XDOT 16x128 split 4: 27.3 (17.8), old mm 50.2 (19.8), bf16 31.7 (14.0)
+#   M=16  mm2 30.0 (19.9), old mm 52.4 (20.3), bf16 32.5 (13.9)
+#   M=64  mm2 32x128 70.7 (27.2), dequantize + cuBLAS 73.6 (21.2), bf16 37.5 (12.5)
+#   M=256 dequantize + cuBLAS 87.0 (26.5), old mm 159.8 (80.2), mm2 208.3 (105.1)
+# So the factored kernels serve M <= 32 and dequantize + cuBLAS the rest.
 _SM90_TABLE = (
-    (GEMV_MAX_M, "gemv", 1, 64, 128, 4, 3),
-    (16, "mm", 16, 64, 64, 4, 4),
-    (1 << 62, "deq", 0, 128, 0, 4, 1),
+    (GEMV_MAX_M, "gemv2", 1, 256, 128, 4, 3, {"PREFETCH": True}),
+    (32, "mm2", 16, 128, 128, 4, 3, {"PAIR": True, "XDOT": True}),
+    (1 << 62, "deq", 0, 128, 0, 4, 1, {}),
 )
 _SPLIT_K_MAX_M = 256  # above this the fp32 partial sums would cost more than they save
-_WAVES = {"gemv": 4, "mm": 2}  # programs per SM the split-K heuristic aims for (sweep best)
+# Programs per SM the split-K heuristic aims for, and the largest split (sweep best:
+# gemv2 split 4 at 56 tiles, 8 at 32; mm2 split 4 at 32 and 112 tiles).
+_WAVES = {"gemv": 4, "mm": 2, "gemv2": 2, "mm2": 4}
+_MAX_SPLIT = {"mm2": 4}
 
 
 @functools.cache
@@ -135,14 +142,17 @@ def _split_k(tiles: int, k_steps: int, device, waves: int = 2) -> int:
 
 def _pick(m: int, n: int, k: int, device: torch.device) -> dict:
     """Kernel and launch parameters for an [M, K] x [K, N] int4 linear (table above)."""
-    for max_m, kind, bm, bn, bk, warps, stages in _SM90_TABLE:
+    for max_m, kind, bm, bn, bk, warps, stages, extra in _SM90_TABLE:
         if m <= max_m:
             break
+    if kind == "gemv2" and n < 8192:
+        bn = 128  # smaller layers: more column tiles (sweep: 4096x4096 best at 128, split 8)
     cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
-           "SPLIT_K": 1}
+           "SPLIT_K": 1, **extra}
     if kind != "deq" and m <= _SPLIT_K_MAX_M:
-        tiles = (m if kind == "gemv" else -(-m // bm)) * -(-n // bn)
-        cfg["SPLIT_K"] = _split_k(tiles, -(-k // bk), device, _WAVES[kind])
+        tiles = (m if kind in ("gemv", "gemv2") else -(-m // bm)) * -(-n // bn)
+        split = _split_k(tiles, -(-k // bk), device, _WAVES[kind])
+        cfg["SPLIT_K"] = min(split, _MAX_SPLIT.get(kind, split))
     return cfg
 
 

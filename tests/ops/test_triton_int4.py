@@ -272,6 +272,25 @@ def test_gemv2_kernel_interpreted(cpu_kernels, seed):
     _run_factored("gemv2", seed, {"PREFETCH": True, "SPLIT_K": 1} if seed in (0, 1, 3) else {})
 
 
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("m", [1, 5, 32, 33])
+def test_dispatch_table_configs_interpreted(cpu_kernels, bf16_dot, m):
+    # Each row of _SM90_TABLE, with the launch parameters _pick derives, on both sides of
+    # its M bound (33: dequantize + matmul, checked against the reference by SQNR).
+    n, k, g = 96, 256, 128
+    codes, scale, zero = _operands(n, k, g, False, "cpu", torch.bfloat16, m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    cfg = T._pick(m, n, k, torch.device("cpu"))
+    assert cfg["kind"] == ("gemv2" if m == 1 else "mm2" if m <= 32 else "deq"), cfg
+    q = pack_int4_triton(codes)
+    y = T.int4_triton_linear(x, q, scale, zero, g, cfg=cfg)
+    if cfg["kind"] == "deq":
+        assert sqnr(T.int4_triton_reference(x, q, scale, zero, g).float(), y.float()) >= 40
+    else:
+        _check_factored(y, x, codes, scale, zero, g, False)
+
+
 def test_op_runs_reference_off_cuda():
     n, k, g = 16, 256, 128
     codes, scale, zero = _operands(n, k, g, False, "cpu")
