@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -166,30 +167,8 @@ def tune_cuda(
     bf16_us = [_graph_us([lambda x=xs[m], wc=wc: F.linear(x, wc) for wc in wb], reps) for m in ms]
     del wb
     times: dict[str, dict[str, list[float]]] = {}
-    for name, (op, kind, min_cap) in THRESHOLDS.items():
-        if cap < min_cap:
-            logger.info("lowbit.tune_cuda: %s skipped (needs compute capability %s, this GPU has %s)", name, min_cap, cap)
-            continue
-        args0 = _weights(kind, n, k, dev, gen)
-        nbytes = sum(a.nbytes for a in args0 if isinstance(a, torch.Tensor))
-        copies = max(2, min(64, (cold_mib << 20) // nbytes))
-        argsets = [args0] + [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args0)
-                             for _ in range(copies - 1)]
-        kernel = getattr(cuda_ops, op)
-        table = getattr(cuda_ops, name)
-        old = table.get(arch)
-        times[name] = {}
-        try:
-            for path, pin in (("first", _FORCE_FIRST), ("second", _FORCE_SECOND)):
-                table[arch] = pin
-                times[name][path] = [_graph_us([lambda x=xs[m], a=a, f=kernel: f(x, *a) for a in argsets], reps)
-                                     for m in ms]
-        finally:
-            if old is None:
-                table.pop(arch, None)
-            else:
-                table[arch] = old
-        del argsets
+    with warnings.catch_warnings():
+        _time_paths(times, ms, xs, n, k, dev, gen, arch, cap, cold_mib, reps, cuda_ops)
     thresholds, slower = {}, {}
     for name, paths in times.items():
         top = 0
@@ -218,6 +197,35 @@ def tune_cuda(
         cuda_ops.apply_tuned_thresholds(index, reload=True)
         logger.info("lowbit.tune_cuda: thresholds saved to %s", path)
     return result
+
+
+def _time_paths(times, ms, xs, n, k, dev, gen, arch, cap, cold_mib, reps, cuda_ops) -> None:
+    """Both paths of each threshold at each M (each pinned by setting the threshold), into ``times``."""
+    for name, (op, kind, min_cap) in THRESHOLDS.items():
+        if cap < min_cap:
+            logger.info("lowbit.tune_cuda: %s skipped (needs compute capability %s, this GPU has %s)", name, min_cap, cap)
+            continue
+        args0 = _weights(kind, n, k, dev, gen)
+        nbytes = sum(a.nbytes for a in args0 if isinstance(a, torch.Tensor))
+        copies = max(2, min(64, (cold_mib << 20) // nbytes))
+        argsets = [args0] + [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args0)
+                             for _ in range(copies - 1)]
+        kernel = getattr(cuda_ops, op)
+        table = getattr(cuda_ops, name)
+        old = table.get(arch)
+        times[name] = {}
+        try:
+            warnings.simplefilter("ignore", RuntimeWarning)  # the ops' "slower than bf16" notes: timing says it
+            for path, pin in (("first", _FORCE_FIRST), ("second", _FORCE_SECOND)):
+                table[arch] = pin
+                times[name][path] = [_graph_us([lambda x=xs[m], a=a, f=kernel: f(x, *a) for a in argsets], reps)
+                                     for m in ms]
+        finally:
+            if old is None:
+                table.pop(arch, None)
+            else:
+                table[arch] = old
+        del argsets
 
 
 def format_cuda_tune_result(r: CudaTuneResult) -> str:
