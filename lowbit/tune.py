@@ -191,20 +191,28 @@ def tune(
     return result
 
 
+def path_time_table(first: str, ms, bf16_us, times_us, fmt: str = ",.0f") -> list[str]:
+    """Markdown rows: bf16 F.linear, then each (key, path)'s time per M and its ratio to bf16."""
+    lines = [
+        f"| {first} | path | " + " | ".join(f"M={m}: us (x bf16)" for m in ms) + " |",
+        "|---|---|" + "---|" * len(ms),
+        "| bf16 F.linear | - | " + " | ".join(f"{t:{fmt}}" for t in bf16_us) + " |",
+    ]
+    for key, paths in times_us.items():
+        for path, row in paths.items():
+            cells = " | ".join(f"{t:{fmt}} ({b / t:.2f}x)" for t, b in zip(row, bf16_us))
+            lines.append(f"| {key} | {path} | {cells} |")
+    return lines
+
+
 def format_tune_result(r: TuneResult) -> str:
     """Markdown: per op, each path's time per M and its ratio to bf16 F.linear; the table."""
     lines = [
         (f"# lowbit tune: {r.cpu} (class {r.isa_class}), torch {r.torch_version}, {r.threads} threads, "
          f"N x K = {r.shape[0]} x {r.shape[1]}"),
         "",
-        "| op | path | " + " | ".join(f"M={m}: us (x bf16)" for m in r.ms) + " |",
-        "|---|---|" + "---|" * len(r.ms),
-        "| bf16 F.linear | - | " + " | ".join(f"{t:,.0f}" for t in r.bf16_us) + " |",
+        *path_time_table("op", r.ms, r.bf16_us, r.times_us),
     ]
-    for op, paths in r.times_us.items():
-        for path, row in paths.items():
-            cells = " | ".join(f"{t:,.0f} ({b / t:.2f}x)" for t, b in zip(row, r.bf16_us))
-            lines.append(f"| {op} | {path} | {cells} |")
     lines += ["", "Table (path up to max M):", ""]
     for op, entries in r.table.items():
         lines.append(f"- {op}: " + ", ".join(f"{p} (M <= {m})" if m is not None else f"{p} (rest)"

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UnsupportedError
+from .tune import path_time_table
 
 __all__ = ["CudaTuneResult", "cuda_tune_cache_path", "format_cuda_tune_result", "load_cuda_tuned", "tune_cuda"]
 
@@ -235,14 +236,8 @@ def format_cuda_tune_result(r: CudaTuneResult) -> str:
         "",
         "CUDA-graph replays over rotated weight copies (cold weights).",
         "",
-        "| threshold | path | " + " | ".join(f"M={m}: us (x bf16)" for m in r.ms) + " |",
-        "|---|---|" + "---|" * len(r.ms),
-        "| bf16 F.linear | - | " + " | ".join(f"{t:,.1f}" for t in r.bf16_us) + " |",
+        *path_time_table("threshold", r.ms, r.bf16_us, r.times_us, ",.1f"),
     ]
-    for name, paths in r.times_us.items():
-        for path, row in paths.items():
-            cells = " | ".join(f"{t:,.1f} ({b / t:.2f}x)" for t, b in zip(row, r.bf16_us))
-            lines.append(f"| {name} | {path} | {cells} |")
     lines += ["", "Crossovers (first path up to M):", ""]
     lines += [f"- {name} = {m}" for name, m in r.thresholds.items()]
     for name, slow in r.slower_than_bf16.items():

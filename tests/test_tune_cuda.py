@@ -101,3 +101,14 @@ def test_tune_on_this_gpu_saves_and_applies(monkeypatch, tmp_path):
         for name, table in saved.items():
             getattr(cuda_ops, name).clear()
             getattr(cuda_ops, name).update(table)
+
+
+def test_format_names_paths_ratios_and_crossovers():
+    from lowbit.tune_cuda import CudaTuneResult, format_cuda_tune_result
+
+    r = CudaTuneResult("NVIDIA H200", "sm90", "2.11", (4096, 4096), [1, 64], [10.0, 12.0],
+                       {"CUDA_INT4_TILED_MAX_M": {"first": [5.0, 40.0], "second": [20.0, 30.0]}},
+                       {"CUDA_INT4_TILED_MAX_M": 1}, {"CUDA_INT4_TILED_MAX_M": [64]})
+    text = format_cuda_tune_result(r)
+    assert "| CUDA_INT4_TILED_MAX_M | first | 5.0 (2.00x) | 40.0 (0.30x) |" in text
+    assert "- CUDA_INT4_TILED_MAX_M = 1" in text and "int4_tiled_cuda_mm at M = [64]" in text
