@@ -26,12 +26,12 @@ import logging
 import statistics
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .errors import UnsupportedError
+from .ops.cuda import _index, cuda_tune_cache_path, load_cuda_tuned
 from .tune import path_time_table
 
 __all__ = ["CudaTuneResult", "cuda_tune_cache_path", "format_cuda_tune_result", "load_cuda_tuned", "tune_cuda"]
@@ -61,40 +61,6 @@ class CudaTuneResult:
     thresholds: dict[str, int]
     slower_than_bf16: dict[str, list[int]] = field(default_factory=dict)  # threshold -> Ms
     path: str | None = None
-
-
-def cuda_tune_cache_path(device: torch.device | int | None = None) -> Path:
-    """Where :func:`tune_cuda` keeps the crossovers of this GPU model + torch version."""
-    from .ops._ext import cache_dir
-
-    index = _index(device)
-    name = torch.cuda.get_device_name(index)
-    major, minor = torch.cuda.get_device_capability(index)
-    raw = f"cuda-{name}-sm{major}{minor}-torch{torch.__version__}"
-    return cache_dir().parent / "tune" / ("".join(c if c.isalnum() or c in "-._" else "_" for c in raw) + ".json")
-
-
-def load_cuda_tuned(device: torch.device | int | None = None) -> dict[str, int]:
-    """The cached crossovers of this GPU ({} when none, or when the file does not parse)."""
-    path = cuda_tune_cache_path(device)
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())["thresholds"]
-        return {k: int(v) for k, v in data.items() if k in THRESHOLDS and int(v) >= 0}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        logger.warning("lowbit: ignoring the unreadable CUDA tune cache %s (%s); rerun lowbit tune --device cuda",
-                       path, e)
-        return {}
-
-
-def _index(device) -> int:
-    if device is None:
-        return torch.cuda.current_device()
-    if isinstance(device, int):
-        return device
-    device = torch.device(device)
-    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _weights(kind: str, n: int, k: int, device, gen) -> tuple:

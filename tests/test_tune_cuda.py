@@ -63,7 +63,7 @@ def test_unreadable_cache_is_ignored_with_a_warning(fake_gpu, caplog, text):
     p = cuda_tune_cache_path(0)
     p.parent.mkdir(parents=True)
     p.write_text(text)
-    with caplog.at_level(logging.WARNING, logger="lowbit.tune_cuda"):
+    with caplog.at_level(logging.WARNING, logger="lowbit.ops.cuda"):
         assert load_cuda_tuned(0) == {}
     assert "unreadable CUDA tune cache" in caplog.text
 
@@ -112,3 +112,9 @@ def test_format_names_paths_ratios_and_crossovers():
     text = format_cuda_tune_result(r)
     assert "| CUDA_INT4_TILED_MAX_M | first | 5.0 (2.00x) | 40.0 (0.30x) |" in text
     assert "- CUDA_INT4_TILED_MAX_M = 1" in text and "int4_tiled_cuda_mm at M = [64]" in text
+
+
+def test_every_tuned_threshold_is_a_table_of_ops_cuda():
+    assert tuple(THRESHOLDS) == cuda_ops.TUNABLE_THRESHOLDS
+    for name in THRESHOLDS:
+        assert isinstance(getattr(cuda_ops, name), dict) and cuda_ops._MEASURED_ARCH in getattr(cuda_ops, name)

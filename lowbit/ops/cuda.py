@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -13,6 +16,8 @@ from ..errors import UnsupportedError
 from .alignment import aligned_copy
 from .library import register_device_kernel
 from .reference import quantize_per_tensor_float8
+
+logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
 
@@ -47,7 +52,45 @@ def _arch(index: int) -> str:
     return f"sm{major}{minor}"
 
 
+# The thresholds `lowbit tune --device cuda` (lowbit/tune_cuda.py) measures and caches.
+TUNABLE_THRESHOLDS = ("CUDA_W8A16_TRITON_MAX_M", "CUDA_FLOAT8_DYNAMIC_TRITON_MAX_M", "CUDA_INT4_TILED_MAX_M")
 _TUNED_APPLIED: set[int] = set()  # device indices whose tune cache was read
+
+
+def cuda_tune_cache_path(device: torch.device | int | None = None) -> Path:
+    """Where ``lowbit.tune_cuda`` keeps the crossovers of this GPU model + torch version."""
+    from ._ext import cache_dir
+
+    index = _index(device)
+    name = torch.cuda.get_device_name(index)
+    major, minor = torch.cuda.get_device_capability(index)
+    raw = f"cuda-{name}-sm{major}{minor}-torch{torch.__version__}"
+    return cache_dir().parent / "tune" / ("".join(c if c.isalnum() or c in "-._" else "_" for c in raw) + ".json")
+
+
+def load_cuda_tuned(device: torch.device | int | None = None) -> dict[str, int]:
+    """The cached crossovers of this GPU ({} when none, or when the file does not parse)."""
+    path = cuda_tune_cache_path(device)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())["thresholds"]
+        return {k: int(v) for k, v in data.items() if k in TUNABLE_THRESHOLDS and int(v) >= 0}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        logger.warning("lowbit: ignoring the unreadable CUDA tune cache %s (%s); rerun lowbit tune --device cuda",
+                       path, e)
+        return {}
+
+
+def _index(device) -> int:
+    if device is None:
+        return torch.cuda.current_device()
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 
 
 def apply_tuned_thresholds(index: int, reload: bool = False) -> None:
@@ -59,8 +102,6 @@ def apply_tuned_thresholds(index: int, reload: bool = False) -> None:
     _TUNED_APPLIED.add(index)
     if os.environ.get("LOWBIT_NO_TUNE_CACHE", "") not in ("", "0"):
         return
-    from ..tune_cuda import load_cuda_tuned
-
     arch = _arch(index)
     for name, m in load_cuda_tuned(index).items():
         globals()[name][arch] = m
