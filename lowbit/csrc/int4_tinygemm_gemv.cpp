@@ -25,7 +25,9 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -34,6 +36,13 @@
 #endif
 
 namespace lowbit_int4_gemv {
+
+// Software prefetch distance into the packed weight stream (bytes ahead of the loads) of
+// the AVX512-BF16 loop, which is meant to be bound by DRAM reads.
+constexpr int64_t kPrefetchBytes = 2048;
+
+// Inner loops, selectable for tests and `lowbit tune` (-1 picks the best this CPU runs).
+enum Isa : int64_t { kAuto = -1, kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 static inline float bf16_to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 
@@ -188,18 +197,225 @@ static void block_avx2_rows(const float* x, const float* xsum, const uint8_t* q,
   else if (r == 1) block_avx2_mr<B, 1, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
 }
 
-static bool have_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+// ------------------------------------------------------------------ AVX512F loop
+//
+// The AVX2 loop's scheme on 512-bit registers, for one full 64-row block ("avx512"
+// layout) and MR (1..4) fp32 activation rows. Per k, the 32 bytes widen to two registers
+// of 16 int32 lanes (bytes 0-15: rows 0-15 low / 32-47 high nibble; bytes 16-31: rows
+// 16-31 / 48-63); each is converted whole (b = lo + 16 hi) and masked (lo), and the
+// high-nibble rows' sums follow in the epilogue as (sum x*b - sum x*lo) / 16. Rows come
+// out in order. Per k pair (64 bytes): 16 conversion uops + 8 FMA per activation row.
+// On Sapphire Rapids this beats the bf16 dot-product loop below: `vdpbf16ps` zmm issues
+// at ~1 per 2.2 cycles there (8-chain microbenchmark: 0.75-0.9 ns vs 0.19 ns for
+// `vfmadd231ps` zmm), so its 2 MACs per lane cost as much as 2 FMAs plus the ports.
+#define LOWBIT_AVX512_TARGET __attribute__((target("avx512f,avx512bw")))
+
+template <int MR, int KU>
+LOWBIT_AVX512_TARGET static void block_avx512_mr(const float* x, const float* xsum, const uint8_t* q,
+                                                 const c10::BFloat16* sz, float* y, int64_t K, int64_t gs,
+                                                 int64_t Np, int64_t r0) {
+  constexpr int H = 32;  // bytes per k in a 64-row block
+  const __m512i mask = _mm512_set1_epi32(0x0F);
+  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m512 sixteenth = _mm512_set1_ps(1.f / 16.f), eight = _mm512_set1_ps(8.f);
+  const int64_t ng = K / gs;
+  for (int64_t g0 = 0; g0 < K; g0 += gs) {
+    // acc[u][m][0/1]: x*b and x*lo for bytes 0-15; [2/3]: the same for bytes 16-31.
+    __m512 acc[KU][MR][4];
+    for (int u = 0; u < KU; ++u)
+      for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < 4; ++i) acc[u][m][i] = _mm512_setzero_ps();
+    const uint8_t* ba = q + g0 * H;
+    for (int64_t k = g0; k < g0 + gs; k += KU) {
+      for (int u = 0; u < KU; ++u, ba += H) {
+        if ((u & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(ba + kPrefetchBytes), _MM_HINT_T0);
+        const __m512i w0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ba)));
+        const __m512i w1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ba + 16)));
+        const __m512 b0 = _mm512_cvtepi32_ps(w0), l0 = _mm512_cvtepi32_ps(_mm512_and_si512(w0, mask));
+        const __m512 b1 = _mm512_cvtepi32_ps(w1), l1 = _mm512_cvtepi32_ps(_mm512_and_si512(w1, mask));
+        for (int m = 0; m < MR; ++m) {
+          const __m512 xv = _mm512_set1_ps(x[m * K + k + u]);
+          acc[u][m][0] = _mm512_fmadd_ps(b0, xv, acc[u][m][0]);
+          acc[u][m][1] = _mm512_fmadd_ps(l0, xv, acc[u][m][1]);
+          acc[u][m][2] = _mm512_fmadd_ps(b1, xv, acc[u][m][2]);
+          acc[u][m][3] = _mm512_fmadd_ps(l1, xv, acc[u][m][3]);
+        }
+      }
+    }
+    // 64 rows' (scale, zero) bf16 pairs = 4 x 16 dwords: scale in the low half, zero in the high.
+    const c10::BFloat16* g = sz + (g0 / gs) * Np * 2 + r0 * 2;
+    __m512 s[4], c[4];
+    for (int v = 0; v < 4; ++v) {
+      const __m512i p = _mm512_loadu_si512(g + 32 * v);
+      s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
+      c[v] = _mm512_fnmadd_ps(eight, s[v], _mm512_castsi512_ps(_mm512_and_si512(p, hi16)));  // z - 8 s
+    }
+    for (int m = 0; m < MR; ++m) {
+      __m512 a[4];
+      for (int i = 0; i < 4; ++i) {
+        a[i] = acc[0][m][i];
+        for (int u = 1; u < KU; ++u) a[i] = _mm512_add_ps(a[i], acc[u][m][i]);
+      }
+      // rows 0-15, 16-31 (low nibbles), 32-47, 48-63 (high nibbles: (b - lo) / 16)
+      const __m512 rows[4] = {a[1], a[3], _mm512_mul_ps(_mm512_sub_ps(a[0], a[1]), sixteenth),
+                              _mm512_mul_ps(_mm512_sub_ps(a[2], a[3]), sixteenth)};
+      const __m512 xs = _mm512_set1_ps(xsum[m * ng + g0 / gs]);
+      float* yr = y + m * Np + r0;
+      for (int v = 0; v < 4; ++v) {
+        _mm512_storeu_ps(yr + 16 * v, _mm512_add_ps(_mm512_loadu_ps(yr + 16 * v),
+                                                    _mm512_fmadd_ps(s[v], rows[v], _mm512_mul_ps(c[v], xs))));
+      }
+    }
+  }
 }
+
+// Rows [0, M) of fp32 x against one full 64-row block, in tiles of up to 4 rows; two k in
+// flight at M = 1 for the FMA latency (4 chains per k, 2 FMA ports).
+static void block_avx512_rows(const float* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz,
+                              float* y, int64_t M, int64_t K, int64_t gs, int64_t Np, int64_t r0) {
+  const int64_t ng = K / gs;
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) block_avx512_mr<4, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  const int64_t r = M - m;
+  if (r == 3) block_avx512_mr<3, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 2) block_avx512_mr<2, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 1) block_avx512_mr<1, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+}
+
+// ------------------------------------------------------------------ AVX512-BF16 loop
+//
+// One full 64-row block ("avx512" layout) with `vdpbf16ps`, for MR (1..4) activation rows
+// rounded to bf16. A nibble q becomes an exact bf16 with one bitwise op: bits 0x4300 | q
+// are the bf16 value 128 + q (exponent 2^7, mantissa unit 1). Two consecutive k of the
+// same weight row go into the two bf16 halves of a 32-bit lane, so one `vdpbf16ps` does
+// 2 MACs per lane (32 per instruction) with fp32 accumulation; the bf16 products are exact
+// in fp32. The offset 128 * sum(x) folds into the per-group correction term:
+//     y += s * acc + (z - 136 s) * xsum        (acc = sum_k x[k] (128 + q[k]))
+// Per k pair (64 bytes = 128 weights): 2 loads, 2 widen + 2 word unpacks, 2 ternary-logic
+// (lo nibbles), 2 shift + 2 or (hi nibbles), then 4 dot products per activation row.
+//
+// Lane order: with A / B the 32 bytes of k / k+1, widened to words and unpacked lo/hi
+// (both in-lane ops, no cross-lane shuffles in the loop), accumulator lane 4l + j holds
+//   acc0: row 8l + j,   acc1: row 8l + 4 + j,   acc2 / acc3: the same + 32 (high nibbles).
+// The group epilogue puts rows back in order with two 2-source permutes per 32 rows.
+#define LOWBIT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+LOWBIT_BF16_TARGET static inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+template <int MR, int KU>
+LOWBIT_BF16_TARGET static void block_bf16_mr(const c10::BFloat16* x, const float* xsum, const uint8_t* q,
+                                             const c10::BFloat16* sz, float* y, int64_t K, int64_t gs,
+                                             int64_t Np, int64_t r0) {
+  constexpr int H = 32;  // bytes per k in a 64-row block
+  const __m512i mask = _mm512_set1_epi16(0x000F);
+  const __m512i bias = _mm512_set1_epi16(0x4300);  // bf16 128.0
+  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m512 c136 = _mm512_set1_ps(136.f);
+  // Rows 0..15 of a 32-row half = lanes 0-3 of acc0, 0-3 of acc1, 4-7 of acc0, 4-7 of acc1.
+  const __m512i idx_a = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i idx_b = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const int64_t ng = K / gs;
+  for (int64_t g0 = 0; g0 < K; g0 += gs) {
+    __m512 acc[KU][MR][4];
+    for (int u = 0; u < KU; ++u)
+      for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < 4; ++i) acc[u][m][i] = _mm512_setzero_ps();
+    const uint8_t* ba = q + g0 * H;
+    for (int64_t k = g0; k < g0 + gs; k += 2 * KU) {
+      for (int u = 0; u < KU; ++u, ba += 2 * H) {
+        _mm_prefetch(reinterpret_cast<const char*>(ba + kPrefetchBytes), _MM_HINT_T0);
+        const __m512i wa = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ba)));
+        const __m512i wb = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ba + H)));
+        const __m512i p0 = _mm512_unpacklo_epi16(wa, wb), p1 = _mm512_unpackhi_epi16(wa, wb);
+        // (p & 0xF) | 0x4300: ternary-logic truth table 0xEA = (A & B) | C.
+        const __m512bh w0 = as_bh(_mm512_ternarylogic_epi32(p0, mask, bias, 0xEA));
+        const __m512bh w1 = as_bh(_mm512_ternarylogic_epi32(p1, mask, bias, 0xEA));
+        const __m512bh w2 = as_bh(_mm512_or_si512(_mm512_srli_epi16(p0, 4), bias));
+        const __m512bh w3 = as_bh(_mm512_or_si512(_mm512_srli_epi16(p1, 4), bias));
+        const int64_t kk = k + 2 * u;
+        for (int m = 0; m < MR; ++m) {
+          int32_t pair;
+          std::memcpy(&pair, x + m * K + kk, sizeof(pair));  // bf16 x[kk], x[kk + 1]
+          const __m512bh xv = as_bh(_mm512_set1_epi32(pair));
+          acc[u][m][0] = _mm512_dpbf16_ps(acc[u][m][0], w0, xv);
+          acc[u][m][1] = _mm512_dpbf16_ps(acc[u][m][1], w1, xv);
+          acc[u][m][2] = _mm512_dpbf16_ps(acc[u][m][2], w2, xv);
+          acc[u][m][3] = _mm512_dpbf16_ps(acc[u][m][3], w3, xv);
+        }
+      }
+    }
+    // 64 rows' (scale, zero) bf16 pairs = 4 x 16 dwords: scale in the low half, zero in the high.
+    const c10::BFloat16* g = sz + (g0 / gs) * Np * 2 + r0 * 2;
+    __m512 s[4], c[4];
+    for (int v = 0; v < 4; ++v) {
+      const __m512i p = _mm512_loadu_si512(g + 32 * v);
+      s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
+      c[v] = _mm512_fnmadd_ps(c136, s[v], _mm512_castsi512_ps(_mm512_and_si512(p, hi16)));  // z - 136 s
+    }
+    for (int m = 0; m < MR; ++m) {
+      __m512 a[4];
+      for (int i = 0; i < 4; ++i) {
+        a[i] = acc[0][m][i];
+        for (int u = 1; u < KU; ++u) a[i] = _mm512_add_ps(a[i], acc[u][m][i]);
+      }
+      const __m512 rows[4] = {_mm512_permutex2var_ps(a[0], idx_a, a[1]), _mm512_permutex2var_ps(a[0], idx_b, a[1]),
+                              _mm512_permutex2var_ps(a[2], idx_a, a[3]), _mm512_permutex2var_ps(a[2], idx_b, a[3])};
+      const __m512 xs = _mm512_set1_ps(xsum[m * ng + g0 / gs]);
+      float* yr = y + m * Np + r0;
+      for (int v = 0; v < 4; ++v) {
+        _mm512_storeu_ps(yr + 16 * v, _mm512_add_ps(_mm512_loadu_ps(yr + 16 * v),
+                                                    _mm512_fmadd_ps(s[v], rows[v], _mm512_mul_ps(c[v], xs))));
+      }
+    }
+  }
+}
+
+// Rows [0, M) of bf16 x against one full 64-row block, in tiles of up to 4 rows (each tile
+// re-converts the block's group from L1). Two k pairs in flight at M = 1 and 2 for the
+// dot-product latency.
+static void block_bf16_rows(const c10::BFloat16* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz,
+                            float* y, int64_t M, int64_t K, int64_t gs, int64_t Np, int64_t r0) {
+  const int64_t ng = K / gs;
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) block_bf16_mr<4, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  const int64_t r = M - m;
+  if (r == 3) block_bf16_mr<3, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 2 && gs % 4 == 0) block_bf16_mr<2, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 2) block_bf16_mr<2, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 1 && gs % 4 == 0) block_bf16_mr<1, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 1) block_bf16_mr<1, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+}
+
 #endif
+
+static int64_t detect_isa() {
+#ifdef LOWBIT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512bf16")) {
+    return kAvx512Bf16;
+  }
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+#endif
+  return kScalar;
+}
+
+static int64_t best_isa() {
+  static const int64_t isa = detect_isa();
+  return isa;
+}
+
+int64_t int4_gemv_best_isa() { return best_isa(); }
 
 // x [M, K] float/bf16/fp16; qdata uint8 [Np, K/2]; scale_and_zero bf16 [K/gs, Np, 2];
 // block_n: 32 ("avx2" layout) or 64 ("avx512"). Returns [M, Np] in x's dtype. Meant for
-// small M (ops/cpu.py CPU_INT4_GEMV_MAX_M): the weight is streamed once, each 4-row tile
-// of x re-converts the (cache-resident) block.
+// small M (ops/cpu_paths.py): the weight is streamed once, each 4-row tile of x
+// re-converts the (cache-resident) group of the block. isa: Isa above; the AVX512-BF16
+// loop serves the 64-row layout and rounds x to bf16 (the 32-row layout, from AVX2 ATen
+// builds, takes the AVX2 loop). ops/cpu.py validates every argument before calling here.
 at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale_and_zero,
-                              int64_t group_size, int64_t block_n) {
+                              int64_t group_size, int64_t block_n, int64_t isa) {
   TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "int4_tinygemm_gemv: x must be [M, K] with M >= 1, got ", x.sizes());
   TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 2 && qdata.is_contiguous(),
               "int4_tinygemm_gemv: qdata must be contiguous uint8 [Np, K/2]");
@@ -211,24 +427,49 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
   TORCH_CHECK(scale_and_zero.size(0) == K / gs && scale_and_zero.size(1) == Np && scale_and_zero.size(2) == 2,
               "int4_tinygemm_gemv: scale_and_zero shape mismatch");
   TORCH_CHECK(Np % 16 == 0, "int4_tinygemm_gemv: Np must be a multiple of 16");
+  if (isa == kAuto) isa = best_isa();
+  TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "int4_tinygemm_gemv: isa ", isa, " cannot run here (best ",
+              best_isa(), ")");
+  const bool use_bf16 = isa == kAvx512Bf16 && block_n == 64;
+  const bool use_avx512 = isa == kAvx512 && block_n == 64;
 
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  // The bf16 loop reads x rounded to bf16, and its xsum must be the sum of those values.
+  const at::Tensor xb = use_bf16 ? x.to(at::kBFloat16).contiguous() : at::Tensor();
+  const at::Tensor xf = (use_bf16 ? xb : x).to(at::kFloat).contiguous();
   const float* xp = xf.data_ptr<float>();
   const int64_t ng = K / gs;
   std::vector<float> xsum(M * ng, 0.f);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) xsum[m * ng + k / gs] += xp[m * K + k];
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t j = 0; j < ng; ++j) {
+      const float* xg = xp + m * K + j * gs;
+      float acc = 0.f;
+      for (int64_t k = 0; k < gs; ++k) acc += xg[k];
+      xsum[m * ng + j] = acc;
+    }
+  }
   at::Tensor y = at::zeros({M, Np}, x.options().dtype(at::kFloat));
   float* yp = y.data_ptr<float>();
   const uint8_t* qp = qdata.data_ptr<uint8_t>();
   const c10::BFloat16* szp = scale_and_zero.data_ptr<c10::BFloat16>();
   const int64_t n_full = Np / block_n;
+  // Grain: at least ~64 KiB of weights per task, so the small layers of a 0.1-1B model
+  // (a few hundred KiB, ~10-50 us) do not pay for a thread wake-up per block.
+  const int64_t block_bytes = block_n * K / 2;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / block_bytes);
 
-  at::parallel_for(0, n_full, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, n_full, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const uint8_t* qb = qp + b * block_n * (K / 2);
+      const uint8_t* qb = qp + b * block_bytes;
 #ifdef LOWBIT_X86
-      if (have_avx2_fma()) {
+      if (use_bf16) {
+        block_bf16_rows(xb.data_ptr<c10::BFloat16>(), xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
+        continue;
+      }
+      if (use_avx512) {
+        block_avx512_rows(xp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
+        continue;
+      }
+      if (isa >= kAvx2) {
         if (block_n == 32) block_avx2_rows<32>(xp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 32);
         else block_avx2_rows<64>(xp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
         continue;
@@ -241,7 +482,7 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
   });
   const int64_t tail = Np - n_full * block_n;
   for (int64_t m = 0; tail && m < M; ++m) {
-    block_scalar(xp + m * K, xsum.data() + m * ng, qp + n_full * block_n * (K / 2), szp, yp + m * Np, K, gs, Np,
+    block_scalar(xp + m * K, xsum.data() + m * ng, qp + n_full * block_bytes, szp, yp + m * Np, K, gs, Np,
                  n_full * block_n, tail, /*pairs=*/true);
   }
   return y.to(x.scalar_type());
@@ -250,7 +491,9 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
 }  // namespace lowbit_int4_gemv
 
 TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
-  m.def("int4_tinygemm_gemv(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size, int block_n) -> Tensor");
+  m.def("int4_tinygemm_gemv(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size, int block_n, "
+        "int isa=-1) -> Tensor");
+  m.def("int4_gemv_best_isa() -> int", &lowbit_int4_gemv::int4_gemv_best_isa);
 }
 
 TORCH_LIBRARY_IMPL(lowbit_ext, CPU, m) { m.impl("int4_tinygemm_gemv", &lowbit_int4_gemv::int4_tinygemm_gemv); }
