@@ -13,7 +13,10 @@ from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from her
     CPU_INT4_GEMV_MAX_M,
     CPU_INT4_TINYGEMM_MAX_M,
     CPU_INT8_GEMV_MAX_M,
+    INT4_GEMV_ISAS,
     choose_path,
+    int4_gemv_best_isa,
+    int4_gemv_isa,
 )
 from .cpu_paths import int4_gemv_available as _int4_gemv_available  # noqa: F401
 from .library import register_device_kernel, register_traced_kernel
@@ -138,28 +141,9 @@ def _int4_tinygemm_cpu_gemm(x, qdata, scale_and_zero, group_size, layout, dtype)
 # Layouts lowbit/csrc/int4_tinygemm_gemv.cpp reads, with their row-block size.
 _INT4_GEMV_BLOCK_N = {"avx2": 32, "avx512": 64}
 
-# The GEMV's inner loops (the `isa` argument of lowbit_ext::int4_tinygemm_gemv); -1 = auto.
-# avx512 (fp32 FMA) and avx512_bf16 (`vdpbf16ps` on x rounded to bf16) serve the "avx512"
-# (64-row) layout; the "avx2" layout always takes the AVX2 loop.
-INT4_GEMV_ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3}
 
-
-def int4_gemv_best_isa() -> int:
-    """The fastest GEMV inner loop this CPU runs (a value of INT4_GEMV_ISAS); -1 without the extension."""
-    if not _int4_gemv_available():
-        return -1
-    return int(torch.ops.lowbit_ext.int4_gemv_best_isa())
-
-
-def int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, isa=-1):
-    """[M, Np] in x's dtype: lowbit's small-M int4 GEMV (lowbit/csrc/int4_tinygemm_gemv.cpp).
-
-    Every argument the C++ code relies on is checked here first (an exception thrown inside
-    the extension can crash a process whose compiler runtime differs from torch's). The
-    AVX512-BF16 loop rounds fp16/fp32 activations to bf16 (2^-9 relative per element, well
-    under the int4 weight error), as ATen's tinygemm path does; the AVX2 loop reads fp32.
-    """
-    fn = "int4_tinygemm_gemv"
+def _check_int4_tinygemm_args(x, qdata, scale_and_zero, group_size, layout, fn) -> int:
+    """Everything the C++ int4 kernels assume about their arguments; returns Np."""
     if layout not in _INT4_GEMV_BLOCK_N:
         raise ValueError(f"lowbit {fn}: layout must be one of {sorted(_INT4_GEMV_BLOCK_N)}, got {layout!r}")
     if qdata.dtype != torch.uint8 or qdata.dim() != 2:
@@ -174,6 +158,20 @@ def int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, isa=-1):
         raise ValueError(
             f"lowbit {fn}: scale_and_zero must be [{k // group_size}, {n_pad}, 2], got {tuple(scale_and_zero.shape)}"
         )
+    return n_pad
+
+
+def int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, isa=-1):
+    """[M, Np] in x's dtype: lowbit's small-M int4 GEMV (lowbit/csrc/int4_tinygemm_gemv.cpp).
+
+    Every argument the C++ code relies on is checked here first (an exception thrown inside
+    the extension can crash a process whose compiler runtime differs from torch's). The
+    AVX512-BF16 loop rounds fp16/fp32 activations to bf16 (2^-9 relative per element, well
+    under the int4 weight error), as ATen's tinygemm path does; the AVX2 and AVX512F loops
+    read fp32. ``isa``: -1 (the widest loop this CPU runs) or a value of INT4_GEMV_ISAS.
+    """
+    fn = "int4_tinygemm_gemv"
+    n_pad = _check_int4_tinygemm_args(x, qdata, scale_and_zero, group_size, layout, fn)
     if isa != -1:
         if isa not in INT4_GEMV_ISAS.values():
             raise ValueError(f"lowbit {fn}: isa must be -1 (auto) or one of {INT4_GEMV_ISAS}, got {isa}")
@@ -233,7 +231,7 @@ def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features,
     elif path == "brgemm":
         y = int4_tinygemm_brgemm(x, qdata, scale_and_zero, group_size, layout)
     elif path == "gemv":
-        y = int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout)
+        y = int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, int4_gemv_isa())
     elif path == "tinygemm":
         y = _tinygemm(x, qdata, scale_and_zero, group_size)
     else:
@@ -262,20 +260,7 @@ def _check_x(x: torch.Tensor, k: int, fn: str) -> None:
 def int4_tinygemm_brgemm(x, qdata, scale_and_zero, group_size, layout, isa=-1):
     """[M, Np] in x's dtype: the int4 tinygemm-layout weight through the AMX brgemm kernel."""
     fn = "int4_tinygemm_brgemm"
-    if layout not in _INT4_GEMV_BLOCK_N:
-        raise ValueError(f"lowbit {fn}: layout must be one of {sorted(_INT4_GEMV_BLOCK_N)}, got {layout!r}")
-    if qdata.dtype != torch.uint8 or qdata.dim() != 2:
-        raise TypeError(f"lowbit {fn}: qdata must be uint8 [Np, K/2], got {qdata.dtype} {tuple(qdata.shape)}")
-    n_pad, k = qdata.shape[0], 2 * qdata.shape[1]
-    _check_x(x, k, fn)
-    if group_size <= 0 or group_size % 2 or k % group_size:
-        raise ValueError(f"lowbit {fn}: K={k} must be a multiple of an even group_size, got {group_size}")
-    if n_pad % 16:
-        raise ValueError(f"lowbit {fn}: the packed weight has {n_pad} rows, expected a multiple of 16")
-    if tuple(scale_and_zero.shape) != (k // group_size, n_pad, 2):
-        raise ValueError(
-            f"lowbit {fn}: scale_and_zero must be [{k // group_size}, {n_pad}, 2], got {tuple(scale_and_zero.shape)}"
-        )
+    n_pad = _check_int4_tinygemm_args(x, qdata, scale_and_zero, group_size, layout, fn)
     if x.shape[0] == 0:
         return x.new_zeros((0, n_pad))
     y = torch.ops.lowbit_ext.int4_tinygemm_brgemm(

@@ -36,6 +36,8 @@ __all__ = [
     "choose_path",
     "clear_tuned_cache",
     "forced_path",
+    "int4_gemv_best_isa",
+    "int4_gemv_isa",
     "isa_class",
     "load_tuned_table",
     "path_available",
@@ -97,6 +99,46 @@ def int4_gemv_available() -> bool:
     F.linear 3.3 ms at 1 thread.
     """
     return bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_gemv")
+
+
+# Which inner loop of the int4 GEMV (ops/cpu.py INT4_GEMV_ISAS) each ISA class runs.
+# AMX class (Sapphire Rapids): the fp32-FMA AVX512F loop. Measured on the 2-core SPR VM,
+# 1 thread, hot weights (1 MiB, in L2), 4096-wide rows, ns per 64 weight bytes: M=1
+# avx512 3.0, avx512_bf16 5.4, avx2 6.7; M=4 avx512 9.7, avx512_bf16 15.3, avx2 15.6.
+# `vdpbf16ps` zmm issues at ~1 per 2.2 cycles on that core (vs 2 FMAs per cycle), so its
+# 2 MACs per lane do not pay there. AVX512-BF16 without AMX (Zen4/Zen5, where `vdpbf16ps`
+# issues like an FMA): the bf16 loop, 2 MACs per lane for half the FMA uops; NOT measured
+# (no such machine was available), chosen from the instruction tables. AVX512 without
+# bf16: the AVX512F loop (not measured either). 32-row ("avx2") packings always take the
+# AVX2 loop in C++, whatever this says.
+INT4_GEMV_LOOP = {
+    "amx": "avx512",
+    "avx512_bf16": "avx512_bf16",
+    "avx512": "avx512",
+    "avx2": "avx2",
+    "other": "scalar",
+}
+
+
+# The GEMV's inner loops (the `isa` argument of lowbit_ext::int4_tinygemm_gemv; -1 = auto,
+# the best this CPU runs). avx512 (fp32 FMA) and avx512_bf16 (`vdpbf16ps` on x rounded to
+# bf16) serve the "avx512" (64-row) layout; the "avx2" layout always takes the AVX2 loop.
+INT4_GEMV_ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3}
+
+
+@functools.cache
+def int4_gemv_best_isa() -> int:
+    """The widest GEMV inner loop this CPU can run (an ``INT4_GEMV_ISAS`` value); -1 without the extension."""
+    if not int4_gemv_available():
+        return -1
+    return int(torch.ops.lowbit_ext.int4_gemv_best_isa())
+
+
+@functools.cache
+def int4_gemv_isa() -> int:
+    """The int4 GEMV inner loop for this machine's class (an ``INT4_GEMV_ISAS`` value), capped
+    at what the CPU runs."""
+    return min(INT4_GEMV_ISAS[INT4_GEMV_LOOP[isa_class()]], int4_gemv_best_isa())
 
 
 _INF = None  # max_m of a table's last entry

@@ -278,6 +278,112 @@ _needs_gemv = pytest.mark.skipif(
 )
 
 
+# Each inner loop of the GEMV, forced in turn (as the DA8W4 tests force theirs); a CPU that
+# cannot run a loop skips only that one.
+_GEMV_ISA_NEEDS = {"scalar": "x86-64", "avx2": "AVX2 + FMA", "avx512": "AVX512F/BW",
+                   "avx512_bf16": "AVX512F/BW + AVX512-BF16"}
+
+
+def _gemv_isa_or_skip(name):
+    if not cpu_ops._int4_gemv_available():
+        pytest.skip("lowbit's C++ CPU extension with int4_tinygemm_gemv is not built here (ops/_ext.py)")
+    isa, best = cpu_ops.INT4_GEMV_ISAS[name], cpu_ops.int4_gemv_best_isa()
+    if isa > best:
+        pytest.skip(f"the {name} GEMV loop needs {_GEMV_ISA_NEEDS[name]}; this CPU's widest loop is isa {best}")
+    return isa
+
+
+def _gemv_fuzz_case(seed):
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def rint(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    group = (32, 64, 128, 256)[seed % 4]
+    # n: odd N -> a short pair-packed tail block after the full 32/64-row blocks
+    return dict(m=rint(1, 9), n=rint(1, 300), k=group * rint(1, 4), group=group,
+                layout=("avx2", "avx512")[rint(0, 1)], noncontig=bool(rint(0, 1)))
+
+
+def _gemv_inputs(c, seed):
+    t = Int4TinygemmCpuTensor.from_float(make_weight((c["n"], c["k"]), seed=seed), group_size=c["group"])
+    qdata = pack_tinygemm_cpu(unpack_tinygemm_cpu(t.qdata, t.cpu_layout), c["layout"])
+    x = torch.randn(c["k"], c["m"]).t() if c["noncontig"] else torch.randn(c["m"], c["k"])
+    return x, qdata, t.scale_and_zero
+
+
+@pytest.mark.parametrize("name", list(cpu_ops.INT4_GEMV_ISAS))
+@pytest.mark.parametrize("seed", range(6))
+def test_gemv_each_loop_matches_reference(name, seed):
+    isa = _gemv_isa_or_skip(name)
+    c = _gemv_fuzz_case(seed)
+    x, qdata, sz = _gemv_inputs(c, seed)
+    y = cpu_ops.int4_tinygemm_gemv(x, qdata, sz, c["group"], c["layout"], isa)
+    # The bf16 loop (64-row layout only; 32-row packings take the AVX2 loop) reads x rounded
+    # to bf16: against the reference on those rounded values it is as exact as the fp32
+    # loops (~110-140 dB measured), against the fp32 x it carries the rounding (~55 dB).
+    rounds_x = name == "avx512_bf16" and c["layout"] == "avx512"
+    x_used = x.to(torch.bfloat16).float() if rounds_x else x
+    ref = reference.int4_tinygemm_cpu_linear(x_used, qdata, sz, c["group"], qdata.shape[0], c["layout"])
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    assert lowbit.sqnr(ref, y) >= 100.0, (c, lowbit.sqnr(ref, y))
+    exact = reference.int4_tinygemm_cpu_linear(x, qdata, sz, c["group"], qdata.shape[0], c["layout"])
+    assert lowbit.sqnr(exact, y) >= 48.0, (c, lowbit.sqnr(exact, y))
+
+
+@pytest.mark.parametrize("name", list(cpu_ops.INT4_GEMV_ISAS))
+@pytest.mark.parametrize("act", [torch.bfloat16, torch.float16], ids=str)
+def test_gemv_each_loop_low_precision_activations(name, act):
+    isa = _gemv_isa_or_skip(name)
+    c = dict(m=5, n=200, k=512, group=128, layout="avx512", noncontig=False)
+    x, qdata, sz = _gemv_inputs(c, 7)
+    x = x.to(act)
+    y = cpu_ops.int4_tinygemm_gemv(x, qdata, sz, 128, "avx512", isa)
+    ref = reference.int4_tinygemm_cpu_linear(x.float(), qdata, sz, 128, qdata.shape[0], "avx512")
+    assert y.dtype == act
+    assert lowbit.sqnr(ref, y.float()) >= 45.0  # bf16/fp16 output rounding (~50 dB), fp16 x to bf16
+
+
+@pytest.mark.parametrize("name", list(cpu_ops.INT4_GEMV_ISAS))
+def test_gemv_each_loop_zero_rows(name):
+    isa = _gemv_isa_or_skip(name)
+    t = Int4TinygemmCpuTensor.from_float(make_weight((64, 256)), group_size=64)
+    y = cpu_ops.int4_tinygemm_gemv(torch.zeros(0, 256), t.qdata, t.scale_and_zero, 64, t.cpu_layout, isa)
+    assert y.shape == (0, t.qdata.shape[0])
+
+
+@_needs_gemv
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 3, 256), q, sz, 64, "avx512"), ValueError, "2-D"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 128), q, sz, 64, "avx512"), ValueError, "K=128"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 256), q, sz, 48, "avx512"), ValueError,
+         "group_size"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 256), q, sz, 64, "pairs32"), ValueError, "layout"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 256), q.to(torch.int8), sz, 64, "avx512"),
+         TypeError, "uint8"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 256), q, sz[:2], 64, "avx512"), ValueError,
+         "scale_and_zero"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 256), q, sz, 64, "avx512", 7), ValueError, "isa"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randint(0, 3, (2, 256)), q, sz, 64, "avx512"), TypeError,
+         "float"),
+    ],
+    ids=["3d-x", "k-mismatch", "group", "layout", "qdata-dtype", "sz-shape", "isa", "int-x"],
+)
+def test_gemv_bad_input_is_refused_before_cpp(call, exc, match):
+    t = Int4TinygemmCpuTensor.from_float(make_weight((64, 256)), group_size=64)
+    with pytest.raises(exc, match=match):
+        call(t.qdata, t.scale_and_zero)
+
+
+@_needs_gemv
+def test_gemv_loop_of_this_class_is_runnable():
+    from lowbit.ops import cpu_paths
+
+    assert 0 <= cpu_paths.int4_gemv_isa() <= cpu_ops.int4_gemv_best_isa()
+
+
 @_needs_gemv
 @pytest.mark.parametrize("layout", ["avx2", "avx512"])
 @pytest.mark.parametrize(
