@@ -23,6 +23,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -433,10 +434,42 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
   const bool use_bf16 = isa == kAvx512Bf16 && block_n == 64;
   const bool use_avx512 = isa == kAvx512 && block_n == 64;
 
-  // The bf16 loop reads x rounded to bf16, and its xsum must be the sum of those values.
-  const at::Tensor xb = use_bf16 ? x.to(at::kBFloat16).contiguous() : at::Tensor();
-  const at::Tensor xf = (use_bf16 ? xb : x).to(at::kFloat).contiguous();
-  const float* xp = xf.data_ptr<float>();
+  // x as fp32 (all loops' xsum, the AVX2/AVX512F/scalar loops) and, for the bf16 loop, as
+  // bf16: that loop reads x rounded to bf16, so its xsum is the sum of the rounded values.
+  // Plain loops instead of ATen casts: a decode-size call (M = 1, K ~ 600) spent ~2 us per
+  // small ATen op on the dev VM, as long as the kernel itself on a 576x576 layer.
+  TORCH_CHECK(x.is_contiguous(), "int4_tinygemm_gemv: x must be contiguous");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+              "int4_tinygemm_gemv: x must be float32, bfloat16 or float16");
+  std::vector<float> xf_own;
+  std::vector<c10::BFloat16> xb_own;
+  const float* xp = nullptr;
+  const c10::BFloat16* xbp = nullptr;
+  if (dt == at::kBFloat16) xbp = x.data_ptr<c10::BFloat16>();
+  if (use_bf16 && dt != at::kBFloat16) {
+    xb_own.resize(M * K);
+    if (dt == at::kFloat) {
+      const float* s = x.data_ptr<float>();
+      for (int64_t i = 0; i < M * K; ++i) xb_own[i] = c10::BFloat16(s[i]);
+    } else {
+      const c10::Half* s = x.data_ptr<c10::Half>();
+      for (int64_t i = 0; i < M * K; ++i) xb_own[i] = c10::BFloat16(static_cast<float>(s[i]));
+    }
+    xbp = xb_own.data();
+  }
+  if (dt == at::kFloat && !use_bf16) {
+    xp = x.data_ptr<float>();
+  } else {
+    xf_own.resize(M * K);
+    if (xbp != nullptr) {
+      for (int64_t i = 0; i < M * K; ++i) xf_own[i] = static_cast<float>(xbp[i]);
+    } else {
+      const c10::Half* s = x.data_ptr<c10::Half>();
+      for (int64_t i = 0; i < M * K; ++i) xf_own[i] = static_cast<float>(s[i]);
+    }
+    xp = xf_own.data();
+  }
   const int64_t ng = K / gs;
   std::vector<float> xsum(M * ng, 0.f);
   for (int64_t m = 0; m < M; ++m) {
@@ -447,8 +480,10 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
       xsum[m * ng + j] = acc;
     }
   }
-  at::Tensor y = at::zeros({M, Np}, x.options().dtype(at::kFloat));
-  float* yp = y.data_ptr<float>();
+  // fp32 accumulators (every loop adds one group at a time into them), cast once at the end.
+  at::Tensor y = at::empty({M, Np}, x.options());
+  std::vector<float> yacc(M * Np, 0.f);
+  float* yp = yacc.data();
   const uint8_t* qp = qdata.data_ptr<uint8_t>();
   const c10::BFloat16* szp = scale_and_zero.data_ptr<c10::BFloat16>();
   const int64_t n_full = Np / block_n;
@@ -462,7 +497,7 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
       const uint8_t* qb = qp + b * block_bytes;
 #ifdef LOWBIT_X86
       if (use_bf16) {
-        block_bf16_rows(xb.data_ptr<c10::BFloat16>(), xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
+        block_bf16_rows(xbp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
         continue;
       }
       if (use_avx512) {
@@ -485,7 +520,16 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
     block_scalar(xp + m * K, xsum.data() + m * ng, qp + n_full * block_bytes, szp, yp + m * Np, K, gs, Np,
                  n_full * block_n, tail, /*pairs=*/true);
   }
-  return y.to(x.scalar_type());
+  if (dt == at::kFloat) {
+    std::memcpy(y.data_ptr<float>(), yp, sizeof(float) * M * Np);
+  } else if (dt == at::kBFloat16) {
+    c10::BFloat16* o = y.data_ptr<c10::BFloat16>();
+    for (int64_t i = 0; i < M * Np; ++i) o[i] = c10::BFloat16(yp[i]);
+  } else {
+    c10::Half* o = y.data_ptr<c10::Half>();
+    for (int64_t i = 0; i < M * Np; ++i) o[i] = c10::Half(yp[i]);
+  }
+  return y;
 }
 
 }  // namespace lowbit_int4_gemv

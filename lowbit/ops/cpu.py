@@ -179,12 +179,16 @@ def int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, isa=-1):
             raise ValueError(
                 f"lowbit {fn}: isa {isa} cannot run on this CPU (best: {int4_gemv_best_isa()}); pass isa=-1"
             )
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"lowbit {fn}: x must be float32, bfloat16 or float16, got {x.dtype}; cast it")
     if x.shape[0] == 0:
         return x.new_zeros((0, n_pad))
+    if scale_and_zero.dtype != torch.bfloat16:  # a no-op .to() still costs ~1 us per call
+        scale_and_zero = scale_and_zero.to(torch.bfloat16)
     return torch.ops.lowbit_ext.int4_tinygemm_gemv(
         x.contiguous(),
         qdata.contiguous(),
-        scale_and_zero.to(torch.bfloat16).contiguous(),
+        scale_and_zero.contiguous(),
         group_size,
         _INT4_GEMV_BLOCK_N[layout],
         isa,

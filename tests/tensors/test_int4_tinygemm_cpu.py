@@ -368,8 +368,10 @@ def test_gemv_each_loop_zero_rows(name):
         (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 256), q, sz, 64, "avx512", 7), ValueError, "isa"),
         (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randint(0, 3, (2, 256)), q, sz, 64, "avx512"), TypeError,
          "float"),
+        (lambda q, sz: cpu_ops.int4_tinygemm_gemv(torch.randn(2, 256, dtype=torch.float64), q, sz, 64, "avx512"),
+         TypeError, "float64"),
     ],
-    ids=["3d-x", "k-mismatch", "group", "layout", "qdata-dtype", "sz-shape", "isa", "int-x"],
+    ids=["3d-x", "k-mismatch", "group", "layout", "qdata-dtype", "sz-shape", "isa", "int-x", "float64-x"],
 )
 def test_gemv_bad_input_is_refused_before_cpp(call, exc, match):
     t = Int4TinygemmCpuTensor.from_float(make_weight((64, 256)), group_size=64)
