@@ -177,8 +177,15 @@ def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
 # decision: M=256 VNNI 167 ms vs brgemm 173 ms). Until measured, AMX keeps the VNNI kernel;
 # `lowbit tune` times both and picks per M.
 DA8W4_AMX: list[tuple[int | None, str]] = [(_INF, "vnni")]
+# int4 up to M = 8: lowbit's GEMV with its AVX512F loop (INT4_GEMV_LOOP), which replaced the
+# tinygemm rows above. Measured on the 2-core SPR dev VM (torch 2.13, 1 thread, 512x4096
+# g128 hot in L2, min of 9 passes; the VM was shared, load ~3): us per call
+#   M=1: GEMV 108, tinygemm 164, brgemm 862;  M=2: 146, 240, 882;  M=4: 319, 434, 930;
+#   M=8: 387, 493, 554;  M=16: 683, 1,845, 456.
+# Cold at 2 threads: benchmarks/results/intel-xeon-spr-vm-2c-int4-gemv-2t.md.
+_AMX_INT4: list[tuple[int | None, str]] = [(8, "gemv"), (_INF, "brgemm")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
-    "int4_tinygemm_cpu_linear": [(4, "tinygemm"), (_INF, "brgemm")],
+    "int4_tinygemm_cpu_linear": _AMX_INT4,
     "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
     "int8_dynamic_linear": [(2, "gemv"), (_INF, "brgemm")],
     "da8w4_linear": DA8W4_AMX,
