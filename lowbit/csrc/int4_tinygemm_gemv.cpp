@@ -15,6 +15,15 @@
 // prefetch distance (1-4 KiB) changes nothing measurable. Two processes each running it
 // on one core get the same per-core time, so memory is not yet shared-limiting.
 //
+// Inner loops (the `isa` argument; ops/cpu_paths.py INT4_GEMV_LOOP picks one per CPU class):
+//   avx2        32- and 64-row blocks, fp32 FMA on 256-bit registers (the scheme above);
+//   avx512      64-row blocks, the same scheme on 512-bit registers (Sapphire Rapids: ~3 ns
+//               per 64 weight bytes at M = 1 on one core with the weights in L2, vs 6.7 for avx2);
+//   avx512_bf16 64-row blocks, nibbles turned into bf16 with one bitwise op and `vdpbf16ps`
+//               (2 MACs per lane), x rounded to bf16; meant for Zen4/Zen5, where that
+//               instruction issues like an FMA (on Sapphire Rapids it is 2x slower per MAC);
+//   scalar      any CPU, and the short tail block of every call.
+//
 // Layouts served: "avx2" (32-row blocks) and "avx512" (64-row blocks). In both, a full
 // block of B rows is a [K, B/2] byte matrix where byte c holds row c in its low nibble and
 // row c + B/2 in its high nibble. Short tail blocks (nb < B rows) are [K, nb/2] bytes of
@@ -211,21 +220,58 @@ static void block_avx2_rows(const float* x, const float* xsum, const uint8_t* q,
 // `vfmadd231ps` zmm), so its 2 MACs per lane cost as much as 2 FMAs plus the ports.
 #define LOWBIT_AVX512_TARGET __attribute__((target("avx512f,avx512bw")))
 
+// Group epilogue helpers shared by the two 512-bit loops (64-row blocks).
+// s, c = scale, zero - offset * scale of the block's 64 rows in group row `g`: 4 x 16 dwords
+// of bf16 (scale, zero) pairs, scale in the low half, zero in the high half.
+LOWBIT_AVX512_TARGET static inline void group_scales64(const c10::BFloat16* g, float offset, __m512 s[4],
+                                                       __m512 c[4]) {
+  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m512 off = _mm512_set1_ps(offset);
+  for (int v = 0; v < 4; ++v) {
+    const __m512i p = _mm512_loadu_si512(g + 32 * v);
+    s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
+    c[v] = _mm512_fnmadd_ps(off, s[v], _mm512_castsi512_ps(_mm512_and_si512(p, hi16)));
+  }
+}
+
+template <int KU, int MR>
+LOWBIT_AVX512_TARGET static inline void zero_acc(__m512 (&acc)[KU][MR][4]) {
+  for (int u = 0; u < KU; ++u)
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) acc[u][m][i] = _mm512_setzero_ps();
+}
+
+// a[i] = sum over the KU unrolled accumulators of row m.
+template <int KU, int MR>
+LOWBIT_AVX512_TARGET static inline void sum_unrolled(const __m512 (&acc)[KU][MR][4], int m, __m512 a[4]) {
+  for (int i = 0; i < 4; ++i) {
+    a[i] = acc[0][m][i];
+    for (int u = 1; u < KU; ++u) a[i] = _mm512_add_ps(a[i], acc[u][m][i]);
+  }
+}
+
+// yr[0, 64) += s * rows + c * xsum (rows in order).
+LOWBIT_AVX512_TARGET static inline void add_group64(float* yr, const __m512 s[4], const __m512 c[4],
+                                                    const __m512 rows[4], float xsum) {
+  const __m512 xs = _mm512_set1_ps(xsum);
+  for (int v = 0; v < 4; ++v) {
+    _mm512_storeu_ps(yr + 16 * v, _mm512_add_ps(_mm512_loadu_ps(yr + 16 * v),
+                                                _mm512_fmadd_ps(s[v], rows[v], _mm512_mul_ps(c[v], xs))));
+  }
+}
+
 template <int MR, int KU>
 LOWBIT_AVX512_TARGET static void block_avx512_mr(const float* x, const float* xsum, const uint8_t* q,
                                                  const c10::BFloat16* sz, float* y, int64_t K, int64_t gs,
                                                  int64_t Np, int64_t r0) {
   constexpr int H = 32;  // bytes per k in a 64-row block
   const __m512i mask = _mm512_set1_epi32(0x0F);
-  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  const __m512 sixteenth = _mm512_set1_ps(1.f / 16.f), eight = _mm512_set1_ps(8.f);
+  const __m512 sixteenth = _mm512_set1_ps(1.f / 16.f);
   const int64_t ng = K / gs;
   for (int64_t g0 = 0; g0 < K; g0 += gs) {
     // acc[u][m][0/1]: x*b and x*lo for bytes 0-15; [2/3]: the same for bytes 16-31.
     __m512 acc[KU][MR][4];
-    for (int u = 0; u < KU; ++u)
-      for (int m = 0; m < MR; ++m)
-        for (int i = 0; i < 4; ++i) acc[u][m][i] = _mm512_setzero_ps();
+    zero_acc<KU, MR>(acc);
     const uint8_t* ba = q + g0 * H;
     for (int64_t k = g0; k < g0 + gs; k += KU) {
       for (int u = 0; u < KU; ++u, ba += H) {
@@ -243,45 +289,29 @@ LOWBIT_AVX512_TARGET static void block_avx512_mr(const float* x, const float* xs
         }
       }
     }
-    // 64 rows' (scale, zero) bf16 pairs = 4 x 16 dwords: scale in the low half, zero in the high.
-    const c10::BFloat16* g = sz + (g0 / gs) * Np * 2 + r0 * 2;
     __m512 s[4], c[4];
-    for (int v = 0; v < 4; ++v) {
-      const __m512i p = _mm512_loadu_si512(g + 32 * v);
-      s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
-      c[v] = _mm512_fnmadd_ps(eight, s[v], _mm512_castsi512_ps(_mm512_and_si512(p, hi16)));  // z - 8 s
-    }
+    group_scales64(sz + (g0 / gs) * Np * 2 + r0 * 2, 8.f, s, c);  // y += s * acc + (z - 8 s) * xsum
     for (int m = 0; m < MR; ++m) {
       __m512 a[4];
-      for (int i = 0; i < 4; ++i) {
-        a[i] = acc[0][m][i];
-        for (int u = 1; u < KU; ++u) a[i] = _mm512_add_ps(a[i], acc[u][m][i]);
-      }
+      sum_unrolled<KU, MR>(acc, m, a);
       // rows 0-15, 16-31 (low nibbles), 32-47, 48-63 (high nibbles: (b - lo) / 16)
       const __m512 rows[4] = {a[1], a[3], _mm512_mul_ps(_mm512_sub_ps(a[0], a[1]), sixteenth),
                               _mm512_mul_ps(_mm512_sub_ps(a[2], a[3]), sixteenth)};
-      const __m512 xs = _mm512_set1_ps(xsum[m * ng + g0 / gs]);
-      float* yr = y + m * Np + r0;
-      for (int v = 0; v < 4; ++v) {
-        _mm512_storeu_ps(yr + 16 * v, _mm512_add_ps(_mm512_loadu_ps(yr + 16 * v),
-                                                    _mm512_fmadd_ps(s[v], rows[v], _mm512_mul_ps(c[v], xs))));
-      }
+      add_group64(y + m * Np + r0, s, c, rows, xsum[m * ng + g0 / gs]);
     }
   }
 }
 
-// Rows [0, M) of fp32 x against one full 64-row block, in tiles of up to 4 rows; two k in
-// flight at M = 1 for the FMA latency (4 chains per k, 2 FMA ports).
-static void block_avx512_rows(const float* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz,
-                              float* y, int64_t M, int64_t K, int64_t gs, int64_t Np, int64_t r0) {
-  const int64_t ng = K / gs;
-  int64_t m = 0;
-  for (; m + 4 <= M; m += 4) block_avx512_mr<4, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-  const int64_t r = M - m;
-  if (r == 3) block_avx512_mr<3, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-  else if (r == 2) block_avx512_mr<2, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-  else if (r == 1) block_avx512_mr<1, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-}
+// The AVX512F loop for an MR-row tile: two k in flight at M = 1 for the FMA latency (4
+// chains per k, 2 FMA ports).
+struct Avx512Loop {
+  using X = float;
+  template <int MR>
+  static void run(const float* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz, float* y, int64_t K,
+                  int64_t gs, int64_t Np, int64_t r0) {
+    block_avx512_mr<MR, MR == 1 ? 2 : 1>(x, xsum, q, sz, y, K, gs, Np, r0);
+  }
+};
 
 // ------------------------------------------------------------------ AVX512-BF16 loop
 //
@@ -310,17 +340,13 @@ LOWBIT_BF16_TARGET static void block_bf16_mr(const c10::BFloat16* x, const float
   constexpr int H = 32;  // bytes per k in a 64-row block
   const __m512i mask = _mm512_set1_epi16(0x000F);
   const __m512i bias = _mm512_set1_epi16(0x4300);  // bf16 128.0
-  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  const __m512 c136 = _mm512_set1_ps(136.f);
   // Rows 0..15 of a 32-row half = lanes 0-3 of acc0, 0-3 of acc1, 4-7 of acc0, 4-7 of acc1.
   const __m512i idx_a = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i idx_b = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   const int64_t ng = K / gs;
   for (int64_t g0 = 0; g0 < K; g0 += gs) {
     __m512 acc[KU][MR][4];
-    for (int u = 0; u < KU; ++u)
-      for (int m = 0; m < MR; ++m)
-        for (int i = 0; i < 4; ++i) acc[u][m][i] = _mm512_setzero_ps();
+    zero_acc<KU, MR>(acc);
     const uint8_t* ba = q + g0 * H;
     for (int64_t k = g0; k < g0 + gs; k += 2 * KU) {
       for (int u = 0; u < KU; ++u, ba += 2 * H) {
@@ -345,48 +371,43 @@ LOWBIT_BF16_TARGET static void block_bf16_mr(const c10::BFloat16* x, const float
         }
       }
     }
-    // 64 rows' (scale, zero) bf16 pairs = 4 x 16 dwords: scale in the low half, zero in the high.
-    const c10::BFloat16* g = sz + (g0 / gs) * Np * 2 + r0 * 2;
     __m512 s[4], c[4];
-    for (int v = 0; v < 4; ++v) {
-      const __m512i p = _mm512_loadu_si512(g + 32 * v);
-      s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
-      c[v] = _mm512_fnmadd_ps(c136, s[v], _mm512_castsi512_ps(_mm512_and_si512(p, hi16)));  // z - 136 s
-    }
+    group_scales64(sz + (g0 / gs) * Np * 2 + r0 * 2, 136.f, s, c);  // y += s * acc + (z - 136 s) * xsum
     for (int m = 0; m < MR; ++m) {
       __m512 a[4];
-      for (int i = 0; i < 4; ++i) {
-        a[i] = acc[0][m][i];
-        for (int u = 1; u < KU; ++u) a[i] = _mm512_add_ps(a[i], acc[u][m][i]);
-      }
+      sum_unrolled<KU, MR>(acc, m, a);
       const __m512 rows[4] = {_mm512_permutex2var_ps(a[0], idx_a, a[1]), _mm512_permutex2var_ps(a[0], idx_b, a[1]),
                               _mm512_permutex2var_ps(a[2], idx_a, a[3]), _mm512_permutex2var_ps(a[2], idx_b, a[3])};
-      const __m512 xs = _mm512_set1_ps(xsum[m * ng + g0 / gs]);
-      float* yr = y + m * Np + r0;
-      for (int v = 0; v < 4; ++v) {
-        _mm512_storeu_ps(yr + 16 * v, _mm512_add_ps(_mm512_loadu_ps(yr + 16 * v),
-                                                    _mm512_fmadd_ps(s[v], rows[v], _mm512_mul_ps(c[v], xs))));
-      }
+      add_group64(y + m * Np + r0, s, c, rows, xsum[m * ng + g0 / gs]);
     }
   }
 }
 
-// Rows [0, M) of bf16 x against one full 64-row block, in tiles of up to 4 rows (each tile
-// re-converts the block's group from L1). Two k pairs in flight at M = 1 and 2 for the
-// dot-product latency.
-static void block_bf16_rows(const c10::BFloat16* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz,
-                            float* y, int64_t M, int64_t K, int64_t gs, int64_t Np, int64_t r0) {
+// The AVX512-BF16 loop for an MR-row tile: two k pairs in flight at M = 1 and 2 for the
+// dot-product latency (when the group holds a multiple of 4 k).
+struct Bf16Loop {
+  using X = c10::BFloat16;
+  template <int MR>
+  static void run(const c10::BFloat16* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz, float* y,
+                  int64_t K, int64_t gs, int64_t Np, int64_t r0) {
+    if (MR <= 2 && gs % 4 == 0) block_bf16_mr<MR, 2>(x, xsum, q, sz, y, K, gs, Np, r0);
+    else block_bf16_mr<MR, 1>(x, xsum, q, sz, y, K, gs, Np, r0);
+  }
+};
+
+// Rows [0, M) of x against one full 64-row block, in tiles of up to 4 rows (each tile
+// re-converts the block's group, which is in L1 by then).
+template <class Loop>
+static void block_rows64(const typename Loop::X* x, const float* xsum, const uint8_t* q, const c10::BFloat16* sz,
+                         float* y, int64_t M, int64_t K, int64_t gs, int64_t Np, int64_t r0) {
   const int64_t ng = K / gs;
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) block_bf16_mr<4, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  for (; m + 4 <= M; m += 4) Loop::template run<4>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
   const int64_t r = M - m;
-  if (r == 3) block_bf16_mr<3, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-  else if (r == 2 && gs % 4 == 0) block_bf16_mr<2, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-  else if (r == 2) block_bf16_mr<2, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-  else if (r == 1 && gs % 4 == 0) block_bf16_mr<1, 2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
-  else if (r == 1) block_bf16_mr<1, 1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  if (r == 3) Loop::template run<3>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 2) Loop::template run<2>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
+  else if (r == 1) Loop::template run<1>(x + m * K, xsum + m * ng, q, sz, y + m * Np, K, gs, Np, r0);
 }
-
 #endif
 
 static int64_t detect_isa() {
@@ -497,11 +518,11 @@ at::Tensor int4_tinygemm_gemv(const at::Tensor& x, const at::Tensor& qdata, cons
       const uint8_t* qb = qp + b * block_bytes;
 #ifdef LOWBIT_X86
       if (use_bf16) {
-        block_bf16_rows(xbp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
+        block_rows64<Bf16Loop>(xbp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
         continue;
       }
       if (use_avx512) {
-        block_avx512_rows(xp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
+        block_rows64<Avx512Loop>(xp, xsum.data(), qb, szp, yp, M, K, gs, Np, b * 64);
         continue;
       }
       if (isa >= kAvx2) {

@@ -1,8 +1,9 @@
 """Groupwise int4 weights (float zero point) for ATen's CPU tinygemm kernel.
 
 Kernel dispatch (``lowbit::int4_tinygemm_cpu_linear``, ops/cpu.py), same numerics on
-every path: one activation row runs lowbit's AVX2 GEMV (lowbit/csrc/
-int4_tinygemm_gemv.cpp) when lowbit's C++ extension is built; otherwise, and up to
+every path: small batches run lowbit's GEMV (lowbit/csrc/int4_tinygemm_gemv.cpp: an
+AVX2, AVX512F or AVX512-BF16 inner loop per CPU class, ops/cpu_paths.py INT4_GEMV_LOOP)
+when lowbit's C++ extension is built; otherwise, and up to
 ``CPU_INT4_TINYGEMM_MAX_M`` rows, ``aten._weight_int4pack_mm_for_cpu`` (tinygemm);
 above that the weight is dequantized into a GEMM, in fp32 on CPUs without native bf16
 (``_gemm_dtype``), because tinygemm's unpacking per 4-row block stops paying once the
