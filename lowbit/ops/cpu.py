@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..device_caps import cpu_has_native_bf16
@@ -212,11 +214,32 @@ def _int4_tinygemm_cpu_linear_traced(x, qdata, scale_and_zero, group_size, out_f
     decode step pays no Python per linear (the custom op's body cost ~20-40 us per call,
     121 calls per SmolLM2 token). Anything else records the custom op."""
     m = x.shape[0]
-    if (type(m) is int and m > 0 and x.dim() == 2 and layout == tinygemm_cpu_layout()
-            and choose_path("int4_tinygemm_cpu_linear", m) == "tinygemm"):
+    static = type(m) is int and m > 0 and x.dim() == 2 and layout == tinygemm_cpu_layout()
+    path = choose_path("int4_tinygemm_cpu_linear", m) if static else None
+    y = None
+    if path == "tinygemm":
         y = _tinygemm(x, qdata, scale_and_zero, group_size)
+    elif path == "gemv" and layout in _INT4_GEMV_BLOCK_N and _gemv_traceable():
+        # The same checks as in eager (on the static shapes, at trace time), then the
+        # extension op itself, which has a fake implementation (_gemv_traceable).
+        y = int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, int4_gemv_isa())
+    if y is not None:
         return y if y.shape[1] == out_features else y[:, :out_features].contiguous()
     return torch.ops.lowbit.int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout)
+
+
+@functools.cache
+def _gemv_traceable() -> bool:
+    """Give ``lowbit_ext::int4_tinygemm_gemv`` a fake implementation (once the extension is
+    loaded) so torch.compile graphs can call it directly; False without the extension."""
+    if not _int4_gemv_available():
+        return False
+
+    @torch.library.register_fake("lowbit_ext::int4_tinygemm_gemv")
+    def _fake(x, qdata, scale_and_zero, group_size, block_n, isa=-1):
+        return x.new_empty((x.shape[0], qdata.shape[0]))
+
+    return True
 
 
 @_register("int4_tinygemm_cpu_linear")

@@ -29,7 +29,12 @@ class TestInt4TinygemmCpu(FormatConformance):
     batch_sizes = [1, 7, 33, BIG_M, 130]  # both sides of the tinygemm / GEMM switch
     min_linear_sqnr = 40.0
     fuzz_group_sizes = (32, 64, 128, 256)
-    traced_ops = (torch.ops.aten._weight_int4pack_mm_for_cpu.default,)  # where the table picks tinygemm
+
+    @property
+    def traced_ops(self):
+        # Where the table picks tinygemm / lowbit's GEMV (the extension's op, when it is built).
+        ops = (torch.ops.aten._weight_int4pack_mm_for_cpu.default,)
+        return ops + ((torch.ops.lowbit_ext.int4_tinygemm_gemv.default,) if cpu_ops._int4_gemv_available() else ())
 
     def make(self, w):
         return Int4TinygemmCpuTensor.from_float(w, group_size=64)
@@ -246,9 +251,11 @@ def test_compiled_graph_calls_lowbit_kernel(m):
     with torch.no_grad():
         eager = mod(x)
         out, code = run_and_get_code(torch.compile(mod, fullgraph=True), x)
-    # The tinygemm path is traced into the graph as ATen's kernel; the others stay lowbit's op.
-    want = "_weight_int4pack_mm_for_cpu" if choose_path("int4_tinygemm_cpu_linear", m) == "tinygemm" else \
-        "lowbit.int4_tinygemm_cpu_linear"
+    # The tinygemm and GEMV paths are traced into the graph as the kernels themselves; the
+    # others stay lowbit's op.
+    path = choose_path("int4_tinygemm_cpu_linear", m)
+    want = {"tinygemm": "_weight_int4pack_mm_for_cpu", "gemv": "lowbit_ext.int4_tinygemm_gemv"}.get(
+        path, "lowbit.int4_tinygemm_cpu_linear")
     assert want in "\n".join(code)
     assert torch.equal(out, eager)
 
