@@ -29,34 +29,39 @@ from lowbit.ops import cpu as cpu_ops  # noqa: E402
 from lowbit.ops import cpu_paths  # noqa: E402
 from lowbit.packing.int4 import tinygemm_cpu_layout  # noqa: E402
 
-GROUP = 128
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 
 
-def _rows(layout: str) -> dict[str, object]:
+def _group(k: int) -> int:
+    """g128 where K allows it (the issue's targets), else the largest of 64 / 32 dividing K."""
+    return next(g for g in (128, 64, 32) if k % g == 0)
+
+
+def _rows(layout: str, group: int) -> dict[str, object]:
     """name -> fn(x, qdata, scale_and_zero) for every kernel this machine runs."""
-    rows = {"tinygemm (ATen)": lambda x, q, sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q, GROUP, sz)}
+    rows = {"tinygemm (ATen)": lambda x, q, sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q, group, sz)}
     if cpu_paths.path_available("int4_tinygemm_cpu_linear", "brgemm"):
-        rows["lowbit brgemm (AMX)"] = lambda x, q, sz: cpu_ops.int4_tinygemm_brgemm(x, q, sz, GROUP, layout)
+        rows["lowbit brgemm (AMX)"] = lambda x, q, sz: cpu_ops.int4_tinygemm_brgemm(x, q, sz, group, layout)
     best = cpu_ops.int4_gemv_best_isa()
     for name, isa in cpu_ops.INT4_GEMV_ISAS.items():
         if name != "scalar" and 0 <= isa <= best:
             rows[f"lowbit GEMV {name}"] = (
-                lambda i: (lambda x, q, sz: cpu_ops.int4_tinygemm_gemv(x, q, sz, GROUP, layout, i))
+                lambda i: (lambda x, q, sz: cpu_ops.int4_tinygemm_gemv(x, q, sz, group, layout, i))
             )(isa)
     return rows
 
 
 def run_shape(n: int, k: int, ms: list[int], rounds: int, cold_bytes: int, layout: str) -> tuple[str, dict]:
     gen = torch.Generator().manual_seed(0)
+    group = _group(k)
     codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
     qdata = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    sz = (torch.rand(k // GROUP, qdata.shape[0], 2, generator=gen) * 0.01).to(torch.bfloat16)
+    sz = (torch.rand(k // group, qdata.shape[0], 2, generator=gen) * 0.01).to(torch.bfloat16)
     q_bytes = qdata.numel() + sz.numel() * sz.element_size()
     q_copies = [(qdata.clone(), sz.clone()) for _ in range(C.copies_for(q_bytes, cold_bytes, 256))]
     w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     w_copies = [w.clone() for _ in range(C.copies_for(w.numel() * 2, cold_bytes))]
-    rows = {"bf16 F.linear": None, **_rows(layout)}
+    rows = {"bf16 F.linear": None, **_rows(layout, group)}
     times: dict[str, dict[int, list[float]]] = {r: {m: [] for m in ms} for r in rows}
     for m in ms:
         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
@@ -79,7 +84,7 @@ def run_shape(n: int, k: int, ms: list[int], rounds: int, cold_bytes: int, layou
             t, fastest = med[name][m], min(times[name][m])
             cells.append(f"{C.fmt_us(t)} [{C.fmt_us(fastest)}] ({med['bf16 F.linear'][m] / t:.2f}x)")
         body.append([name] + cells)
-    table = f"### N={n}, K={k} (int4 g{GROUP}: {q_bytes / C.MiB:.1f} MiB, {len(q_copies)} copies)\n\n"
+    table = f"### N={n}, K={k} (int4 g{group}: {q_bytes / C.MiB:.1f} MiB, {len(q_copies)} copies)\n\n"
     return table + C.md_table(header, body), {"q_bytes": q_bytes, "m1": {r: med[r][ms[0]] for r in rows}}
 
 

@@ -216,8 +216,8 @@ static void block_avx2_rows(const float* x, const float* xsum, const uint8_t* q,
 // high-nibble rows' sums follow in the epilogue as (sum x*b - sum x*lo) / 16. Rows come
 // out in order. Per k pair (64 bytes): 16 conversion uops + 8 FMA per activation row.
 // On Sapphire Rapids this beats the bf16 dot-product loop below: `vdpbf16ps` zmm issues
-// at ~1 per 2.2 cycles there (8-chain microbenchmark: 0.75-0.9 ns vs 0.19 ns for
-// `vfmadd231ps` zmm), so its 2 MACs per lane cost as much as 2 FMAs plus the ports.
+// ~4x slower than `vfmadd231ps` zmm there (benchmarks/x86_dot_throughput.py), so its 2
+// MACs per lane cost more than 2 FMAs.
 #define LOWBIT_AVX512_TARGET __attribute__((target("avx512f,avx512bw")))
 
 // Group epilogue helpers shared by the two 512-bit loops (64-row blocks).

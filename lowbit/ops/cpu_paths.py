@@ -105,8 +105,8 @@ def int4_gemv_available() -> bool:
 # AMX class (Sapphire Rapids): the fp32-FMA AVX512F loop. Measured on the 2-core SPR VM,
 # 1 thread, hot weights (1 MiB, in L2), 4096-wide rows, ns per 64 weight bytes: M=1
 # avx512 3.0, avx512_bf16 5.4, avx2 6.7; M=4 avx512 9.7, avx512_bf16 15.3, avx2 15.6.
-# `vdpbf16ps` zmm issues at ~1 per 2.2 cycles on that core (vs 2 FMAs per cycle), so its
-# 2 MACs per lane do not pay there. AVX512-BF16 without AMX (Zen4/Zen5, where `vdpbf16ps`
+# `vdpbf16ps` zmm issues ~4x slower than `vfmadd231ps` zmm on that core (benchmarks/
+# x86_dot_throughput.py: 0.75-0.9 vs 0.19-0.2 ns quiet), so its 2 MACs per lane cost more. AVX512-BF16 without AMX (Zen4/Zen5, where `vdpbf16ps`
 # issues like an FMA): the bf16 loop, 2 MACs per lane for half the FMA uops; NOT measured
 # (no such machine was available), chosen from the instruction tables. AVX512 without
 # bf16: the AVX512F loop (not measured either). 32-row ("avx2") packings always take the
