@@ -106,8 +106,9 @@ def _aot_forward_ops(fn, x) -> set[str]:
 @pytest.mark.parametrize("m", [1, 3])
 def test_compiled_graph_calls_the_int4_cpu_kernel_directly(m):
     # The traced kernel (ops/library.py register_traced_kernel): with the tinygemm path
-    # chosen, the graph holds ATen's int4 kernel itself, not lowbit's Python op; other
-    # paths keep the custom op. Both give the eager answer.
+    # chosen, the graph holds ATen's int4 kernel itself, not lowbit's Python op (with the
+    # GEMV chosen, the extension's GEMV op); other paths keep the custom op. All give the
+    # eager answer.
     from lowbit.ops.cpu_paths import forced_path, path_available
 
     lin = torch.nn.Linear(256, 200, bias=False).to(torch.bfloat16)  # 200: padded rows are sliced off
@@ -119,8 +120,12 @@ def test_compiled_graph_calls_the_int4_cpu_kernel_directly(m):
         ops = _aot_forward_ops(lin, x)
         assert "aten._weight_int4pack_mm_for_cpu.default" in ops and f"lowbit.{op}.default" not in ops, ops
         assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), eager)
-    other = "gemv" if path_available(op, "gemv") else "dequant_gemm"
-    with forced_path(op, other):
+    if path_available(op, "gemv"):  # lowbit's GEMV is traced as the extension's op itself
+        with forced_path(op, "gemv"):
+            ops = _aot_forward_ops(lin, x)
+            assert "lowbit_ext.int4_tinygemm_gemv.default" in ops and f"lowbit.{op}.default" not in ops, ops
+            assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), lin(x))
+    with forced_path(op, "dequant_gemm"):
         ops = _aot_forward_ops(lin, x)
         assert f"lowbit.{op}.default" in ops, ops
         assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), lin(x))
