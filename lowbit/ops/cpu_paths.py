@@ -182,7 +182,9 @@ DA8W4_AMX: list[tuple[int | None, str]] = [(_INF, "vnni")]
 # g128 hot in L2, min of 9 passes; the VM was shared, load ~3): us per call
 #   M=1: GEMV 108, tinygemm 164, brgemm 862;  M=2: 146, 240, 882;  M=4: 319, 434, 930;
 #   M=8: 387, 493, 554;  M=16: 683, 1,845, 456.
-# Cold at 2 threads: benchmarks/results/intel-xeon-spr-vm-2c-int4-gemv-2t.md.
+# Cold, 4096x4096, 2 threads (benchmarks/results/intel-xeon-spr-vm-2c-int4-gemv.md, run B,
+# load 1.4-2.5), median us: M=1 GEMV 574, tinygemm 713, brgemm 2,635, bf16 2,339;
+# M=4 1,086, 1,460, 2,985; M=8 2,140, 2,953, 2,715; M=16 5,089, 5,949, 3,383.
 _AMX_INT4: list[tuple[int | None, str]] = [(8, "gemv"), (_INF, "brgemm")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": _AMX_INT4,
