@@ -1,4 +1,4 @@
-"""benchmarks/linear.py --quick still runs (a smoke test; benchmarks are never unit tests)."""
+"""benchmarks/linear.py and int4_gemv_cpu.py --quick still run (smoke tests; benchmarks are never unit tests)."""
 
 import subprocess
 import sys
@@ -26,3 +26,20 @@ def test_linear_benchmark_quick_runs(tmp_path, extra):
     else:
         assert "lowbit int8-weight-only" in text and "lowbit int8-dynamic" in text
         assert "% of read BW" in text
+
+
+@pytest.mark.slow
+def test_int4_gemv_benchmark_quick_runs(tmp_path):
+    from lowbit.ops.cpu_paths import int4_gemv_available
+
+    if not int4_gemv_available():
+        pytest.skip("benchmarks/int4_gemv_cpu.py times lowbit's C++ GEMV: the extension is not built here")
+    out = tmp_path / "result.md"
+    proc = subprocess.run(
+        [sys.executable, str(_SCRIPT.parent / "int4_gemv_cpu.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.strip() == proc.stdout.strip()
+    assert "CPU:" in text and "lowbit GEMV" in text and "tinygemm (ATen)" in text
