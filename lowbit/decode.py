@@ -35,7 +35,7 @@ def static_compiled_decode(
     mode: str | None = None,
     backend: str = "inductor",
     fullgraph: bool = True,
-    skip_module_guards: bool = True,
+    skip_module_guards: bool = False,
     cpp_wrapper: bool = False,
 ) -> None:
     """Make ``model.generate`` use a static KV cache of ``max_cache_len`` and a compiled decode step.
@@ -51,10 +51,12 @@ def static_compiled_decode(
         skip_module_guards: drop dynamo's guards on the model's modules and parameters
             (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``), keeping those on the
             step's inputs and the cache. Checking them took ~2-3 ms per decode step for
-            SmolLM2 with packed weights (121 quantized linears), 10-15% of a token. The
-            price: a model changed after the first compiled call (weights swapped,
-            re-quantized, moved) is not noticed; call ``torch._dynamo.reset()`` then, or
-            pass False.
+            SmolLM2 with packed weights (121 quantized linears), 10-15% of a token. Only
+            for a process that compiles ONE model of its class: dynamo shares the compiled
+            step between instances of a class and, without these guards, cannot tell them
+            apart (a second model then fails with ``KeyError: 'weight'`` or runs the first
+            one's graph); a model changed after its first compiled call is not noticed
+            either (call ``torch._dynamo.reset()``). Off by default.
         cpp_wrapper: inductor's C++ wrapper for the compiled step (``backend="inductor"``
             only): the graph's kernels are called from C++ instead of generated Python.
             SmolLM2 int4 on a 2-core Sapphire Rapids VM (loaded): 65-88 tokens/s instead

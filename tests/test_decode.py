@@ -77,17 +77,17 @@ def test_not_a_generative_model():
         static_compiled_decode(torch.nn.Linear(2, 2), 16)
 
 
-def test_module_guards_are_skipped_by_default_and_kept_on_request():
+def test_module_guards_are_kept_by_default_and_skipped_on_request():
     model = tiny_llama()
     static_compiled_decode(model, max_cache_len=32)
     cc = model.generation_config.compile_config
+    assert cc.mode == "default" and not cc.options
+    static_compiled_decode(model, max_cache_len=32, skip_module_guards=True)
+    cc = model.generation_config.compile_config
     if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
         assert cc.mode is None and cc.options["guard_filter_fn"] is torch.compiler.skip_guard_on_all_nn_modules_unsafe
-    static_compiled_decode(model, max_cache_len=32, skip_module_guards=False)
-    cc = model.generation_config.compile_config
-    assert cc.mode == "default" and not cc.options
     with pytest.raises(ValueError, match="skip_module_guards=False"):
-        static_compiled_decode(model, max_cache_len=32, mode="max-autotune")
+        static_compiled_decode(model, max_cache_len=32, mode="max-autotune", skip_module_guards=True)
     static_compiled_decode(model, max_cache_len=32, cpp_wrapper=True)
     assert model.generation_config.compile_config.options["cpp_wrapper"] is True
     with pytest.raises(ValueError, match="cpp_wrapper=True needs backend='inductor'"):
@@ -129,3 +129,16 @@ def test_compiled_graph_calls_the_int4_cpu_kernel_directly(m):
         ops = _aot_forward_ops(lin, x)
         assert f"lowbit.{op}.default" in ops, ops
         assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), lin(x))
+
+
+def test_two_models_of_one_class_in_one_process():
+    # The default keeps dynamo's module guards: a float and a fused int8 Llama (same class)
+    # each get their own compiled step and their own eager answer. (With
+    # skip_module_guards=True the second one failed with KeyError: 'weight'.)
+    a, b = tiny_llama(torch.float32), tiny_llama(torch.float32)
+    lowbit.quantize_(b, lowbit.Int8WeightOnlyConfig(), fuse_projections=True)
+    want = [_generate(copy.deepcopy(m), 5, 4) for m in (a, b)]
+    for m in (a, b):
+        static_compiled_decode(m, max_cache_len=48, backend="aot_eager")
+    torch._dynamo.reset()
+    assert [torch.equal(_generate(m, 5, 4), w) for m, w in zip((a, b), want)] == [True, True]
