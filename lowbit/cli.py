@@ -284,7 +284,7 @@ def _run_tune(args) -> int:
     if args.device == "cuda":
         from .tune_cuda import format_cuda_tune_result, tune_cuda
 
-        r = tune_cuda((n, k), cold_mib=max(args.cold_mib, 256), reps=max(args.reps, 5), save=not args.no_save)
+        r = tune_cuda((n, k), cold_mib=args.cold_mib, reps=args.reps, save=not args.no_save)
         print(format_cuda_tune_result(r))
         return 0
     r = tune((n, k), threads=args.threads, cold_mib=args.cold_mib, reps=args.reps, save=not args.no_save)

@@ -111,14 +111,14 @@ def tune_cuda(
     save: bool = True,
 ) -> CudaTuneResult:
     """Time both paths of each CUDA op at each M on an ``shape`` (N, K) layer; save and return the crossovers."""
-    if not torch.cuda.is_available():
-        raise UnsupportedError("lowbit tune --device cuda needs a CUDA GPU; none is visible to this torch "
-                               f"({torch.__version__}); run it on the machine that will serve the model")
     n, k = shape
     if n < 1 or k < 1 or n % 64 or k % 128:
         raise ValueError(f"lowbit.tune_cuda: shape must be (N a multiple of 64, K a multiple of 128), got {shape}")
     if not ms or any(m < 1 for m in ms):
         raise ValueError(f"lowbit.tune_cuda: ms must be positive batch sizes, got {ms}")
+    if not torch.cuda.is_available():
+        raise UnsupportedError("lowbit tune --device cuda needs a CUDA GPU; none is visible to this torch "
+                               f"({torch.__version__}); run it on the machine that will serve the model")
     from .ops import cuda as cuda_ops
 
     index = _index(device)

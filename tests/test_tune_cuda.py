@@ -78,10 +78,14 @@ def test_without_cuda_a_clear_error(capsys):
 
 @pytest.mark.parametrize("shape", [(100, 4096), (4096, 100), (0, 128)])
 def test_bad_shape(shape):
-    if not torch.cuda.is_available():
-        pytest.skip("the shape is checked after the CUDA check (needs a GPU)")
-    with pytest.raises(ValueError, match="shape must be"):
+    with pytest.raises(ValueError, match="shape must be"):  # checked before anything touches CUDA
         tune_cuda(shape, save=False)
+
+
+@pytest.mark.parametrize("ms", [(), (0, 4), (-1,)])
+def test_bad_batch_sizes(ms):
+    with pytest.raises(ValueError, match="ms must be positive"):
+        tune_cuda((1024, 1024), ms=ms, save=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="times CUDA kernels")
