@@ -136,6 +136,10 @@ def tune(
             for path in cpu_paths.PATHS[op]:
                 if not cpu_paths.path_available(op, path):
                     continue
+                if path == "int_mm" and cpu_paths.isa_class() in ("avx2", "other"):
+                    # torch._int_mm is a scalar loop there (1.4 s at 256x4096x4096 on an AVX2
+                    # Zen3): never the fastest, and timing it would take minutes.
+                    continue
                 with cpu_paths.forced_path(op, path):
                     row = []
                     for m in ms:

@@ -256,3 +256,25 @@ def test_da8w4_brgemm_matches_the_integer_kernel(act_mapping, m, n, k, group):
     y = torch.ops.lowbit_ext.da8w4_brgemm(codes, sa, za, gsum, t.qdata, t.scale, t.zero_point, t.qsum, group)
     ref = torch.ops.lowbit_ext.da8w4_linear(x, t.qdata, t.scale, t.zero_point, t.qsum, group, sym)
     assert lowbit.sqnr(ref, y) > 100
+
+
+def test_every_default_table_names_known_paths_for_every_op():
+    for cls, table in cpu_paths.DEFAULT_TABLES.items():
+        table = cpu_paths._generic_table() if table is None else table
+        assert set(table) == set(cpu_paths.OPS), cls
+        for op, entries in table.items():
+            assert entries[-1][0] is None, (cls, op)  # every M is served
+            assert all(p in cpu_paths.PATHS[op] for _, p in entries), (cls, op)
+
+
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_int8_dynamic_int_mm_path_is_the_exact_integer_product(m):
+    # K = 96: |sum| <= 96 * 127 * 127 < 2^24, so the fp32 GEMM over the codes is exact too;
+    # both paths must give the same bits.
+    x = torch.randn(m, 96).to(torch.bfloat16)
+    t = Int8Tensor.from_float(make_weight((40, 96), torch.float32, seed=3))
+    outs = []
+    for path in ("int_mm", "fp32_gemm"):
+        with cpu_paths.forced_path("int8_dynamic_linear", path):
+            outs.append(cpu_ops.int8_dynamic_linear(x, t.qdata, t.scale))
+    assert torch.equal(outs[0], outs[1])

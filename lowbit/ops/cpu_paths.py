@@ -53,7 +53,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     # ATen int8 GEMV | lowbit brgemm, bf16 tiles (AMX) | dequantize + GEMM
     "int8_weight_only_linear": ("gemv", "brgemm", "dequant_gemm"),
     # ATen int8 GEMV on the codes | lowbit u8s8 brgemm, int8 tiles (AMX) | fp32 GEMM on the codes
-    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm"),
+    # | torch._int_mm (oneDNN s8s8s32; fast with VNNI, a slow loop on AVX2)
+    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm"),
     # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group (AMX)
     "da8w4_linear": ("vnni", "brgemm"),
 }
@@ -193,12 +194,28 @@ _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "da8w4_linear": DA8W4_AMX,
 }
 
-# ISA class -> table (a callable for the generic one: see _generic_table). AVX512 without
-# bf16 and AVX512-BF16 without AMX (Zen4/Zen5, Ice Lake) use the generic table: no machine
-# of those classes was available to measure lowbit's kernels on (see the README).
+# AVX512-BF16/VNNI without AMX. Measured with `lowbit tune --threads 2` (two runs) on a
+# 2-core Intel Xeon VM, family 6 model 207 (Emerald Rapids) with AMX hidden by the
+# hypervisor, torch 2.13, 4096x4096, cold weights (benchmarks/results/
+# intel-xeon-emr-vm-2c-noamx-tune-2t.md). us, run 1 / run 2:
+#   int4 M=8: GEMV 2,468 / 2,423, tinygemm 3,984 / 2,275; M=16: 4,782 / 4,733 vs 4,205 / 4,753;
+#        M=256: tinygemm 72,614 / 70,998, GEMV 124,255 / 77,179 (bf16 73,397 / 59,322)
+#   int8 weight-only M=256: GEMV 75,282 / 73,355, dequant + GEMM 74,402 / 91,873
+#   int8 dynamic M=1: torch._int_mm 967 (separate script) / 1,127, GEMV 1,302 / 1,275;
+#        M=4: 2,104 vs GEMV 1,737; M=64: 4,174 vs 20,965; M=256: 12,711 vs 80,375
+# Not measured on Zen4/Zen5, where bf16 F.linear and oneDNN's int8 GEMM differ.
+_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
+    "int4_tinygemm_cpu_linear": [(8, "gemv"), (_INF, "tinygemm")],
+    "int8_weight_only_linear": [(_INF, "gemv")],
+    "int8_dynamic_linear": [(1, "int_mm"), (4, "gemv"), (_INF, "int_mm")],
+    "da8w4_linear": [(_INF, "vnni")],
+}
+
+# ISA class -> table (None: the generic one, see _generic_table). AVX512 without bf16
+# uses the generic table: no machine of that class was available to measure on.
 DEFAULT_TABLES = {
     "amx": _AMX_TABLE,
-    "avx512_bf16": None,
+    "avx512_bf16": _AVX512_BF16_TABLE,
     "avx512": None,
     "avx2": None,
     "other": None,
