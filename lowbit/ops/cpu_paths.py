@@ -190,7 +190,13 @@ _AMX_INT4: list[tuple[int | None, str]] = [(8, "gemv"), (_INF, "brgemm")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": _AMX_INT4,
     "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
-    "int8_dynamic_linear": [(2, "gemv"), (_INF, "brgemm")],
+    # int8 dynamic: torch._int_mm (oneDNN, AMX int8) from M = 2. `lowbit tune` on the host,
+    # 4096x4096 cold, us, int_mm vs brgemm (benchmarks/results/
+    # intel-xeon-model207-amx-16c-tune-{2,16}t-int_mm-2026-12-02.md): 16 threads M=4 407 vs
+    # 618, M=16 586 vs 884, M=64 820 vs 1,346, M=256 1,888 vs 2,753 (bf16 ~550-2,280); 2
+    # threads within noise of each other (M=16 2,019 vs 1,789, M=128 5,368 vs 5,973). M=1:
+    # GEMV 1,844 / 516 vs int_mm 1,957 / 527.
+    "int8_dynamic_linear": [(1, "gemv"), (_INF, "int_mm")],
     "da8w4_linear": DA8W4_AMX,
 }
 
