@@ -42,7 +42,6 @@ from torch import nn
 from .api import FqnToConfig, QuantizeReport
 from .config import BaseConfig, handler_for
 from .errors import UnsupportedError
-from .ops.alignment import aligned_copy
 from .serialization import (
     CheckpointError,
     flatten_state_dict,
@@ -294,10 +293,7 @@ class LowbitDeserialize(ConversionOps):
                 field = q.pattern_fields.get(pattern)
                 if field is None:
                     raise CheckpointError(f"{full_layer_name}: unexpected checkpoint tensor pattern {pattern!r}")
-                # transformers hands over tensors at the file's offsets (8-byte aligned in
-                # safetensors); the int8 GEMV needs 16 bytes and rounds differently on its
-                # fallback, so a reloaded model would not match the one that was saved.
-                t = aligned_copy(_one(value))
+                t = _one(value)  # rebuild_tensor copies a misaligned field to aligned memory
                 raw[f"{name}{_SEP}{field}"] = t
                 device = t.device
             new = rebuild_tensor(name, spec, raw, device or "cpu", path=path, writer=writer)

@@ -254,7 +254,11 @@ def rebuild_tensor(name: str, spec: dict, raw: dict[str, torch.Tensor], device, 
     unknown = sorted(set(spec["meta"]) - allowed)
     if unknown or "shape" not in spec["meta"] or "dtype" not in spec["meta"]:
         raise _spec_error(path, name, f"has meta keys {sorted(spec['meta'])}; {cls.__name__} takes {sorted(allowed)}")
-    data = {fld: raw.pop(f"{name}{_SEP}{fld}") for fld in spec["fields"]}
+    # Tensors straight from a file sit at its offsets (safetensors aligns to 8 bytes only);
+    # kernels with aligned loads (ops/alignment.py) need more, and the int8 GEMV's fallback
+    # for a misaligned weight rounds differently, so a reloaded model would not give the
+    # saved one's bits. One copy here, only of a misaligned field, never per call.
+    data = {fld: aligned_copy(raw.pop(f"{name}{_SEP}{fld}")) for fld in spec["fields"]}
     try:
         meta = {k: _decode_meta(v) for k, v in spec["meta"].items()}
     except (AttributeError, TypeError, ValueError) as e:

@@ -139,6 +139,22 @@ def test_quantize_on_load_equals_quantize_after_load(llama_dir, name):
         assert torch.equal(q(IDS).logits, ref(IDS).logits)
 
 
+def test_reloaded_packed_fields_are_aligned(llama_dir, tmp_path):
+    # transformers hands tensors over at the file's offsets (8-byte aligned in safetensors).
+    # Unaligned int8 weights take the GEMV's fallback, whose rounding differs, which on CPUs
+    # without AMX made a reloaded model differ from the saved one; this holds on any CPU.
+    from lowbit.ops.alignment import ALLOCATOR_ALIGN, is_aligned
+
+    q = AutoModelForCausalLM.from_pretrained(llama_dir, quantization_config=hf.LowbitConfig(CONFIGS["int8"]()))
+    q.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu")
+    fields = [(n, f, getattr(p, f)) for n, p in back.named_parameters() if isinstance(p, lowbit.LowbitTensor)
+              for f in p.data_fields if getattr(p, f) is not None]
+    assert fields
+    bad = [(n, f, t.data_ptr() % ALLOCATOR_ALIGN) for n, f, t in fields if not is_aligned(t, ALLOCATOR_ALIGN)]
+    assert not bad, bad
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_save_pretrained_then_from_pretrained_is_bit_identical(llama_dir, tmp_path, name):
     q = AutoModelForCausalLM.from_pretrained(llama_dir, quantization_config=hf.LowbitConfig(CONFIGS[name]()))
