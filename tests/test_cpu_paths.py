@@ -1,5 +1,5 @@
 """CPU kernel paths: every path this machine can run vs the reference, forced one by one;
-the brgemm (AMX) kernels alone (vector and scalar weight conversion, K tails, odd N,
+the brgemm kernels alone (vector and scalar weight conversion, K tails, odd N,
 unaligned storage); the dispatch table (no machine's thresholds assumed); lowbit.tune."""
 
 import json
@@ -28,8 +28,8 @@ def _caps() -> int:
     return cpu_paths._brgemm_caps()
 
 
-_needs_bf16_brgemm = pytest.mark.skipif(not _caps() & 1, reason="no bf16 brgemm here (needs AMX and the extension)")
-_needs_u8s8_brgemm = pytest.mark.skipif(not _caps() & 2, reason="no u8s8 brgemm here (needs AMX and the extension)")
+_needs_bf16_brgemm = pytest.mark.skipif(not _caps() & 1, reason="no bf16 brgemm here (needs AMX or AVX512-BF16, and the extension)")
+_needs_u8s8_brgemm = pytest.mark.skipif(not _caps() & 2, reason="no u8s8 brgemm here (needs AMX or AVX512-VNNI, and the extension)")
 
 _ALL_PATHS = [(op, p) for op, paths in cpu_paths.PATHS.items() for p in paths]
 
@@ -259,12 +259,28 @@ def test_da8w4_brgemm_matches_the_integer_kernel(act_mapping, m, n, k, group):
 
 
 def test_every_default_table_names_known_paths_for_every_op():
-    for cls, table in cpu_paths.DEFAULT_TABLES.items():
+    tables = {**cpu_paths.DEFAULT_TABLES, **{f"{c}/{v}": t for (c, v), t in cpu_paths.VENDOR_TABLES.items()}}
+    for cls, table in tables.items():
         table = cpu_paths._generic_table() if table is None else table
         assert set(table) == set(cpu_paths.OPS), cls
         for op, entries in table.items():
             assert entries[-1][0] is None, (cls, op)  # every M is served
             assert all(p in cpu_paths.PATHS[op] for _, p in entries), (cls, op)
+
+
+def test_vendor_table_is_used_on_its_vendor_only(monkeypatch):
+    cls = cpu_paths.isa_class()
+    fake = {op: [(None, cpu_paths.PATHS[op][0])] for op in cpu_paths.OPS}
+    monkeypatch.setitem(cpu_paths.VENDOR_TABLES, (cls, "testvendor"), fake)
+    monkeypatch.setattr(cpu_paths, "cpu_vendor", lambda: "testvendor")
+    table, where = cpu_paths.active_table()
+    assert table is fake and "testvendor" in where
+    monkeypatch.setattr(cpu_paths, "cpu_vendor", lambda: "othervendor")
+    assert cpu_paths.active_table()[0] is not fake
+
+
+def test_cpu_vendor_is_known_or_other():
+    assert cpu_paths.cpu_vendor() in ("amd", "intel", "other")
 
 
 @pytest.mark.parametrize("m", [1, 3, 17])

@@ -23,12 +23,10 @@
 //       row of the packed block holds one k for all rows of the block, so two byte rows
 //       interleave into one VNNI row.
 //   int8_brgemm_bf16(x bf16 [M, K], q int8 [N, K]) -> float32 [M, N] = x @ q^T (no scale).
-//       Computed transposed, C^T = q x^T: A operand = q block [64, k-chunk] rows converted
-//       to bf16 (exact), B = x^T packed once per call to VNNI-2 [K/2][M][2]. So the int8
-//       rows are read in storage order and never transposed.
+//       A = x, B = a 64-row block of q converted to bf16 (exact) in VNNI-2 [K/2][64][2].
 //   int8_brgemm_u8s8(xq int8 [M, K]) x q int8 [N, K] -> int32 [M, N] exact integer dot
-//       products. A = q ^ 0x80 (q + 128 as uint8: one XOR per byte), B = xq^T packed to
-//       VNNI-4 [K/4][M][4] int8; the +128 is removed as 128 * sum_k xq[m, k].
+//       products. A = xq ^ 0x80 (xq + 128 as uint8), B = a block of q in VNNI-4
+//       [K/4][64][4]; the +128 is removed as 128 * sum_k q[n, k].
 //
 // K tails: K is padded with zeros to the VNNI width inside the packed operands, so any K
 // works; any N works (the last block is short); M >= 1 (M = 0 is handled in Python).
@@ -59,23 +57,40 @@ namespace cpublas = at::native::cpublas;
 // k per brgemm call. int4: up to 4096 k of a 64-row block = 512 KiB of bf16 B operand
 // (L2-resident; fewer passes over C, which brgemm reloads per call: measured on the 2-core
 // Sapphire Rapids, 256x4096x4096, 1 thread: 512 -> 52 ms (noisy), 4096 with 32-row A
-// blocks -> 12.5 ms, bf16 F.linear 11.5-12 ms in the same runs). int8: A operand chunk of
-// 64 rows.
+// blocks -> 12.5 ms, bf16 F.linear 11.5-12 ms in the same runs). int8: kKChunkInt8 below.
 constexpr int64_t kKChunkInt4 = 4096;
-constexpr int64_t kKChunk = 1024;
-// Activation rows (int4: brgemm M) / columns (int8: brgemm N) per brgemm call.
-constexpr int64_t kTokBlock = 32;
+// Activation rows per brgemm call (brgemm M): 32 on AMX (two 16-row tiles; tuned on the
+// 2-core Sapphire Rapids), 64 on AVX512 without AMX (measured on the 2-core Zen5, 4096x4096,
+// 2 threads, M = 64 / 256: int4 3,379 -> 2,932 / 10,746 -> 10,063 us, int8 u8s8 1,994 ->
+// 1,824 / 6,221 -> 5,967 us against 32).
+static int64_t tok_block() {
+  static const int64_t b = cpublas::could_pack(at::kBFloat16) ? 32 : 64;
+  return b;
+}
 constexpr int64_t kRowBlock = 64;  // weight rows per task (int8 kernels)
 
-// 1: bf16 brgemm available, 2: u8s8 brgemm available (bit mask). ATen's brgemm runs the
-// oneDNN ukernel only where `could_pack` says the platform has it (AMX); elsewhere it would
-// run a slow reference, so lowbit does not use it there.
-int64_t brgemm_caps() {
-  int64_t caps = 0;
-  if (cpublas::could_pack(at::kBFloat16)) caps |= 1;
-#ifdef CPUBLAS_BRGEMM_U8I8I32
-  if (cpublas::could_pack(at::kByte)) caps |= 2;
+// 1: bf16 brgemm available, 2: u8s8 brgemm available (bit mask). ATen's brgemm runs
+// oneDNN's brgemm ukernel, which `could_pack` reports only for AMX; but the ukernel also
+// runs (with its own VNNI operand layouts, no packing) on AVX512-BF16 (bf16) and
+// AVX512-VNNI (u8s8) CPUs without AMX. Measured on a 2-core Zen5 (AVX512-BF16, no AMX),
+// 1 thread: bf16 32x64x4096 in 39 us (430 GFLOP/s; F.linear of the same product 94 us).
+// Without oneDNN (a torch built without MKLDNN) ATen would reject the VNNI operands.
+#if LOWBIT_X86
+#define LOWBIT_CPU_HAS(a, b, c) (__builtin_cpu_supports(a) && __builtin_cpu_supports(b) && __builtin_cpu_supports(c))
+#else
+#define LOWBIT_CPU_HAS(a, b, c) false
 #endif
+
+int64_t brgemm_caps() {
+  static const int64_t caps = [] {
+    int64_t c = 0;
+    const bool onednn = at::hasMKLDNN();
+    if (cpublas::could_pack(at::kBFloat16) || (onednn && LOWBIT_CPU_HAS("avx512f", "avx512bw", "avx512bf16"))) c |= 1;
+#ifdef CPUBLAS_BRGEMM_U8I8I32
+    if (cpublas::could_pack(at::kByte) || (onednn && LOWBIT_CPU_HAS("avx512f", "avx512bw", "avx512vnni"))) c |= 2;
+#endif
+    return c;
+  }();
   return caps;
 }
 
@@ -239,8 +254,8 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
         {
           dequant_int4_scalar(qb, szp, Np, gs, r0, nb, /*pairs=*/nb != block_n, block_n == 64, k0, kc, wbuf);
         }
-        for (int64_t m0 = 0; m0 < M; m0 += kTokBlock)
-          cpublas::brgemm(std::min(kTokBlock, M - m0), nb, kc, /*ld_a=*/K, /*ld_b=*/nb, /*ld_c=*/Np, /*add_C=*/k0 > 0, xp + m0 * K + k0,
+        for (int64_t m0 = 0; m0 < M; m0 += tok_block())
+          cpublas::brgemm(std::min(tok_block(), M - m0), nb, kc, /*ld_a=*/K, /*ld_b=*/nb, /*ld_c=*/Np, /*add_C=*/k0 > 0, xp + m0 * K + k0,
                         reinterpret_cast<const c10::BFloat16*>(wbuf), yp + m0 * Np + r0, /*is_vnni=*/true);
       }
     }
@@ -250,6 +265,168 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
 }
 
 // ------------------------------------------------------------------ int8 weights
+//
+// y = x @ q^T with the activations as brgemm's A operand (row-major [M, K], as they come)
+// and one 64-row block of q at a time as B, converted to the VNNI-E layout brgemm wants
+// for B ([K/E][64][E]: E consecutive k of one row per 32-bit word) by 16x16 transposes of
+// words, in registers. C is y itself (ld N), so nothing is transposed on the way out.
+// (The first version multiplied C^T = q x^T with q as A and x^T packed as B: its [N, M]
+// -> [M, N] output transpose and 1024-k chunks made it 0.87-0.91x bf16 F.linear at
+// M = 64-256 on a 2-core Zen5.)
+
+#if LOWBIT_X86
+static bool have_avx512bw() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
+}
+
+// In-register transpose of 16 rows of 16 32-bit words: four rounds of interleaving row i
+// with row i + 8 (a perfect shuffle; four of them transpose a 16x16 matrix).
+__attribute__((target("avx512f"))) static inline void transpose16_ps(__m512 v[16]) {
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (int round = 0; round < 4; ++round) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_permutex2var_ps(v[i], lo, v[i + 8]);
+      t[2 * i + 1] = _mm512_permutex2var_ps(v[i], hi, v[i + 8]);
+    }
+    for (int i = 0; i < 16; ++i) v[i] = t[i];
+  }
+}
+#endif
+
+static bool use_avx512bw(int64_t isa) {
+#if LOWBIT_X86
+  return isa != 0 && have_avx512bw();
+#else
+  return false;
+#endif
+}
+
+static inline uint16_t to_vnni_elem(int8_t v, uint16_t*) { return f32_to_bf16_rne(static_cast<float>(v)); }
+static inline int8_t to_vnni_elem(int8_t v, int8_t*) { return v; }
+
+// Rows [r_begin, r_end) x k [k_begin, k_end) of the block (rows n0 + r of q, k offsets from
+// k0) into B words (w, r) at out[(w * ldb + r) * E]; k >= kc (the K padding) is zero.
+template <int E, typename T>
+static void int8_block_to_vnni_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t r_begin, int64_t r_end,
+                                      int64_t k0, int64_t k_begin, int64_t k_end, int64_t kc, int64_t ldb, T* out) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    const int8_t* src = q + (n0 + r) * K + k0;
+    for (int64_t k = k_begin; k < k_end; ++k)
+      out[((k / E) * ldb + r) * E + (k % E)] = to_vnni_elem(k < kc ? src[k] : int8_t(0), out);
+  }
+}
+
+#if LOWBIT_X86
+// 16 rows x 32 k per step: each row's 32 codes -> 32 bf16 (exact) = 16 words of k pairs;
+// the transpose turns 16 row vectors into 16 k-pair vectors of 16 rows.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void int8_block_to_vnni2_avx512(
+    const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc, int64_t kcp, int64_t ldb,
+    uint16_t* out) {
+  const int64_t kv = kc / 32 * 32, rv = nb / 16 * 16;
+  for (int64_t r0 = 0; r0 < rv; r0 += 16) {
+    for (int64_t k = 0; k < kv; k += 32) {
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i) {
+        const int8_t* src = q + (n0 + r0 + i) * K + k0 + k;
+        const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+        const __m512 b =
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16))));
+        v[i] = _mm512_castsi512_ps(reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a)));
+      }
+      transpose16_ps(v);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(reinterpret_cast<float*>(out + ((k / 2 + j) * ldb + r0) * 2), v[j]);
+    }
+  }
+  int8_block_to_vnni_scalar<2>(q, K, n0, 0, rv, k0, kv, kcp, kc, ldb, out);
+  int8_block_to_vnni_scalar<2>(q, K, n0, rv, nb, k0, 0, kcp, kc, ldb, out);
+}
+
+// 16 rows x 64 k per step: 64 codes = 16 words of 4 k, transposed as they are.
+__attribute__((target("avx512f,avx512bw"))) static void int8_block_to_vnni4_avx512(
+    const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc, int64_t kcp, int64_t ldb,
+    int8_t* out) {
+  const int64_t kv = kc / 64 * 64, rv = nb / 16 * 16;
+  for (int64_t r0 = 0; r0 < rv; r0 += 16) {
+    for (int64_t k = 0; k < kv; k += 64) {
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i) v[i] = _mm512_castsi512_ps(_mm512_loadu_si512(q + (n0 + r0 + i) * K + k0 + k));
+      transpose16_ps(v);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(reinterpret_cast<float*>(out + ((k / 4 + j) * ldb + r0) * 4), v[j]);
+    }
+  }
+  int8_block_to_vnni_scalar<4>(q, K, n0, 0, rv, k0, kv, kcp, kc, ldb, out);
+  int8_block_to_vnni_scalar<4>(q, K, n0, rv, nb, k0, 0, kcp, kc, ldb, out);
+}
+
+// sum_k q[n0 + r, k] for r < nb: |q| sums as uint8 (q ^ 0x80 = q + 128) by vpsadbw, minus 128 K.
+__attribute__((target("avx512f,avx512bw"))) static void int8_row_sums_avx512(const int8_t* q, int64_t K, int64_t n0,
+                                                                           int64_t nb, int32_t* out) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), zero = _mm512_setzero_si512();
+  for (int64_t r = 0; r < nb; ++r) {
+    const int8_t* src = q + (n0 + r) * K;
+    __m512i acc = _mm512_setzero_si512();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64)
+      acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(_mm512_loadu_si512(src + k), flip), zero));
+    int64_t s = _mm512_reduce_add_epi64(acc) - 128 * k;
+    for (; k < K; ++k) s += src[k];
+    out[r] = static_cast<int32_t>(s);
+  }
+}
+#endif
+
+static void int8_row_sums_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t nb, int32_t* out) {
+  for (int64_t r = 0; r < nb; ++r) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += q[(n0 + r) * K + k];
+    out[r] = s;
+  }
+}
+
+static void check_int8(const at::Tensor& x, const at::Tensor& q, at::ScalarType xdt, const char* fn) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == xdt && x.is_contiguous() && x.size(0) >= 1, fn,
+              ": x must be contiguous ", xdt, " [M >= 1, K]");
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous() && q.size(1) == x.size(1), fn,
+              ": q must be contiguous int8 [N, K]");
+}
+
+// Per 64-row block of q: for each k chunk, conv(n0, nb, k0, kcp, B) fills the VNNI-E B
+// operand, brgemm accumulates y[t0:t0+32, n0:n0+nb] (+)= A[t0:t0+32, k0:k0+kcp] B;
+// epilogue(n0, nb) finishes the block's columns. A is [M, Kp] (Kp: K rounded up to E).
+template <typename TA, typename TB, typename TC, int E, typename Conv, typename Epi>
+static void int8_block_brgemm(const TA* ap, int64_t M, int64_t Kp, int64_t N, int64_t kchunk, const Conv& conv,
+                              const Epi& epilogue, TC* yp) {
+  const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    TB* bbuf = scratch<TB>(0, kRowBlock * kchunk);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
+      for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
+        const int64_t kcp = std::min(kchunk, Kp - k0);
+        conv(n0, nb, k0, kcp, bbuf);
+        for (int64_t t0 = 0; t0 < M; t0 += tok_block())
+          cpublas::brgemm(std::min(tok_block(), M - t0), nb, kcp, /*ld_a=*/Kp, /*ld_b=*/nb, /*ld_c=*/N,
+                          /*add_C=*/k0 > 0, ap + t0 * Kp + k0, bbuf, yp + t0 * N + n0, true);
+      }
+      epilogue(n0, nb);
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
+// ------------------------------------------------------------------ int8 weights on AMX
+//
+// On AMX the product is computed transposed, C^T = q x^T: A = a 64-row block of q
+// converted per 1024-k chunk (bf16, or uint8 q + 128), B = x^T packed once per call to
+// VNNI-E, the [N, M] result transposed into y. The x-as-A scheme below (used without AMX)
+// was 2x slower per token on AMX tiles at M = 128-256 (16-core AMX Xeon host, 2 threads,
+// 4096x4096: bf16 weight-only M=256 19.7 ms vs 8.7 ms for int4's x-as-A brgemm); this one
+// is the scheme that was measured on AMX in earlier rounds.
+constexpr int64_t kKChunkAmx = 1024;
+
 
 // x [M, K] viewed as 32-bit words [M, K/E] (E = 2 bf16 or 4 int8 per word) -> its
 // transpose [Kp/E, M] of words: x^T in the VNNI-E layout brgemm wants for B. K is padded
@@ -328,20 +505,9 @@ __attribute__((target("avx512f,avx512bw"))) static void int8_rows_to_u8_avx512(c
   }
 }
 
-static bool have_avx512bw() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return ok;
-}
 #endif
 
 // isa: -1 auto, 0 scalar (test hook): whether the AVX512BW conversions run.
-static bool use_avx512bw(int64_t isa) {
-#if LOWBIT_X86
-  return isa != 0 && have_avx512bw();
-#else
-  return false;
-#endif
-}
 
 static void int8_rows_to_u8_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
                                    int64_t kcp, uint8_t* out) {
@@ -353,12 +519,6 @@ static void int8_rows_to_u8_scalar(const int8_t* q, int64_t K, int64_t n0, int64
   }
 }
 
-static void check_int8(const at::Tensor& x, const at::Tensor& q, at::ScalarType xdt, const char* fn) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == xdt && x.is_contiguous() && x.size(0) >= 1, fn,
-              ": x must be contiguous ", xdt, " [M >= 1, K]");
-  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous() && q.size(1) == x.size(1), fn,
-              ": q must be contiguous int8 [N, K]");
-}
 
 // The int8 drivers, computed transposed: per block of kRowBlock weight rows and k-chunk,
 // `conv` writes the rows as brgemm's A operand (bf16 or u8) into per-thread scratch, brgemm
@@ -376,8 +536,8 @@ static void int8_rows_brgemm(const int8_t* qp, int64_t M, int64_t K, int64_t Kp,
       for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
         const int64_t kcp = std::min(kchunk, Kp - k0), kc = std::min(kcp, K - k0);
         conv(qp, K, n0, nb, k0, kc, kcp, abuf);
-        for (int64_t t0 = 0; t0 < M; t0 += kTokBlock)
-          cpublas::brgemm(nb, std::min(kTokBlock, M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M,
+        for (int64_t t0 = 0; t0 < M; t0 += tok_block())
+          cpublas::brgemm(nb, std::min(tok_block(), M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M,
                           /*add_C=*/k0 > 0, abuf, xvp + (k0 / E) * M * E + t0 * E, cbuf + t0, true);
       }
       for (int64_t m = 0; m < M; ++m)
@@ -388,9 +548,7 @@ static void int8_rows_brgemm(const int8_t* qp, int64_t M, int64_t K, int64_t Kp,
 }
 
 // x @ q^T in fp32, x bf16. isa: -1 auto, 0 scalar conversion (test hook).
-at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
-  check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
-  TORCH_CHECK(brgemm_caps() & 1, "int8_brgemm_bf16: this CPU has no bf16 brgemm (AMX)");
+static at::Tensor int8_brgemm_bf16_amx(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   const int64_t Kp = (K + 1) / 2 * 2;
   const at::Tensor xv = pack_x_vnni<c10::BFloat16, 2>(x, Kp);
@@ -404,20 +562,15 @@ at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t is
     int8_rows_to_bf16_scalar(q8, k_, n0, nb, k0, kc, kcp, o);
   };
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  int8_rows_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(q.data_ptr<int8_t>(), M, K, Kp, N, kKChunk,
+  int8_rows_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(q.data_ptr<int8_t>(), M, K, Kp, N, kKChunkAmx,
                                                             xv.data_ptr<c10::BFloat16>(), conv, nullptr,
                                                             y.data_ptr<float>());
   return y;
 }
 
 // Exact int32 xq @ q^T (xq, q int8). isa: -1 auto, 0 scalar conversion (test hook).
-at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
-  check_int8(xq, q, at::kChar, "int8_brgemm_u8s8");
-#ifndef CPUBLAS_BRGEMM_U8I8I32
-  TORCH_CHECK(false, "int8_brgemm_u8s8: this torch has no u8s8 brgemm");
-  return at::Tensor();
-#else
-  TORCH_CHECK(brgemm_caps() & 2, "int8_brgemm_u8s8: this CPU has no u8s8 brgemm (AMX)");
+#ifdef CPUBLAS_BRGEMM_U8I8I32
+static at::Tensor int8_brgemm_u8s8_amx(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
   const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
   const int64_t Kp = (K + 3) / 4 * 4;
   const at::Tensor xv = pack_x_vnni<int8_t, 4>(xq, Kp);
@@ -439,8 +592,81 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t i
   };
   at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
   // int8: twice the k per chunk of the bf16 path for the same bytes.
-  int8_rows_brgemm<uint8_t, int8_t, int32_t, 4>(q.data_ptr<int8_t>(), M, K, Kp, N, 2 * kKChunk,
+  int8_rows_brgemm<uint8_t, int8_t, int32_t, 4>(q.data_ptr<int8_t>(), M, K, Kp, N, 2 * kKChunkAmx,
                                                xv.data_ptr<int8_t>(), conv, xsum.data(), y.data_ptr<int32_t>());
+  return y;
+}
+#endif
+
+// k per B chunk: 64 rows x 4096 bf16 (or 8192 int8) = 512 KiB, L2-resident (as for int4).
+constexpr int64_t kKChunkInt8 = 4096;
+
+// x @ q^T in fp32 (no scale). isa: -1 auto, 0 scalar conversion (test hook).
+at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
+  check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
+  TORCH_CHECK(brgemm_caps() & 1, "int8_brgemm_bf16: this CPU has no bf16 brgemm");
+  if (cpublas::could_pack(at::kBFloat16)) return int8_brgemm_bf16_amx(x, q, isa);
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  const int64_t Kp = (K + 1) / 2 * 2;
+  const at::Tensor a = Kp == K ? x : at::constant_pad_nd(x, {0, Kp - K}, 0).contiguous();
+  const bool vec = use_avx512bw(isa) && have_avx512bf16();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  auto conv = [&](int64_t n0, int64_t nb, int64_t k0, int64_t kcp, c10::BFloat16* bbuf) {
+    uint16_t* o = reinterpret_cast<uint16_t*>(bbuf);
+    const int64_t kc = std::min(kcp, K - k0);
+#if LOWBIT_X86
+    if (vec) return int8_block_to_vnni2_avx512(qp, K, n0, nb, k0, kc, kcp, nb, o);
+#endif
+    int8_block_to_vnni_scalar<2>(qp, K, n0, 0, nb, k0, 0, kcp, kc, nb, o);
+  };
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  int8_block_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(a.data_ptr<c10::BFloat16>(), M, Kp, N, kKChunkInt8, conv,
+                                                            [](int64_t, int64_t) {}, y.data_ptr<float>());
+  return y;
+}
+
+// Exact int32 xq @ q^T (xq, q int8). A = xq + 128 as uint8 (XOR 0x80), B = q as it is; the
+// +128 is removed per column as 128 * sum_k q[n, k]. isa: -1 auto, 0 scalar (test hook).
+at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
+  check_int8(xq, q, at::kChar, "int8_brgemm_u8s8");
+#ifndef CPUBLAS_BRGEMM_U8I8I32
+  TORCH_CHECK(false, "int8_brgemm_u8s8: this torch has no u8s8 brgemm");
+  return at::Tensor();
+#else
+  TORCH_CHECK(brgemm_caps() & 2, "int8_brgemm_u8s8: this CPU has no u8s8 brgemm");
+  if (cpublas::could_pack(at::kByte)) return int8_brgemm_u8s8_amx(xq, q, isa);
+  const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
+  const int64_t Kp = (K + 3) / 4 * 4;
+  at::Tensor a = at::empty({M, Kp}, xq.options().dtype(at::kByte));
+  {
+    const int8_t* src = xq.data_ptr<int8_t>();
+    uint8_t* dst = a.data_ptr<uint8_t>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < Kp; ++k) dst[m * Kp + k] = k < K ? static_cast<uint8_t>(src[m * K + k]) ^ 0x80 : 0x80;
+  }
+  const bool vec = use_avx512bw(isa);
+  const int8_t* qp = q.data_ptr<int8_t>();
+  auto conv = [&](int64_t n0, int64_t nb, int64_t k0, int64_t kcp, int8_t* bbuf) {
+    const int64_t kc = std::min(kcp, K - k0);
+#if LOWBIT_X86
+    if (vec) return int8_block_to_vnni4_avx512(qp, K, n0, nb, k0, kc, kcp, nb, bbuf);
+#endif
+    int8_block_to_vnni_scalar<4>(qp, K, n0, 0, nb, k0, 0, kcp, kc, nb, bbuf);
+  };
+  at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
+  int32_t* yp = y.data_ptr<int32_t>();
+  auto epilogue = [&](int64_t n0, int64_t nb) {
+    int32_t sums[kRowBlock];
+#if LOWBIT_X86
+    if (vec) int8_row_sums_avx512(qp, K, n0, nb, sums);
+    else
+#endif
+      int8_row_sums_scalar(qp, K, n0, nb, sums);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] -= 128 * sums[r];
+  };
+  // int8: twice the k per chunk of the bf16 path for the same bytes.
+  int8_block_brgemm<uint8_t, int8_t, int32_t, 4>(a.data_ptr<uint8_t>(), M, Kp, N, 2 * kKChunkInt8, conv, epilogue, yp);
   return y;
 #endif
 }
@@ -508,12 +734,12 @@ at::Tensor da8w4_brgemm(const at::Tensor& codes, const at::Tensor& ascale, const
   const int64_t tasks = (NB + kBlocks - 1) / kBlocks;
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     int8_t* bbuf = scratch<int8_t>(0, K * kBlocks * 16);
-    int32_t* cbuf = scratch<int32_t>(1, kTokBlock * kBlocks * 16);
+    int32_t* cbuf = scratch<int32_t>(1, tok_block() * kBlocks * 16);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb0 = t * kBlocks, nbs = std::min(kBlocks, NB - nb0), cols = nbs * 16;
       da8w4_unpack_block(wp, K, nb0, nbs, bbuf);
-      for (int64_t m0 = 0; m0 < M; m0 += kTokBlock) {
-        const int64_t mb = std::min(kTokBlock, M - m0);
+      for (int64_t m0 = 0; m0 < M; m0 += tok_block()) {
+        const int64_t mb = std::min(tok_block(), M - m0);
         for (int64_t g = 0; g < G; ++g) {
           cpublas::brgemm(mb, cols, gs, /*ld_a=*/K, /*ld_b=*/cols, /*ld_c=*/cols, /*add_C=*/false,
                           ap + m0 * K + g * gs, bbuf + (g * gs / 4) * cols * 4, cbuf, true);
@@ -540,6 +766,7 @@ at::Tensor da8w4_brgemm(const at::Tensor& codes, const at::Tensor& ascale, const
 #endif
 }
 
+
 }  // namespace lowbit_wo
 
 TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
@@ -549,6 +776,7 @@ TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
       "int isa=-1) -> Tensor");
   m.def("int8_brgemm_bf16(Tensor x, Tensor q, int isa=-1) -> Tensor");
   m.def("int8_brgemm_u8s8(Tensor xq, Tensor q, int isa=-1) -> Tensor");
+
   m.def(
       "da8w4_brgemm(Tensor codes, Tensor ascale, Tensor azp, Tensor gsum, Tensor qdata, Tensor scale, "
       "Tensor zero_point, Tensor qsum, int group_size) -> Tensor");
@@ -559,4 +787,5 @@ TORCH_LIBRARY_IMPL(lowbit_ext, CPU, m) {
   m.impl("int8_brgemm_bf16", &lowbit_wo::int8_brgemm_bf16);
   m.impl("int8_brgemm_u8s8", &lowbit_wo::int8_brgemm_u8s8);
   m.impl("da8w4_brgemm", &lowbit_wo::da8w4_brgemm);
+
 }

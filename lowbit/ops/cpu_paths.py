@@ -1,9 +1,11 @@
 """Which CPU kernel runs a quantized linear at a given batch size M, per class of CPU.
 
 CPUs differ by an order of magnitude in what is fast: without native bf16 (AVX2 Zen3)
-bf16 GEMMs are emulated and lowbit's fp32 paths win; with AMX, bf16 ``F.linear`` runs on
-matrix tiles and only kernels that also use the tiles (oneDNN's brgemm, fed with weights
-dequantized block by block: lowbit/csrc/wo_gemm_cpu.cpp) can beat it. So the dispatch is
+bf16 GEMMs are emulated and lowbit's fp32 paths win; with AMX or AVX512-BF16 (Zen4/Zen5),
+bf16 ``F.linear`` is a fast oneDNN GEMM and from mid M only kernels that multiply at the
+same rate (oneDNN's brgemm ukernel, fed with weights dequantized block by block:
+lowbit/csrc/wo_gemm_cpu.cpp) keep up with it; and one ISA class can still differ by
+vendor (VENDOR_TABLES). So the dispatch is
 a table of crossovers per *ISA class* (:func:`isa_class`), each measured on a machine of
 that class (the table says where), and :func:`lowbit.tune` can replace it with crossovers
 measured on the user's own machine, cached per CPU model + torch version + ISA class.
@@ -11,7 +13,7 @@ measured on the user's own machine, cached per CPU model + torch version + ISA c
 A table maps an op to ``[(max_m, path), ...]`` sorted by ``max_m`` (``None`` = no limit):
 the first entry with ``M <= max_m`` names the path. Every path is a real quantized kernel
 (never a bf16 ``F.linear`` on a dequantized copy of the weight); one that this process
-cannot run (no extension, no AMX) is replaced by the generic table's choice.
+cannot run (no extension, no brgemm ukernel) is replaced by the generic table's choice.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from ._ext import cache_dir, load_cpu_extension
 __all__ = [
     "DEFAULT_TABLES",
     "OPS",
+    "VENDOR_TABLES",
     "PATHS",
     "active_table",
     "choose_path",
     "clear_tuned_cache",
+    "cpu_vendor",
     "forced_path",
     "int4_gemv_best_isa",
     "int4_gemv_isa",
@@ -48,14 +52,16 @@ logger = logging.getLogger(__name__)
 
 # op name -> the paths it has (ops/cpu.py runs them; lowbit/tune.py times them).
 PATHS: dict[str, tuple[str, ...]] = {
-    # lowbit C++ int4 GEMV | ATen tinygemm | lowbit brgemm (AMX) | dequantize + fp32/bf16 GEMM
+    # lowbit C++ int4 GEMV | ATen tinygemm | lowbit brgemm (oneDNN's ukernel: AMX tiles, or
+    # AVX512-BF16 without AMX) | dequantize + fp32/bf16 GEMM
     "int4_tinygemm_cpu_linear": ("gemv", "tinygemm", "brgemm", "dequant_gemm"),
-    # ATen int8 GEMV | lowbit brgemm, bf16 tiles (AMX) | dequantize + GEMM
+    # ATen int8 GEMV | lowbit brgemm, bf16 operands (AMX or AVX512-BF16) | dequantize + GEMM
     "int8_weight_only_linear": ("gemv", "brgemm", "dequant_gemm"),
-    # ATen int8 GEMV on the codes | lowbit u8s8 brgemm, int8 tiles (AMX) | fp32 GEMM on the codes
+    # ATen int8 GEMV on the codes | lowbit u8s8 brgemm (AMX or AVX512-VNNI) | fp32 GEMM on the codes
     # | torch._int_mm (oneDNN s8s8s32; fast with VNNI, a slow loop on AVX2)
-    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm"),
-    # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group (AMX)
+    # | lowbit C++ int8 x int8 GEMM on the row-major codes (int8_vnni_cpu.cpp: AVX512-VNNI)
+    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm", "vnni"),
+    # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group
     "da8w4_linear": ("vnni", "brgemm"),
 }
 OPS = tuple(PATHS)
@@ -195,8 +201,12 @@ _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     # intel-xeon-model207-amx-16c-tune-{2,16}t-int_mm-2026-12-02.md): 16 threads M=4 407 vs
     # 618, M=16 586 vs 884, M=64 820 vs 1,346, M=256 1,888 vs 2,753 (bf16 ~550-2,280); 2
     # threads within noise of each other (M=16 2,019 vs 1,789, M=128 5,368 vs 5,973). M=1:
-    # GEMV 1,844 / 516 vs int_mm 1,957 / 527.
-    "int8_dynamic_linear": [(1, "gemv"), (_INF, "int_mm")],
+    # GEMV 1,844 / 516 vs int_mm 1,957 / 527. Up to M = 8 lowbit's VNNI GEMM
+    # (int8_vnni_cpu.cpp) since: `lowbit tune` on the host 2026-12-02 16:40
+    # (benchmarks/results/intel-xeon-model207-amx-16c-tune-{2,16}t-vnni-2026-12-02.md), 2 / 16
+    # threads, M=1: 866 / 244 vs int_mm 1,524 / 472; M=8: 989 / 267 vs 1,392 / 398;
+    # M=16: 1,545 / 474 vs 1,471 / 443.
+    "int8_dynamic_linear": [(8, "vnni"), (_INF, "int_mm")],
     "da8w4_linear": DA8W4_AMX,
 }
 
@@ -217,6 +227,24 @@ _AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "da8w4_linear": [(_INF, "vnni")],
 }
 
+# AVX512-BF16/VNNI without AMX on AMD Zen5 (family 26), where bf16 F.linear is 3-7x faster
+# than on the Emerald Rapids VM above (256x4096x4096: 10.2-11 ms vs 59-78 ms, 2 threads) and
+# oneDNN's brgemm ukernel runs on AVX512-BF16 / VNNI without AMX (wo_gemm_cpu.cpp,
+# brgemm_caps). Measured with `lowbit tune --threads 2` on a 2-core Zen5 VM (torch 2.13,
+# 4096x4096, cold weights; benchmarks/results/amd-zen5-2c-tune-2t.md), us (x bf16):
+#   int4 M=64: GEMV 2,730 (1.31x), brgemm 2,979; M=128: 5,320 vs 5,457; M=256: brgemm 10,485
+#        (1.03x), GEMV 10,663, tinygemm 27,647
+#   int8 weight-only M=4: GEMV 771, brgemm 1,019; M=8: 1,375 vs 1,234; M=256: brgemm 12,991
+#        (bf16 10,769; interleaved A/B runs put it at 1.02x), GEMV 41,000
+#   int8 dynamic (lowbit's VNNI GEMM, int8_vnni_cpu.cpp): M=1 503, M=16 778, M=128 3,415 vs
+#        brgemm 3,827 and torch._int_mm 4,259; M=256: brgemm 7,030, VNNI 7,757
+_ZEN_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
+    "int4_tinygemm_cpu_linear": [(128, "gemv"), (_INF, "brgemm")],
+    "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
+    "int8_dynamic_linear": [(128, "vnni"), (_INF, "brgemm")],
+    "da8w4_linear": [(_INF, "vnni")],
+}
+
 # ISA class -> table (None: the generic one, see _generic_table). AVX512 without bf16
 # uses the generic table: no machine of that class was available to measure on.
 DEFAULT_TABLES = {
@@ -226,6 +254,25 @@ DEFAULT_TABLES = {
     "avx2": None,
     "other": None,
 }
+# (ISA class, CPU vendor) -> table, where one class runs differently on the two vendors'
+# cores; looked up before DEFAULT_TABLES.
+VENDOR_TABLES = {
+    ("avx512_bf16", "amd"): _ZEN_AVX512_BF16_TABLE,
+}
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """'amd', 'intel' or 'other', from the CPU's vendor id (/proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vid = line.split(":", 1)[1].strip()
+                    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vid, "other")
+    except OSError:
+        pass
+    return "other"
 
 
 @torch._dynamo.assume_constant_result
@@ -264,7 +311,13 @@ def path_available(op: str, path: str) -> bool:
         need = 2 if op in ("int8_dynamic_linear", "da8w4_linear") else 1
         return bool(_brgemm_caps() & need)
     if op == "int4_tinygemm_cpu_linear" and path == "gemv":
-            return int4_gemv_available()
+        return int4_gemv_available()
+    if op == "int8_dynamic_linear" and path == "vnni":
+        from .cpu_int8_vnni import INT8_VNNI_ISAS, int8_vnni_best_isa
+
+        # Its AVX2 loop (vpmaddwd) is correct but no faster than ATen's GEMV; tables use the
+        # AVX512-VNNI loop only.
+        return int8_vnni_best_isa() >= INT8_VNNI_ISAS["avx512_vnni"]
     return True
 
 
@@ -280,7 +333,10 @@ def active_table() -> tuple[dict[str, list[tuple[int | None, str]]], str]:
     tuned = load_tuned_table()
     if tuned is not None:
         return tuned, f"lowbit.tune() cache {tune_cache_path()}"
-    cls = isa_class()
+    cls, vendor = isa_class(), cpu_vendor()
+    table = VENDOR_TABLES.get((cls, vendor))
+    if table is not None:
+        return table, f"default table for class {cls} on {vendor} CPUs"
     table = DEFAULT_TABLES.get(cls)
     if table is None:
         return _generic_table(), f"generic table (class {cls})"
