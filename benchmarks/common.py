@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -191,3 +192,11 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 def fmt_us(seconds: float) -> str:
     us = seconds * 1e6
     return f"{us:,.0f}" if us >= 100 else f"{us:.1f}"
+
+
+def emit_report(text: str, out: str | None) -> int:
+    """Print a benchmark's markdown report and, with ``out``, write it there; the exit code 0."""
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return 0

@@ -132,11 +132,7 @@ def main(argv=None) -> int:
     if bw_rows:
         parts += ["### M=1: packed bytes (codes + scales) per call / median time\n",
                   C.md_table(["shape", "kernel", "GB/s", "% of read BW"], bw_rows), ""]
-    text = "\n".join(parts)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return C.emit_report("\n".join(parts), args.out)
 
 
 if __name__ == "__main__":

@@ -133,11 +133,7 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
         for n, k in shapes:
             parts += [run(n, k, ms, rounds, cold), ""]
-    text = "\n".join(parts)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return C.emit_report("\n".join(parts), args.out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, tinygemm_cpu_layout, unpack_tin
 from . import reference as _reference
 from ._ext import load_cpu_extension, warn_fallback_once
 from .alignment import aligned_rows, int8pack_mm_unsafe_reason
+from .cpu_int8_vnni import int8_vnni_gemm, quantize_per_token_int8
 from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from here)
     CPU_INT4_GEMV_MAX_M,
     CPU_INT4_TINYGEMM_MAX_M,
@@ -21,7 +22,6 @@ from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from her
     int4_gemv_isa,
 )
 from .cpu_paths import int4_gemv_available as _int4_gemv_available  # noqa: F401
-from .cpu_int8_vnni import int8_vnni_gemm, quantize_per_token_int8
 from .library import register_device_kernel, register_traced_kernel
 
 aten = torch.ops.aten
