@@ -1,4 +1,4 @@
-"""benchmarks/linear.py and int4_gemv_cpu.py --quick still run (smoke tests; benchmarks are never unit tests)."""
+"""benchmarks/linear.py, int4_gemv_cpu.py and int8_vnni_cpu.py --quick still run (smoke tests; benchmarks are never unit tests)."""
 
 import subprocess
 import sys
@@ -43,3 +43,20 @@ def test_int4_gemv_benchmark_quick_runs(tmp_path):
     text = out.read_text()
     assert text.strip() == proc.stdout.strip()
     assert "CPU:" in text and "lowbit GEMV" in text and "tinygemm (ATen)" in text
+
+
+@pytest.mark.slow
+def test_int8_vnni_benchmark_quick_runs(tmp_path):
+    from lowbit.ops.cpu_int8_vnni import int8_vnni_available
+
+    if not int8_vnni_available():
+        pytest.skip("benchmarks/int8_vnni_cpu.py times lowbit's C++ int8 GEMM: the extension is not built here")
+    out = tmp_path / "result.md"
+    proc = subprocess.run(
+        [sys.executable, str(_SCRIPT.parent / "int8_vnni_cpu.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.strip() == proc.stdout.strip()
+    assert "lowbit int8_vnni_gemm" in text and "torch._int_mm" in text
