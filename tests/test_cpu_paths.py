@@ -110,10 +110,12 @@ def test_int8_u8s8_brgemm_is_exact(isa, m, n, k, unaligned):
 
 @_needs_bf16_brgemm
 @pytest.mark.parametrize("isa", [-1, 0], ids=["vector", "scalar"])
-@pytest.mark.parametrize("m,n,k,group", [(1, 64, 256, 32), (7, 80, 512, 64), (33, 208, 1024, 256), (2, 16, 128, 128)],
-                         ids=str)
+@pytest.mark.parametrize("m,n,k,group", [(1, 64, 256, 32), (7, 80, 512, 64), (33, 208, 1024, 256), (2, 16, 128, 128),
+                                         (70, 144, 4608, 128)], ids=str)
 def test_int4_brgemm_matches_reference(isa, m, n, k, group):
-    # N tails: 80 = 64 + a 16-row pair-packed block; 16 = only a tail block.
+    # N tails: 80 = 64 + a 16-row pair-packed block; 16 = only a tail block. 144 x 4608: an
+    # odd number of blocks (two share each activation tile without AMX) and k chunks with a
+    # short last one, accumulated into C.
     t = Int4TinygemmCpuTensor.from_float(make_weight((n, k), seed=n), group_size=group)
     x = torch.randn(m, k).to(torch.bfloat16)
     y = cpu_ops.int4_tinygemm_brgemm(x, t.qdata, t.scale_and_zero, group, t.cpu_layout, isa)[:, :n]
