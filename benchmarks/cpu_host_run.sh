@@ -16,7 +16,7 @@ import time; t=time.time()
 from lowbit.ops._ext import load_cpu_extension, cpu_extension_status
 print('ext', load_cpu_extension(), round(time.time()-t,1), 's', cpu_extension_status().reason, (cpu_extension_status().build_log or '')[-2000:])
 import torch; print('caps', torch.ops.lowbit_ext.brgemm_caps())"
-timeout 60 python -m pytest -q -x -p no:cacheprovider tests/test_cpu_paths.py tests/ops/test_int8_vnni_cpu.py 2>&1 | tail -4
+timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_cpu_paths.py tests/ops/test_int8_vnni_cpu.py 2>&1 | tail -4
 echo "tests done at $(( $(date +%s) - T0 )) s"
 timeout 45 python -m lowbit.cli tune --threads 2 --reps 1 --cold-mib 128 > $OUT/tune-2t.md 2>&1; tail -6 $OUT/tune-2t.md
 echo "tune 2t done at $(( $(date +%s) - T0 )) s"

@@ -19,9 +19,25 @@ __all__ = [
     "cpu_has_avx512",
     "cpu_has_native_bf16",
     "cpu_has_vnni",
+    "cpuinfo_field",
     "float8_device_reason",
     "triton_reason",
 ]
+
+
+@functools.cache
+def cpuinfo_field(key: str) -> str | None:
+    """The first value of ``key`` in /proc/cpuinfo ("model name", "vendor_id", "flags", ...);
+    None where there is no such file (macOS, Windows) or no such field."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 @torch._dynamo.assume_constant_result

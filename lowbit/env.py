@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .device_caps import cpuinfo_field
+
 __all__ = ["env_report"]
 
 _ISA_NAMES = {0: "scalar C++", 1: "AVX2 (vpmaddubsw/vpmaddwd)", 2: "AVX512-VNNI (vpdpbusd)"}
@@ -15,12 +17,7 @@ _CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_
 
 
 def _cpu_flags() -> dict[str, bool]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        line = ""
-    have = set(line.split(":", 1)[-1].split())
+    have = set((cpuinfo_field("flags") or "").split())
     flags = {name: name in have for name in _CPU_FLAGS}
     if not have:  # no /proc/cpuinfo (macOS, Windows): ask torch's cpuinfo instead
         flags.update(

@@ -28,35 +28,31 @@ def test_linear_benchmark_quick_runs(tmp_path, extra):
         assert "% of read BW" in text
 
 
-@pytest.mark.slow
-def test_int4_gemv_benchmark_quick_runs(tmp_path):
+def _extension_kernel(name: str) -> bool:
+    from lowbit.ops.cpu_int8_vnni import int8_vnni_available
     from lowbit.ops.cpu_paths import int4_gemv_available
 
-    if not int4_gemv_available():
-        pytest.skip("benchmarks/int4_gemv_cpu.py times lowbit's C++ GEMV: the extension is not built here")
-    out = tmp_path / "result.md"
-    proc = subprocess.run(
-        [sys.executable, str(_SCRIPT.parent / "int4_gemv_cpu.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
-    assert text.strip() == proc.stdout.strip()
-    assert "CPU:" in text and "lowbit GEMV" in text and "tinygemm (ATen)" in text
+    return {"int4_gemv_cpu.py": int4_gemv_available, "int8_vnni_cpu.py": int8_vnni_available}[name]()
 
 
 @pytest.mark.slow
-def test_int8_vnni_benchmark_quick_runs(tmp_path):
-    from lowbit.ops.cpu_int8_vnni import int8_vnni_available
-
-    if not int8_vnni_available():
-        pytest.skip("benchmarks/int8_vnni_cpu.py times lowbit's C++ int8 GEMM: the extension is not built here")
+@pytest.mark.parametrize(
+    "script,expected",
+    [
+        ("int4_gemv_cpu.py", ("CPU:", "lowbit GEMV", "tinygemm (ATen)")),
+        ("int8_vnni_cpu.py", ("lowbit int8_vnni_gemm", "torch._int_mm")),
+    ],
+    ids=["int4-gemv", "int8-vnni"],
+)
+def test_cpu_kernel_benchmark_quick_runs(tmp_path, script, expected):
+    if not _extension_kernel(script):
+        pytest.skip(f"benchmarks/{script} times a kernel of lowbit's C++ extension, which is not built here")
     out = tmp_path / "result.md"
     proc = subprocess.run(
-        [sys.executable, str(_SCRIPT.parent / "int8_vnni_cpu.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(_SCRIPT.parent / script), "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert text.strip() == proc.stdout.strip()
-    assert "lowbit int8_vnni_gemm" in text and "torch._int_mm" in text
+    assert all(e in text for e in expected), text[:2000]

@@ -193,14 +193,9 @@ def _measure_cuda(fn, budget: float) -> float:
 
 @functools.cache
 def _cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    from ..device_caps import cpuinfo_field
+
+    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown cpu"
 
 
 def device_name(device: torch.device | str) -> str:

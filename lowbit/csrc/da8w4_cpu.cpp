@@ -48,6 +48,8 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include "vnni_isa.h"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -77,26 +79,9 @@ constexpr int64_t kChunkBlocks = 4;
 // keeps more lines in flight.
 constexpr int64_t kPrefetchBytes = 2048;
 
-enum Isa : int64_t { kAuto = -1, kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+using lowbit_isa::kAuto, lowbit_isa::kScalar, lowbit_isa::kAvx2, lowbit_isa::kAvx512Vnni;
 
-static int64_t detect_isa() {
-#if LOWBIT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vnni")) {
-    return kAvx512Vnni;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return kAvx2;
-  }
-#endif
-  return kScalar;
-}
-
-static int64_t best_isa() {
-  static const int64_t isa = detect_isa();
-  return isa;
-}
+static int64_t best_isa() { return lowbit_isa::best_vnni_isa(); }
 
 static int64_t resolve_isa(int64_t isa) {
   if (isa == kAuto) return best_isa();

@@ -55,6 +55,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "vnni_isa.h"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -73,7 +75,7 @@
 
 namespace lowbit_int8_vnni {
 
-enum Isa : int64_t { kAuto = -1, kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+using lowbit_isa::kAuto, lowbit_isa::kScalar, lowbit_isa::kAvx2, lowbit_isa::kAvx512Vnni;
 
 // Weight rows per block: the unit of work split between threads, kept in L1 (16 KiB at
 // K = 4096) while every activation row tile passes over it.
@@ -322,22 +324,7 @@ static void rows_avx2(const Args& a, int64_t n0, int64_t n1) {
 
 // ------------------------------------------------------------------ dispatch
 
-static int64_t detect_isa() {
-#if LOWBIT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vnni")) {
-    return kAvx512Vnni;
-  }
-  if (__builtin_cpu_supports("avx2")) return kAvx2;
-#endif
-  return kScalar;
-}
-
-static int64_t best_isa() {
-  static const int64_t isa = detect_isa();
-  return isa;
-}
+static int64_t best_isa() { return lowbit_isa::best_vnni_isa(); }
 
 int64_t int8_vnni_best_isa() { return best_isa(); }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ._ext import cpu_extension_status, load_cpu_extension
+from .reference import quantize_per_token_int8 as _reference_quantize
 
 __all__ = ["INT8_VNNI_ISAS", "int8_vnni_available", "int8_vnni_best_isa", "int8_vnni_gemm", "quantize_per_token_int8"]
 
@@ -127,8 +128,6 @@ def quantize_per_token_int8(x: torch.Tensor, isa: int = -1) -> tuple[torch.Tenso
     extension and for other dtypes or devices. Rows with NaN/inf give codes as undefined as
     the reference's. ``isa``: -1 (AVX512 where present) or 0 (scalar).
     """
-    from .reference import quantize_per_token_int8 as _reference
-
     if isa not in (-1, 0):
         raise ValueError(f"lowbit quantize_per_token_int8: isa must be -1 (auto) or 0 (scalar), got {isa}")
     if (
@@ -138,7 +137,7 @@ def quantize_per_token_int8(x: torch.Tensor, isa: int = -1) -> tuple[torch.Tenso
         or x.device.type != "cpu"
         or not _quant_traceable()
     ):
-        return _reference(x)
+        return _reference_quantize(x)
     return torch.ops.lowbit_ext.quantize_per_token_int8(x.contiguous(), isa)
 
 

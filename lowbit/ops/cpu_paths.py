@@ -264,15 +264,9 @@ VENDOR_TABLES = {
 @functools.cache
 def cpu_vendor() -> str:
     """'amd', 'intel' or 'other', from the CPU's vendor id (/proc/cpuinfo on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    vid = line.split(":", 1)[1].strip()
-                    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vid, "other")
-    except OSError:
-        pass
-    return "other"
+    from ..device_caps import cpuinfo_field
+
+    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(cpuinfo_field("vendor_id") or "", "other")
 
 
 @torch._dynamo.assume_constant_result
