@@ -473,8 +473,14 @@ def _llama_cpp_crash_reason(path: Path, threads: int, device: torch.device) -> s
     if proc.returncode == 0:
         return None
     how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-    hint = (" (illegal instruction: rebuild llama-cpp-python for this CPU, e.g. CMAKE_ARGS=\"-DGGML_NATIVE=OFF "
-            "-DGGML_AMX_INT8=OFF\")" if proc.returncode == -4 else "")
+    rebuild = ("rebuild llama-cpp-python for this CPU, e.g. CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AMX_INT8=OFF\" "
+               "pip install --no-cache-dir --force-reinstall llama-cpp-python")
+    hint = {
+        -4: f" (illegal instruction: {rebuild})",
+        # Seen with the default (GGML_NATIVE) source build on a 2-core AMX Xeon VM; an earlier
+        # AMX VM got SIGILL from the same build, and the non-native one above ran.
+        -11: f" (segmentation fault: {rebuild})",
+    }.get(proc.returncode, "")
     tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
     return f"llama-cpp-python died on a 96-token prompt + 2 tokens ({how}){hint}" + (f": {tail[0][:200]}" if tail else "")
 

@@ -261,7 +261,8 @@ def test_da8w4_brgemm_matches_the_integer_kernel(act_mapping, m, n, k, group):
 
 
 def test_every_default_table_names_known_paths_for_every_op():
-    tables = {**cpu_paths.DEFAULT_TABLES, **{f"{c}/{v}": t for (c, v), t in cpu_paths.VENDOR_TABLES.items()}}
+    tables = {**cpu_paths.DEFAULT_TABLES, **{f"{c}/{v}": t for (c, v), t in cpu_paths.VENDOR_TABLES.items()},
+              **{f"{c}/few-threads": t for c, t in cpu_paths.FEW_THREAD_TABLES.items()}}
     for cls, table in tables.items():
         table = cpu_paths._generic_table() if table is None else table
         assert set(table) == set(cpu_paths.OPS), cls
@@ -278,6 +279,18 @@ def test_vendor_table_is_used_on_its_vendor_only(monkeypatch):
     table, where = cpu_paths.active_table()
     assert table is fake and "testvendor" in where
     monkeypatch.setattr(cpu_paths, "cpu_vendor", lambda: "othervendor")
+    assert cpu_paths.active_table()[0] is not fake
+
+
+def test_few_thread_table_is_used_at_few_threads_only(monkeypatch):
+    cls = cpu_paths.isa_class()
+    fake = {op: [(None, cpu_paths.PATHS[op][0])] for op in cpu_paths.OPS}
+    monkeypatch.setitem(cpu_paths.FEW_THREAD_TABLES, cls, fake)
+    monkeypatch.setattr(cpu_paths, "cpu_vendor", lambda: "testvendor")  # no vendor table
+    monkeypatch.setattr(cpu_paths, "load_tuned_table", lambda: None)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cpu_paths.FEW_THREADS)
+    assert cpu_paths.active_table()[0] is fake
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cpu_paths.FEW_THREADS + 1)
     assert cpu_paths.active_table()[0] is not fake
 
 

@@ -32,6 +32,7 @@ from ._ext import cache_dir, load_cpu_extension
 
 __all__ = [
     "DEFAULT_TABLES",
+    "FEW_THREAD_TABLES",
     "OPS",
     "VENDOR_TABLES",
     "PATHS",
@@ -209,6 +210,18 @@ _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int8_dynamic_linear": [(8, "vnni"), (_INF, "int_mm")],
     "da8w4_linear": DA8W4_AMX,
 }
+# The AMX table at few torch threads (<= FEW_THREADS): int8 dynamic moves from torch._int_mm
+# to lowbit's u8s8 brgemm above M = 128. `lowbit tune --threads 2`, 4096x4096 cold, us,
+# brgemm vs int_mm (bf16 in brackets): the 16-core host (benchmarks/results/
+# intel-xeon-model207-amx-16c-tune-2t-2026-12-02d.md) M=128 3,273 vs 5,239 (7,003), M=256
+# 5,970 vs 10,501 (14,276); the quiet 2-core AMX VM of 2026-12-02 evening (benchmarks/results/
+# intel-xeon-vm-2c-amx-tune-2t-2026-12-02e.md) M=128 4,184 vs 3,637 (9,156), M=256 8,057 vs
+# 11,916 (14,701). At 16 threads int_mm stays ahead (M=256 1,390 vs 2,277 on the host).
+FEW_THREADS = 4
+_AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
+    **_AMX_TABLE,
+    "int8_dynamic_linear": [(8, "vnni"), (128, "int_mm"), (_INF, "brgemm")],
+}
 
 # AVX512-BF16/VNNI without AMX. Measured with `lowbit tune --threads 2` (two runs) on a
 # 2-core Intel Xeon VM, family 6 model 207 (Emerald Rapids) with AMX hidden by the
@@ -253,6 +266,10 @@ DEFAULT_TABLES = {
     "avx512": None,
     "avx2": None,
     "other": None,
+}
+# ISA class -> the table used instead of DEFAULT_TABLES' at <= FEW_THREADS torch threads.
+FEW_THREAD_TABLES = {
+    "amx": _AMX_TABLE_FEW_THREADS,
 }
 # (ISA class, CPU vendor) -> table, where one class runs differently on the two vendors'
 # cores; looked up before DEFAULT_TABLES.
@@ -331,6 +348,8 @@ def active_table() -> tuple[dict[str, list[tuple[int | None, str]]], str]:
     table = VENDOR_TABLES.get((cls, vendor))
     if table is not None:
         return table, f"default table for class {cls} on {vendor} CPUs"
+    if torch.get_num_threads() <= FEW_THREADS and cls in FEW_THREAD_TABLES:
+        return FEW_THREAD_TABLES[cls], f"default table for class {cls} at <= {FEW_THREADS} threads"
     table = DEFAULT_TABLES.get(cls)
     if table is None:
         return _generic_table(), f"generic table (class {cls})"
