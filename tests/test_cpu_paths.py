@@ -58,6 +58,7 @@ def test_every_available_path_matches_reference(op, path, m):
         y, ref = _run_op(op, x)
     assert y.shape == ref.shape and y.dtype == x.dtype
     # bf16 activations and outputs: ~50 dB; the int4 weight's own error is not in this.
+    assert lowbit.sqnr(ref.float(), y.float()) > 35, (op, path, m)
     assert lowbit.sqnr(ref.float(), y.float()) > 40
 
 
@@ -258,6 +259,36 @@ def test_da8w4_brgemm_matches_the_integer_kernel(act_mapping, m, n, k, group):
     y = torch.ops.lowbit_ext.da8w4_brgemm(codes, sa, za, gsum, t.qdata, t.scale, t.zero_point, t.qsum, group)
     ref = torch.ops.lowbit_ext.da8w4_linear(x, t.qdata, t.scale, t.zero_point, t.qsum, group, sym)
     assert lowbit.sqnr(ref, y) > 100
+
+
+@_needs_bf16_brgemm
+@pytest.mark.parametrize("isa", [-1, 0], ids=["vector", "scalar"])
+@pytest.mark.parametrize("act_mapping", ["asymmetric", "symmetric"])
+@pytest.mark.parametrize("m,n,k,group", [(1, 64, 256, 32), (7, 80, 512, 128), (40, 208, 1024, 64), (33, 16, 8192, 256)],
+                         ids=str)
+def test_da8w4_bf16_brgemm_matches_the_integer_kernel(isa, act_mapping, m, n, k, group):
+    # Same activation codes; the weight block is rounded to bf16 (relative 2^-9), so ~50 dB,
+    # while a wrong layout, group or zero point would be far below 30 dB. K = 8192 > the
+    # 4096-k chunk (accumulation across chunks); n = 80, 208: a short last 64-column task.
+    t = Int4VnniCpuTensor.from_float(make_weight((n, k), seed=k), group_size=group)
+    x = torch.randn(m, k)
+    x[0, :5] = 40.0  # an outlier row: codes far from the zero point
+    sym = act_mapping == "symmetric"
+    codes, sa, za, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, group, sym)
+    y = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, sa, za, t.qdata, t.scale, t.zero_point, group, isa)
+    ref = reference.da8w4_linear(x, t.qdata, t.scale, t.zero_point, t.qsum, group, act_mapping)
+    assert y.shape == ref.shape
+    assert lowbit.sqnr(ref, y) > 45
+
+
+@_needs_bf16_brgemm
+def test_da8w4_bf16_brgemm_nan_row_stays_nan():
+    t = Int4VnniCpuTensor.from_float(make_weight((64, 256)), group_size=64)
+    x = torch.randn(3, 256)
+    x[1, 7] = float("nan")
+    codes, sa, za, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, 64, False)
+    y = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, sa, za, t.qdata, t.scale, t.zero_point, 64)
+    assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2]]).all()
 
 
 def test_every_default_table_names_known_paths_for_every_op():

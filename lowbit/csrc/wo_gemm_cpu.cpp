@@ -12,7 +12,7 @@
 // activations, to brgemm: the weight is read once from memory, dequantized once, and
 // multiplied at tile speed.
 //
-// Three entry points (lowbit/ops/cpu.py validates everything before calling them; the
+// Five entry points (lowbit/ops/cpu.py validates everything before calling them; the
 // TORCH_CHECKs here are a second line, never expected to fire):
 //
 //   int4_tinygemm_brgemm(x bf16 [M, K], qdata uint8 [Np, K/2] (ATen tinygemm CPU layout,
@@ -27,6 +27,9 @@
 //   int8_brgemm_u8s8(xq int8 [M, K]) x q int8 [N, K] -> int32 [M, N] exact integer dot
 //       products. A = xq ^ 0x80 (xq + 128 as uint8), B = a block of q in VNNI-4
 //       [K/4][64][4]; the +128 is removed as 128 * sum_k q[n, k].
+//   da8w4_brgemm / da8w4_brgemm_bf16: DA8W4 (int8 activation codes x int4 weights packed
+//       for da8w4_cpu.cpp), by u8s8 brgemm per group, or by bf16 brgemm over the whole K
+//       with the group scales folded into a bf16 copy of each weight block (below).
 //
 // K tails: K is padded with zeros to the VNNI width inside the packed operands, so any K
 // works; any N works (the last block is short); M >= 1 (M = 0 is handled in Python).
@@ -101,12 +104,18 @@ int64_t brgemm_caps() {
 // development VM the old code already took 0 minor page faults per call at M = 1 (glibc
 // reuses the freed blocks), and the host could not be re-measured. Slot: which buffer of
 // the caller (two may be live at once).
+// 64-byte aligned: brgemm loads its operands a cache line (one AMX tile row) at a time,
+// and a std::vector's block starts 16 bytes into a page, so every tile row straddled two
+// lines (DA8W4 bf16 brgemm, 256x4096x4096, 2 threads, 2-core AMX VM: 8.4-8.8 ms in most
+// processes, 6.3-6.6 ms in the others).
 template <typename T>
 static T* scratch(int slot, size_t n) {
-  static thread_local std::vector<T> bufs[2];
-  std::vector<T>& b = bufs[slot];
-  if (b.size() < n) b.resize(n);
-  return b.data();
+  static thread_local std::vector<unsigned char> bufs[2];
+  std::vector<unsigned char>& b = bufs[slot];
+  const size_t bytes = n * sizeof(T) + 64;
+  if (b.size() < bytes) b.resize(bytes);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<T*>((p + 63) & ~static_cast<uintptr_t>(63));
 }
 
 static inline uint16_t f32_to_bf16_rne(float f) {
@@ -286,7 +295,11 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
 // words, in registers. C is y itself (ld N), so nothing is transposed on the way out.
 // (The first version multiplied C^T = q x^T with q as A and x^T packed as B: its [N, M]
 // -> [M, N] output transpose and 1024-k chunks made it 0.87-0.91x bf16 F.linear at
-// M = 64-256 on a 2-core Zen5.)
+// M = 64-256 on a 2-core Zen5. AMX kept that transposed scheme until the scratch buffers
+// were 64-byte aligned: with aligned B blocks this one measured the same or better there,
+// 2-core AMX VM, 4096x4096, 2 threads, M = 16 / 64 / 256, x bf16 F.linear: bf16 weights
+// 1.26x / 1.27x / 1.03x vs 1.29x / 1.22x / 0.99x, u8s8 1.45x / 1.53x / 1.23x vs 1.49x /
+// 1.48x / 1.26x.)
 
 #if LOWBIT_X86
 static bool have_avx512bw() {
@@ -431,187 +444,6 @@ static void int8_block_brgemm(const TA* ap, int64_t M, int64_t Kp, int64_t N, in
   });
 }
 
-// ------------------------------------------------------------------ int8 weights on AMX
-//
-// On AMX the product is computed transposed, C^T = q x^T: A = a 64-row block of q
-// converted per 1024-k chunk (bf16, or uint8 q + 128), B = x^T packed once per call to
-// VNNI-E, the [N, M] result transposed into y. The x-as-A scheme below (used without AMX)
-// was 2x slower per token on AMX tiles at M = 128-256 (16-core AMX Xeon host, 2 threads,
-// 4096x4096: bf16 weight-only M=256 19.7 ms vs 8.7 ms for int4's x-as-A brgemm); this one
-// is the scheme that was measured on AMX in earlier rounds.
-constexpr int64_t kKChunkAmx = 1024;
-
-
-// x [M, K] viewed as 32-bit words [M, K/E] (E = 2 bf16 or 4 int8 per word) -> its
-// transpose [Kp/E, M] of words: x^T in the VNNI-E layout brgemm wants for B. K is padded
-// with zeros to Kp (a multiple of E). Blocked by 64 words of k so the writes of a block
-// ([64, M] words) stay in L2.
-template <typename T, int E>
-static at::Tensor pack_x_vnni(const at::Tensor& x, int64_t Kp) {
-  const int64_t M = x.size(0), K = x.size(1), W = Kp / E;
-  at::Tensor out = at::empty({W, M, E}, x.options());
-  const T* xp = x.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  const int64_t full = K / E;  // words with no padding
-  at::parallel_for(0, (W + 63) / 64, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t w0 = b * 64, w1 = std::min(W, w0 + 64);
-      for (int64_t m = 0; m < M; ++m) {
-        const T* src = xp + m * K;
-        for (int64_t w = w0; w < w1; ++w) {
-          T* dst = op + (w * M + m) * E;
-          if (w < full) {
-            std::memcpy(dst, src + w * E, E * sizeof(T));
-          } else {
-            for (int j = 0; j < E; ++j) dst[j] = (w * E + j < K) ? src[w * E + j] : T(0);
-          }
-        }
-      }
-    }
-  });
-  return out;
-}
-
-// Rows [n0, n0 + nb) of q, k in [k0, k0 + kc), as bf16 [nb][kcp] (kcp >= kc, zero padded).
-static void int8_rows_to_bf16_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
-                                     int64_t kcp, uint16_t* out) {
-  for (int64_t r = 0; r < nb; ++r) {
-    const int8_t* src = q + (n0 + r) * K + k0;
-    uint16_t* o = out + r * kcp;
-    for (int64_t k = 0; k < kc; ++k) o[k] = f32_to_bf16_rne(static_cast<float>(src[k]));
-    for (int64_t k = kc; k < kcp; ++k) o[k] = 0;
-  }
-}
-
-#if LOWBIT_X86
-// int8 -> bf16 is exact: sign-extend to int32, convert to float (exact), take the high half.
-__attribute__((target("avx512f,avx512bw"))) static void int8_rows_to_bf16_avx512(const int8_t* q, int64_t K,
-                                                                                int64_t n0, int64_t nb, int64_t k0,
-                                                                                int64_t kc, int64_t kcp,
-                                                                                uint16_t* out) {
-  for (int64_t r = 0; r < nb; ++r) {
-    const int8_t* src = q + (n0 + r) * K + k0;
-    uint16_t* o = out + r * kcp;
-    int64_t k = 0;
-    for (; k + 16 <= kc; k += 16) {
-      const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
-    }
-    for (; k < kc; ++k) o[k] = f32_to_bf16_rne(static_cast<float>(src[k]));
-    for (; k < kcp; ++k) o[k] = 0;
-  }
-}
-
-// q rows as uint8 codes q + 128 (XOR 0x80). The K padding is multiplied by zero
-// activations, so its value does not matter; 0x80 (q = 0) is written.
-__attribute__((target("avx512f,avx512bw"))) static void int8_rows_to_u8_avx512(const int8_t* q, int64_t K, int64_t n0,
-                                                                              int64_t nb, int64_t k0, int64_t kc,
-                                                                              int64_t kcp, uint8_t* out) {
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (int64_t r = 0; r < nb; ++r) {
-    const int8_t* src = q + (n0 + r) * K + k0;
-    uint8_t* o = out + r * kcp;
-    int64_t k = 0;
-    for (; k + 64 <= kc; k += 64)
-      _mm512_storeu_si512(o + k, _mm512_xor_si512(_mm512_loadu_si512(src + k), flip));
-    for (; k < kc; ++k) o[k] = static_cast<uint8_t>(src[k]) ^ 0x80;
-    for (; k < kcp; ++k) o[k] = 0x80;
-  }
-}
-
-#endif
-
-// isa: -1 auto, 0 scalar (test hook): whether the AVX512BW conversions run.
-
-static void int8_rows_to_u8_scalar(const int8_t* q, int64_t K, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
-                                   int64_t kcp, uint8_t* out) {
-  for (int64_t r = 0; r < nb; ++r) {
-    const int8_t* src = q + (n0 + r) * K + k0;
-    uint8_t* o = out + r * kcp;
-    for (int64_t k = 0; k < kc; ++k) o[k] = static_cast<uint8_t>(src[k]) ^ 0x80;
-    for (int64_t k = kc; k < kcp; ++k) o[k] = 0x80;
-  }
-}
-
-
-// The int8 drivers, computed transposed: per block of kRowBlock weight rows and k-chunk,
-// `conv` writes the rows as brgemm's A operand (bf16 or u8) into per-thread scratch, brgemm
-// multiplies them with the packed activations xv (B, VNNI-E, [Kp/E][M][E]) into C^T
-// [nb][M], which is transposed into y [M, N] minus `sub[m]` (when given).
-template <typename TA, typename TB, typename TC, int E, typename Conv>
-static void int8_rows_brgemm(const int8_t* qp, int64_t M, int64_t K, int64_t Kp, int64_t N, int64_t kchunk,
-                             const TB* xvp, const Conv& conv, const int32_t* sub, TC* yp) {
-  const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    TA* abuf = scratch<TA>(0, kRowBlock * kchunk);
-    TC* cbuf = scratch<TC>(0, kRowBlock * M);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
-      for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
-        const int64_t kcp = std::min(kchunk, Kp - k0), kc = std::min(kcp, K - k0);
-        conv(qp, K, n0, nb, k0, kc, kcp, abuf);
-        for (int64_t t0 = 0; t0 < M; t0 += tok_block())
-          cpublas::brgemm(nb, std::min(tok_block(), M - t0), kcp, /*ld_a=*/kcp, /*ld_b=*/M, /*ld_c=*/M,
-                          /*add_C=*/k0 > 0, abuf, xvp + (k0 / E) * M * E + t0 * E, cbuf + t0, true);
-      }
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] = cbuf[r * M + m] - (sub ? sub[m] : 0);
-    }
-    cpublas::brgemm_release(true);
-  });
-}
-
-// x @ q^T in fp32, x bf16. isa: -1 auto, 0 scalar conversion (test hook).
-static at::Tensor int8_brgemm_bf16_amx(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  const int64_t Kp = (K + 1) / 2 * 2;
-  const at::Tensor xv = pack_x_vnni<c10::BFloat16, 2>(x, Kp);
-  const bool vec = use_avx512bw(isa);
-  auto conv = [vec](const int8_t* q8, int64_t k_, int64_t n0, int64_t nb, int64_t k0, int64_t kc, int64_t kcp,
-                    c10::BFloat16* out) {
-    uint16_t* o = reinterpret_cast<uint16_t*>(out);
-#if LOWBIT_X86
-    if (vec) return int8_rows_to_bf16_avx512(q8, k_, n0, nb, k0, kc, kcp, o);
-#endif
-    int8_rows_to_bf16_scalar(q8, k_, n0, nb, k0, kc, kcp, o);
-  };
-  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  int8_rows_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(q.data_ptr<int8_t>(), M, K, Kp, N, kKChunkAmx,
-                                                            xv.data_ptr<c10::BFloat16>(), conv, nullptr,
-                                                            y.data_ptr<float>());
-  return y;
-}
-
-// Exact int32 xq @ q^T (xq, q int8). isa: -1 auto, 0 scalar conversion (test hook).
-#ifdef CPUBLAS_BRGEMM_U8I8I32
-static at::Tensor int8_brgemm_u8s8_amx(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
-  const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
-  const int64_t Kp = (K + 3) / 4 * 4;
-  const at::Tensor xv = pack_x_vnni<int8_t, 4>(xq, Kp);
-  // 128 * sum_k xq[m, k]: removes the +128 of the uint8 weight codes.
-  std::vector<int32_t> xsum(M, 0);
-  const int8_t* xqp = xq.data_ptr<int8_t>();
-  for (int64_t m = 0; m < M; ++m) {
-    int32_t s = 0;
-    for (int64_t k = 0; k < K; ++k) s += xqp[m * K + k];
-    xsum[m] = 128 * s;
-  }
-  const bool vec = use_avx512bw(isa);
-  auto conv = [vec](const int8_t* q8, int64_t k_, int64_t n0, int64_t nb, int64_t k0, int64_t kc, int64_t kcp,
-                    uint8_t* out) {
-#if LOWBIT_X86
-    if (vec) return int8_rows_to_u8_avx512(q8, k_, n0, nb, k0, kc, kcp, out);
-#endif
-    int8_rows_to_u8_scalar(q8, k_, n0, nb, k0, kc, kcp, out);
-  };
-  at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
-  // int8: twice the k per chunk of the bf16 path for the same bytes.
-  int8_rows_brgemm<uint8_t, int8_t, int32_t, 4>(q.data_ptr<int8_t>(), M, K, Kp, N, 2 * kKChunkAmx,
-                                               xv.data_ptr<int8_t>(), conv, xsum.data(), y.data_ptr<int32_t>());
-  return y;
-}
-#endif
-
 // k per B chunk: 64 rows x 4096 bf16 (or 8192 int8) = 512 KiB, L2-resident (as for int4).
 constexpr int64_t kKChunkInt8 = 4096;
 
@@ -619,7 +451,6 @@ constexpr int64_t kKChunkInt8 = 4096;
 at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
   check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
   TORCH_CHECK(brgemm_caps() & 1, "int8_brgemm_bf16: this CPU has no bf16 brgemm");
-  if (cpublas::could_pack(at::kBFloat16)) return int8_brgemm_bf16_amx(x, q, isa);
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   const int64_t Kp = (K + 1) / 2 * 2;
   const at::Tensor a = Kp == K ? x : at::constant_pad_nd(x, {0, Kp - K}, 0).contiguous();
@@ -648,7 +479,6 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t i
   return at::Tensor();
 #else
   TORCH_CHECK(brgemm_caps() & 2, "int8_brgemm_u8s8: this CPU has no u8s8 brgemm");
-  if (cpublas::could_pack(at::kByte)) return int8_brgemm_u8s8_amx(xq, q, isa);
   const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
   const int64_t Kp = (K + 3) / 4 * 4;
   at::Tensor a = at::empty({M, Kp}, xq.options().dtype(at::kByte));
@@ -784,6 +614,186 @@ at::Tensor da8w4_brgemm(const at::Tensor& codes, const at::Tensor& ascale, const
 }
 
 
+
+// ------------------------------------------------------------------ DA8W4 on bf16 tiles
+//
+// The large-M DA8W4 path. The per-group u8s8 brgemm above pays a C store, reload and an
+// fp32 epilogue per group of 128 k (as many vector operations per output as the tiles spend
+// multiplying), so on AMX it ran at 0.6-0.7x bf16 F.linear at M = 256. Here the group
+// scales go into the weight instead: each 64-column block of the int4 codes is dequantized
+// once per call to bf16 w = s[n, g] (q - z[n, g]) (VNNI-2, as int4_tinygemm_brgemm does),
+// the activation codes enter as bf16 (a - za), exact since |a - za| <= 255, and one bf16
+// brgemm per k chunk accumulates the whole K:
+//   y[m, n] = sa[m] * sum_k (a[m, k] - za[m]) * bf16(s[n, g] (q[n, k] - z[n, g])).
+// The only difference from the integer kernels is the bf16 rounding of w (relative
+// 2^-9, below the bf16 rounding of the output).
+
+// (a - za) as bf16, [M, K] (exact).
+static void da8w4_codes_to_bf16_scalar(const uint8_t* a, const int32_t* za, int64_t m0, int64_t m1, int64_t K,
+                                       uint16_t* out) {
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t k = 0; k < K; ++k)
+      out[m * K + k] = f32_to_bf16_rne(static_cast<float>(static_cast<int32_t>(a[m * K + k]) - za[m]));
+}
+
+// Columns [16 nb0, 16 (nb0 + nbs)) x k in [k0, k0 + kc) (kc a multiple of 8, each octet in
+// one group) as bf16 VNNI-2 [kc/2][16 nbs][2].
+static void da8w4_dequant_scalar(const uint8_t* w, const float* ws, const uint8_t* wz, int64_t K, int64_t G,
+                                 int64_t gs, int64_t nb0, int64_t nbs, int64_t k0, int64_t kc, uint16_t* out) {
+  const int64_t octets = K / 8, cols = nbs * 16;
+  for (int64_t o = k0 / 8; o < (k0 + kc) / 8; ++o) {
+    const int64_t g = (8 * o) / gs;
+    for (int64_t b = 0; b < nbs; ++b) {
+      const uint8_t* src = w + ((nb0 + b) * octets + o) * 64;
+      const int64_t off = ((nb0 + b) * G + g) * 16;
+      for (int i = 0; i < 64; ++i) {
+        const int c = i / 4, j = i % 4;
+        const float s = ws[off + c], z = static_cast<float>(wz[off + c]);
+        const int q[2] = {src[i] & 0x0F, src[i] >> 4};
+        for (int h = 0; h < 2; ++h) {
+          const int64_t kk = 8 * o + 4 * h + j - k0;
+          out[((kk / 2) * cols + b * 16 + c) * 2 + (kk & 1)] = f32_to_bf16_rne(s * (static_cast<float>(q[h]) - z));
+        }
+      }
+    }
+  }
+}
+
+#if LOWBIT_X86
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void da8w4_codes_to_bf16_avx512(
+    const uint8_t* a, const int32_t* za, int64_t m0, int64_t m1, int64_t K, uint16_t* out) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const __m512i z = _mm512_set1_epi32(za[m]);
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + m * K + k)));
+      const __m256bh h = _mm512_cvtneps_pbh(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, z)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m * K + k), reinterpret_cast<const __m256i&>(h));
+    }
+    for (; k < K; ++k) out[m * K + k] = f32_to_bf16_rne(static_cast<float>(static_cast<int32_t>(a[m * K + k]) - za[m]));
+  }
+}
+
+// Per (octet, 16-column block): the 64 low nibbles are 16 columns x k 0-3 (byte 4c + j),
+// the high nibbles k 4-7. Four 16-lane chunks (4 columns x 4 k each) get w = q s - z s in
+// fp32; two vcvtne2ps2bf16 pack them as dwords (column c, k pair p) at dword 2c + p, and
+// even / odd dwords are the VNNI-2 rows of k pairs (0, 1) and (2, 3).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void da8w4_dequant_avx512(
+    const uint8_t* w, const float* ws, const uint8_t* wz, int64_t K, int64_t G, int64_t gs, int64_t nb0, int64_t nbs,
+    int64_t k0, int64_t kc, uint16_t* out) {
+  const int64_t octets = K / 8, cols = nbs * 16;
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  __m512i spread[4];  // lane l of chunk t -> column 4t + l/4
+  for (int t = 0; t < 4; ++t)
+    spread[t] = _mm512_set_epi32(4 * t + 3, 4 * t + 3, 4 * t + 3, 4 * t + 3, 4 * t + 2, 4 * t + 2, 4 * t + 2, 4 * t + 2,
+                                 4 * t + 1, 4 * t + 1, 4 * t + 1, 4 * t + 1, 4 * t, 4 * t, 4 * t, 4 * t);
+  for (int64_t b = 0; b < nbs; ++b) {
+    int64_t cur_g = -1;
+    __m512 S[4], NZS[4];
+    for (int64_t o = k0 / 8; o < (k0 + kc) / 8; ++o) {
+      const int64_t g = (8 * o) / gs;
+      if (g != cur_g) {
+        cur_g = g;
+        const int64_t off = ((nb0 + b) * G + g) * 16;
+        const __m512 s16 = _mm512_loadu_ps(ws + off);
+        const __m512 z16 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wz + off))));
+        const __m512 nzs = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z16, s16));
+        for (int t = 0; t < 4; ++t) {
+          S[t] = _mm512_permutexvar_ps(spread[t], s16);
+          NZS[t] = _mm512_permutexvar_ps(spread[t], nzs);
+        }
+      }
+      const __m512i v = _mm512_loadu_si512(w + ((nb0 + b) * octets + o) * 64);
+      const __m512i halves[2] = {_mm512_and_si512(v, nib), _mm512_and_si512(_mm512_srli_epi16(v, 4), nib)};
+      for (int h = 0; h < 2; ++h) {
+        __m512 f[4];
+        const __m128i* hb = reinterpret_cast<const __m128i*>(&halves[h]);
+        for (int t = 0; t < 4; ++t)
+          f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(hb + t))), S[t], NZS[t]);
+        const __m512i p01 = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f[1], f[0]));  // columns 0-7
+        const __m512i p23 = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f[3], f[2]));  // columns 8-15
+        const int64_t row = (8 * o + 4 * h - k0) / 2;  // k pair of (k 0, 1) of this half
+        _mm512_storeu_si512(out + (row * cols + b * 16) * 2, _mm512_permutex2var_epi32(p01, even, p23));
+        _mm512_storeu_si512(out + ((row + 1) * cols + b * 16) * 2, _mm512_permutex2var_epi32(p01, odd, p23));
+      }
+    }
+  }
+}
+#endif
+
+// y float32 [M, N]. isa: -1 auto, 0 scalar conversions (test hook).
+at::Tensor da8w4_brgemm_bf16(const at::Tensor& codes, const at::Tensor& ascale, const at::Tensor& azp,
+                             const at::Tensor& qdata, const at::Tensor& scale, const at::Tensor& zero_point,
+                             int64_t group_size, int64_t isa) {
+  TORCH_CHECK(brgemm_caps() & 1, "da8w4_brgemm_bf16: this CPU has no bf16 brgemm (AMX or AVX512-BF16)");
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 2 && codes.is_contiguous() && codes.size(0) >= 1,
+              "da8w4_brgemm_bf16: codes must be contiguous uint8 [M >= 1, K]");
+  const int64_t M = codes.size(0), K = codes.size(1), gs = group_size;
+  TORCH_CHECK(gs > 0 && gs % 16 == 0 && K % gs == 0, "da8w4_brgemm_bf16: bad group size");
+  TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 3 && qdata.size(1) * 8 == K &&
+                  qdata.size(2) == 64 && qdata.is_contiguous(),
+              "da8w4_brgemm_bf16: qdata must be contiguous uint8 [N/16, K/8, 64]");
+  const int64_t NB = qdata.size(0), N = NB * 16, G = K / gs;
+  TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kFloat && scale.numel() == NB * G * 16 &&
+                  zero_point.is_contiguous() && zero_point.scalar_type() == at::kByte &&
+                  zero_point.numel() == NB * G * 16,
+              "da8w4_brgemm_bf16: scale/zero_point must be contiguous [N/16, G, 16]");
+  TORCH_CHECK(ascale.numel() == M && azp.numel() == M && ascale.is_contiguous() && azp.is_contiguous() &&
+                  ascale.scalar_type() == at::kFloat && azp.scalar_type() == at::kInt,
+              "da8w4_brgemm_bf16: activation scale/zero point have the wrong shape or dtype");
+#if LOWBIT_X86
+  const bool vec = isa != 0 && have_avx512bf16();
+#else
+  const bool vec = false;
+#endif
+  const uint8_t* ap = codes.data_ptr<uint8_t>();
+  const float* sa = ascale.data_ptr<float>();
+  const int32_t* za = azp.data_ptr<int32_t>();
+  const uint8_t* wp = qdata.data_ptr<uint8_t>();
+  const float* ws = scale.data_ptr<float>();
+  const uint8_t* wz = zero_point.data_ptr<uint8_t>();
+  at::Tensor abf = at::empty({M, K}, codes.options().dtype(at::kBFloat16));
+  uint16_t* abp = reinterpret_cast<uint16_t*>(abf.data_ptr<c10::BFloat16>());
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+#if LOWBIT_X86
+    if (vec) return da8w4_codes_to_bf16_avx512(ap, za, m0, m1, K, abp);
+#endif
+    da8w4_codes_to_bf16_scalar(ap, za, m0, m1, K, abp);
+  });
+  at::Tensor y = at::empty({M, N}, codes.options().dtype(at::kFloat));
+  float* yp = y.data_ptr<float>();
+  constexpr int64_t kBlocks = 4;  // 16-column blocks per task: 64 columns
+  const int64_t tasks = (NB + kBlocks - 1) / kBlocks;
+  const int64_t kchunk = std::min<int64_t>(kKChunkInt4 / gs * gs, K);  // whole groups per chunk
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    uint16_t* wbuf = scratch<uint16_t>(0, kchunk * kBlocks * 16);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t nb0 = t * kBlocks, nbs = std::min(kBlocks, NB - nb0), cols = nbs * 16;
+      for (int64_t k0 = 0; k0 < K; k0 += kchunk) {
+        const int64_t kc = std::min(kchunk, K - k0);
+#if LOWBIT_X86
+        if (vec) da8w4_dequant_avx512(wp, ws, wz, K, G, gs, nb0, nbs, k0, kc, wbuf);
+        else
+#endif
+          da8w4_dequant_scalar(wp, ws, wz, K, G, gs, nb0, nbs, k0, kc, wbuf);
+        for (int64_t m0 = 0; m0 < M; m0 += tok_block())
+          cpublas::brgemm(std::min(tok_block(), M - m0), cols, kc, /*ld_a=*/K, /*ld_b=*/cols, /*ld_c=*/N,
+                          /*add_C=*/k0 > 0, reinterpret_cast<const c10::BFloat16*>(abp) + m0 * K + k0,
+                          reinterpret_cast<const c10::BFloat16*>(wbuf), yp + m0 * N + nb0 * 16, /*is_vnni=*/true);
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float* o = yp + m * N + nb0 * 16;
+        const float s = sa[m];
+        for (int64_t j = 0; j < cols; ++j) o[j] *= s;
+      }
+    }
+    cpublas::brgemm_release(true);
+  });
+  return y;
+}
+
 }  // namespace lowbit_wo
 
 TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
@@ -797,6 +807,9 @@ TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
   m.def(
       "da8w4_brgemm(Tensor codes, Tensor ascale, Tensor azp, Tensor gsum, Tensor qdata, Tensor scale, "
       "Tensor zero_point, Tensor qsum, int group_size) -> Tensor");
+  m.def(
+      "da8w4_brgemm_bf16(Tensor codes, Tensor ascale, Tensor azp, Tensor qdata, Tensor scale, Tensor zero_point, "
+      "int group_size, int isa=-1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lowbit_ext, CPU, m) {
@@ -804,5 +817,6 @@ TORCH_LIBRARY_IMPL(lowbit_ext, CPU, m) {
   m.impl("int8_brgemm_bf16", &lowbit_wo::int8_brgemm_bf16);
   m.impl("int8_brgemm_u8s8", &lowbit_wo::int8_brgemm_u8s8);
   m.impl("da8w4_brgemm", &lowbit_wo::da8w4_brgemm);
+  m.impl("da8w4_brgemm_bf16", &lowbit_wo::da8w4_brgemm_bf16);
 
 }

@@ -103,10 +103,17 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
                  lambda: f"lowbit da8w4: x has K={x.shape[1]} but qdata holds K={qdata.shape[1] * 8}")
     if load_cpu_extension():
         symmetric = act_mapping == "symmetric"
-        if x.shape[0] > 0 and choose_path("da8w4_linear", x.shape[0]) == "brgemm":
+        path = choose_path("da8w4_linear", x.shape[0]) if x.shape[0] > 0 else "vnni"
+        if path == "brgemm":
             # AMX int8 tiles: the same integer sums per group, then the same compensation.
             codes, ascale, azp, gsum = torch.ops.lowbit_ext.da8w4_quantize_act(x, group_size, symmetric)
             y = torch.ops.lowbit_ext.da8w4_brgemm(codes, ascale, azp, gsum, qdata, scale, zero_point, qsum, group_size)
+            return y.to(x.dtype)
+        if path == "bf16_brgemm":
+            # bf16 tiles on the same activation codes, the group scales folded into a
+            # bf16 copy of each weight block (wo_gemm_cpu.cpp, da8w4_brgemm_bf16).
+            codes, ascale, azp, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, group_size, symmetric)
+            y = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, ascale, azp, qdata, scale, zero_point, group_size)
             return y.to(x.dtype)
         return torch.ops.lowbit_ext.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, symmetric)
     warn_fallback_once("da8w4_linear")

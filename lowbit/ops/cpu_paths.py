@@ -12,7 +12,7 @@ measured on the user's own machine, cached per CPU model + torch version + ISA c
 
 A table maps an op to ``[(max_m, path), ...]`` sorted by ``max_m`` (``None`` = no limit):
 the first entry with ``M <= max_m`` names the path. Every path is a real quantized kernel
-(never a bf16 ``F.linear`` on a dequantized copy of the weight); one that this process
+(never a bf16 ``F.linear`` on a dequantized copy of the whole weight); one that this process
 cannot run (no extension, no brgemm ukernel) is replaced by the generic table's choice.
 """
 
@@ -63,7 +63,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     # | lowbit C++ int8 x int8 GEMM on the row-major codes (int8_vnni_cpu.cpp: AVX512-VNNI)
     "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm", "vnni"),
     # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group
-    "da8w4_linear": ("vnni", "brgemm"),
+    # | lowbit bf16 brgemm on the activation codes, group scales folded into the weight block
+    "da8w4_linear": ("vnni", "brgemm", "bf16_brgemm"),
 }
 OPS = tuple(PATHS)
 
@@ -180,11 +181,14 @@ def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
 #   int8 dynamic M=2: GEMV 1,136 (375), brgemm 1,451 (400); M=4: GEMV 1,370 (381), brgemm 1,438 (350)
 # At 16 threads every brgemm path showed a ~450 us floor (cause not established; see the
 # scratch buffers in wo_gemm_cpu.cpp), so from M = 8 on no path beat bf16 F.linear there.
-# DA8W4: NOT measured on the host (the u8s8 brgemm path came after that run); from the
-# shared 2-core Sapphire Rapids at load 14 (1 thread, 4096x4096 g128, unusable for a
-# decision: M=256 VNNI 167 ms vs brgemm 173 ms). Until measured, AMX keeps the VNNI kernel;
-# `lowbit tune` times both and picks per M.
-DA8W4_AMX: list[tuple[int | None, str]] = [(_INF, "vnni")]
+# DA8W4: the VNNI kernel up to M = 16, then bf16 brgemm on the activation codes with the
+# group scales folded into the weight block (the per-group u8s8 brgemm pays a C reload and
+# an fp32 epilogue per group and never wins). `lowbit tune --threads 2` on the 2-core AMX VM
+# of 2026-12-03 (benchmarks/results/intel-xeon-vm-2c-amx-tune-2t-2026-12-03.md), 4096x4096
+# cold, us (x bf16): M=16 vnni 994 (1.62x), bf16_brgemm 1,429 (1.13x); M=32 1,748 (1.01x)
+# vs 1,518 (1.17x); M=64 3,225 vs 2,015 (1.31x); M=256 12,117 (0.46x) vs 5,508 (1.02x);
+# u8s8 brgemm per group 15,165 (0.37x). NOT measured at 16 threads.
+DA8W4_AMX: list[tuple[int | None, str]] = [(16, "vnni"), (_INF, "bf16_brgemm")]
 # int4 up to M = 8: lowbit's GEMV with its AVX512F loop (INT4_GEMV_LOOP), which replaced the
 # tinygemm rows above. Measured on the 2-core SPR dev VM (torch 2.13, 1 thread, 512x4096
 # g128 hot in L2, min of 9 passes; the VM was shared, load ~3): us per call
@@ -210,17 +214,18 @@ _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int8_dynamic_linear": [(8, "vnni"), (_INF, "int_mm")],
     "da8w4_linear": DA8W4_AMX,
 }
-# The AMX table at few torch threads (<= FEW_THREADS): int8 dynamic moves from torch._int_mm
-# to lowbit's u8s8 brgemm above M = 128. `lowbit tune --threads 2`, 4096x4096 cold, us,
+# The AMX table at few torch threads (<= FEW_THREADS): int8 dynamic on lowbit's u8s8 brgemm
+# instead of torch._int_mm above M = 8. `lowbit tune --threads 2`, 4096x4096 cold, us,
 # brgemm vs int_mm (bf16 in brackets): the 16-core host (benchmarks/results/
 # intel-xeon-model207-amx-16c-tune-2t-2026-12-02d.md) M=128 3,273 vs 5,239 (7,003), M=256
-# 5,970 vs 10,501 (14,276); the quiet 2-core AMX VM of 2026-12-02 evening (benchmarks/results/
-# intel-xeon-vm-2c-amx-tune-2t-2026-12-02e.md) M=128 4,184 vs 3,637 (9,156), M=256 8,057 vs
-# 11,916 (14,701). At 16 threads int_mm stays ahead (M=256 1,390 vs 2,277 on the host).
+# 5,970 vs 10,501 (14,276); the 2-core AMX VM of 2026-12-03, with the brgemm scratch 64-byte
+# aligned (benchmarks/results/intel-xeon-vm-2c-amx-tune-2t-2026-12-03.md) M=16 1,102 vs
+# 1,744 (1,610), M=64 1,663 vs 2,330 (2,637), M=256 4,418 vs 5,715 (5,591). At 16 threads
+# int_mm stays ahead (M=256 1,390 vs 2,277 on the host, before the alignment fix).
 FEW_THREADS = 4
 _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
     **_AMX_TABLE,
-    "int8_dynamic_linear": [(8, "vnni"), (128, "int_mm"), (_INF, "brgemm")],
+    "int8_dynamic_linear": [(8, "vnni"), (_INF, "brgemm")],
 }
 
 # AVX512-BF16/VNNI without AMX. Measured with `lowbit tune --threads 2` (two runs) on a
@@ -318,8 +323,8 @@ def path_available(op: str, path: str) -> bool:
     """True where this process can run ``path`` for ``op``."""
     if path not in PATHS.get(op, ()):
         return False
-    if path == "brgemm":
-        need = 2 if op in ("int8_dynamic_linear", "da8w4_linear") else 1
+    if path in ("brgemm", "bf16_brgemm"):
+        need = 2 if op in ("int8_dynamic_linear", "da8w4_linear") and path == "brgemm" else 1
         return bool(_brgemm_caps() & need)
     if op == "int4_tinygemm_cpu_linear" and path == "gemv":
         return int4_gemv_available()
