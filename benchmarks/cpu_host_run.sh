@@ -18,11 +18,11 @@ print('ext', load_cpu_extension(), round(time.time()-t,1), 's', cpu_extension_st
 import torch; print('caps', torch.ops.lowbit_ext.brgemm_caps())"
 timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_cpu_paths.py tests/ops/test_int8_vnni_cpu.py 2>&1 | tail -4
 echo "tests done at $(( $(date +%s) - T0 )) s"
-timeout 45 python -m lowbit.cli tune --threads 2 --reps 1 --cold-mib 128 > $OUT/tune-2t.md 2>&1; tail -6 $OUT/tune-2t.md
+timeout 75 python -m lowbit.cli tune --threads 2 --reps 1 --cold-mib 128 > $OUT/tune-2t.md 2>&1; tail -6 $OUT/tune-2t.md
 echo "tune 2t done at $(( $(date +%s) - T0 )) s"
 timeout 240 python benchmarks/linear.py --shapes $SHAPES --threads 2 --budget-s 0.2 --min-calls 5 --cold-mb 256 --bw-mb 512 --out $OUT/bench-2t.md > /dev/null 2>$OUT/bench-2t.err
 echo "bench 2t done at $(( $(date +%s) - T0 )) s"
-timeout 30 python -m lowbit.cli tune --threads 16 --reps 1 --cold-mib 128 > $OUT/tune-16t.md 2>&1; tail -6 $OUT/tune-16t.md
+timeout 50 python -m lowbit.cli tune --threads 16 --reps 1 --cold-mib 128 > $OUT/tune-16t.md 2>&1; tail -6 $OUT/tune-16t.md
 echo "tune 16t done at $(( $(date +%s) - T0 )) s"
 timeout 150 python benchmarks/linear.py --shapes $SHAPES --threads 16 --budget-s 0.12 --min-calls 5 --cold-mb 256 --bw-mb 512 --out $OUT/bench-16t.md > /dev/null 2>$OUT/bench-16t.err
 echo "bench 16t done at $(( $(date +%s) - T0 )) s"

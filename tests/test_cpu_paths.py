@@ -275,10 +275,12 @@ def test_da8w4_bf16_brgemm_matches_the_integer_kernel(isa, act_mapping, m, n, k,
     x[0, :5] = 40.0  # an outlier row: codes far from the zero point
     sym = act_mapping == "symmetric"
     codes, sa, za, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, group, sym)
-    y = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, sa, za, t.qdata, t.scale, t.zero_point, group, isa)
+    y = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, sa, za, t.qdata, t.scale, t.zero_point, group, False, isa)
     ref = reference.da8w4_linear(x, t.qdata, t.scale, t.zero_point, t.qsum, group, act_mapping)
-    assert y.shape == ref.shape
+    assert y.shape == ref.shape and y.dtype == torch.float32
     assert lowbit.sqnr(ref, y) > 45
+    yb = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, sa, za, t.qdata, t.scale, t.zero_point, group, True, isa)
+    assert yb.dtype == torch.bfloat16 and torch.equal(yb, y.to(torch.bfloat16))
 
 
 @_needs_bf16_brgemm

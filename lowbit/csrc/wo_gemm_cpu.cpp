@@ -723,10 +723,28 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void da8w4_dequant
 }
 #endif
 
-// y float32 [M, N]. isa: -1 auto, 0 scalar conversions (test hook).
+#if LOWBIT_X86
+// o[j] = bf16(c[j] * s) for the first n / 16 * 16 values (round to nearest even, as
+// f32_to_bf16_rne); returns how many were written.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static int64_t scaled_row_to_bf16_avx512(const float* c, float s,
+                                                                                               int64_t n, uint16_t* o) {
+  const __m512 sv = _mm512_set1_ps(s);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(c + j), sv));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), reinterpret_cast<const __m256i&>(h));
+  }
+  return j;
+}
+#endif
+
+// y [M, N], bf16 when out_bf16 else float32. Each task accumulates its [M, 64] columns in
+// per-thread fp32 scratch (ld 64: L2-resident at M <= 1024) and writes them scaled by sa[m]
+// once, in the output dtype (no fp32 [M, N] round trip through memory).
+// isa: -1 auto, 0 scalar conversions (test hook).
 at::Tensor da8w4_brgemm_bf16(const at::Tensor& codes, const at::Tensor& ascale, const at::Tensor& azp,
                              const at::Tensor& qdata, const at::Tensor& scale, const at::Tensor& zero_point,
-                             int64_t group_size, int64_t isa) {
+                             int64_t group_size, bool out_bf16, int64_t isa) {
   TORCH_CHECK(brgemm_caps() & 1, "da8w4_brgemm_bf16: this CPU has no bf16 brgemm (AMX or AVX512-BF16)");
   TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 2 && codes.is_contiguous() && codes.size(0) >= 1,
               "da8w4_brgemm_bf16: codes must be contiguous uint8 [M >= 1, K]");
@@ -762,13 +780,15 @@ at::Tensor da8w4_brgemm_bf16(const at::Tensor& codes, const at::Tensor& ascale, 
 #endif
     da8w4_codes_to_bf16_scalar(ap, za, m0, m1, K, abp);
   });
-  at::Tensor y = at::empty({M, N}, codes.options().dtype(at::kFloat));
-  float* yp = y.data_ptr<float>();
+  at::Tensor y = at::empty({M, N}, codes.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  float* yf = out_bf16 ? nullptr : y.data_ptr<float>();
+  c10::BFloat16* yb = out_bf16 ? y.data_ptr<c10::BFloat16>() : nullptr;
   constexpr int64_t kBlocks = 4;  // 16-column blocks per task: 64 columns
   const int64_t tasks = (NB + kBlocks - 1) / kBlocks;
   const int64_t kchunk = std::min<int64_t>(kKChunkInt4 / gs * gs, K);  // whole groups per chunk
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     uint16_t* wbuf = scratch<uint16_t>(0, kchunk * kBlocks * 16);
+    float* cbuf = scratch<float>(1, M * kBlocks * 16);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb0 = t * kBlocks, nbs = std::min(kBlocks, NB - nb0), cols = nbs * 16;
       for (int64_t k0 = 0; k0 < K; k0 += kchunk) {
@@ -779,14 +799,24 @@ at::Tensor da8w4_brgemm_bf16(const at::Tensor& codes, const at::Tensor& ascale, 
 #endif
           da8w4_dequant_scalar(wp, ws, wz, K, G, gs, nb0, nbs, k0, kc, wbuf);
         for (int64_t m0 = 0; m0 < M; m0 += tok_block())
-          cpublas::brgemm(std::min(tok_block(), M - m0), cols, kc, /*ld_a=*/K, /*ld_b=*/cols, /*ld_c=*/N,
+          cpublas::brgemm(std::min(tok_block(), M - m0), cols, kc, /*ld_a=*/K, /*ld_b=*/cols, /*ld_c=*/cols,
                           /*add_C=*/k0 > 0, reinterpret_cast<const c10::BFloat16*>(abp) + m0 * K + k0,
-                          reinterpret_cast<const c10::BFloat16*>(wbuf), yp + m0 * N + nb0 * 16, /*is_vnni=*/true);
+                          reinterpret_cast<const c10::BFloat16*>(wbuf), cbuf + m0 * cols, /*is_vnni=*/true);
       }
       for (int64_t m = 0; m < M; ++m) {
-        float* o = yp + m * N + nb0 * 16;
+        const float* c = cbuf + m * cols;
         const float s = sa[m];
-        for (int64_t j = 0; j < cols; ++j) o[j] *= s;
+        if (out_bf16) {
+          uint16_t* o = reinterpret_cast<uint16_t*>(yb + m * N + nb0 * 16);
+          int64_t j = 0;
+#if LOWBIT_X86
+          if (vec) j = scaled_row_to_bf16_avx512(c, s, cols, o);
+#endif
+          for (; j < cols; ++j) o[j] = f32_to_bf16_rne(c[j] * s);
+        } else {
+          float* o = yf + m * N + nb0 * 16;
+          for (int64_t j = 0; j < cols; ++j) o[j] = c[j] * s;
+        }
       }
     }
     cpublas::brgemm_release(true);
@@ -809,7 +839,7 @@ TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
       "Tensor zero_point, Tensor qsum, int group_size) -> Tensor");
   m.def(
       "da8w4_brgemm_bf16(Tensor codes, Tensor ascale, Tensor azp, Tensor qdata, Tensor scale, Tensor zero_point, "
-      "int group_size, int isa=-1) -> Tensor");
+      "int group_size, bool out_bf16=False, int isa=-1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lowbit_ext, CPU, m) {

@@ -113,8 +113,8 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
             # bf16 tiles on the same activation codes, the group scales folded into a
             # bf16 copy of each weight block (wo_gemm_cpu.cpp, da8w4_brgemm_bf16).
             codes, ascale, azp, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, group_size, symmetric)
-            y = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, ascale, azp, qdata, scale, zero_point, group_size)
-            return y.to(x.dtype)
+            return torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, ascale, azp, qdata, scale, zero_point, group_size,
+                                                          x.dtype == torch.bfloat16).to(x.dtype)
         return torch.ops.lowbit_ext.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, symmetric)
     warn_fallback_once("da8w4_linear")
     return _reference.da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping)
