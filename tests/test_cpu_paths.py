@@ -91,9 +91,13 @@ def test_int8_bf16_brgemm_any_k_any_n_any_alignment(isa, m, n, k, unaligned):
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
     if unaligned:
         x, q = _unaligned(x), _unaligned(q)
-    y = torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, isa)
+    y = torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, None, False, isa)
     ref = x.float() @ q.float().t()
     assert lowbit.sqnr(ref, y) > 100  # exact products, fp32 sums
+    # The fused epilogue: the same fp32 products as (y * ws).to(bf16), rounded the same way.
+    ws = torch.rand(n) + 0.5
+    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, False, isa), y * ws)
+    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, True, isa), (y * ws).to(torch.bfloat16))
 
 
 @_needs_u8s8_brgemm
@@ -105,8 +109,12 @@ def test_int8_u8s8_brgemm_is_exact(isa, m, n, k, unaligned):
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
     if unaligned:
         xq, q = _unaligned(xq), _unaligned(q)
-    y = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq, q, isa)
+    y = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq, q, None, None, False, isa)
     assert torch.equal(y.long(), xq.long() @ q.long().t())
+    xs, ws = torch.rand(m) + 0.5, torch.rand(n) + 0.5
+    scaled = y.float() * xs[:, None] * ws[None, :]
+    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_u8s8(xq, q, xs, ws, False, isa), scaled)
+    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_u8s8(xq, q, xs, ws, True, isa), scaled.to(torch.bfloat16))
 
 
 @_needs_bf16_brgemm

@@ -126,6 +126,55 @@ static inline uint16_t f32_to_bf16_rne(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+// The output of the brgemm paths, written once per block from its accumulators: y[m, n0 + r] = v[r] * rs * cs[r] (cs: per-column
+// scales, may be null; rs: this row's scale) as float32 or bf16 (round to nearest even),
+// the same products in the same order as the Python epilogues they replace.
+struct ScaledOut {
+  float* f32 = nullptr;
+  uint16_t* bf16 = nullptr;
+  int64_t ld = 0;
+  bool vec = false;
+};
+
+#if LOWBIT_X86
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static int64_t scaled_cols_to_bf16_avx512(
+    const float* v, float rs, const float* cs, int64_t n, uint16_t* o) {
+  const __m512 r = _mm512_set1_ps(rs);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 f = _mm512_mul_ps(_mm512_loadu_ps(v + j), r);
+    if (cs) f = _mm512_mul_ps(f, _mm512_loadu_ps(cs + j));
+    const __m256bh h = _mm512_cvtneps_pbh(f);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), reinterpret_cast<const __m256i&>(h));
+  }
+  return j;
+}
+#endif
+
+static void write_scaled_row(const ScaledOut& out, int64_t m, int64_t n0, const float* v, float rs, const float* cs,
+                             int64_t n) {
+  if (out.f32) {
+    float* o = out.f32 + m * out.ld + n0;
+    for (int64_t j = 0; j < n; ++j) o[j] = cs ? v[j] * rs * cs[j] : v[j] * rs;
+    return;
+  }
+  uint16_t* o = out.bf16 + m * out.ld + n0;
+  int64_t j = 0;
+#if LOWBIT_X86
+  if (out.vec) j = scaled_cols_to_bf16_avx512(v, rs, cs, n, o);
+#endif
+  for (; j < n; ++j) o[j] = f32_to_bf16_rne(cs ? v[j] * rs * cs[j] : v[j] * rs);
+}
+
+static ScaledOut scaled_out(at::Tensor& y, bool vec) {
+  ScaledOut o;
+  o.ld = y.size(1);
+  o.vec = vec;
+  if (y.scalar_type() == at::kFloat) o.f32 = y.data_ptr<float>();
+  else o.bf16 = reinterpret_cast<uint16_t*>(y.data_ptr<c10::BFloat16>());
+  return o;
+}
+
 // ------------------------------------------------------------------ int4 tinygemm layout
 
 // Scalar dequantize of k in [k0, k0 + kc) (kc even) of one block of nb rows starting at row
@@ -221,7 +270,7 @@ static bool have_avx512bf16() {
 
 // isa: -1 auto, 0 scalar dequantize (test hook), 1 AVX512-BF16 dequantize.
 at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale_and_zero,
-                                int64_t group_size, int64_t block_n, int64_t isa) {
+                                int64_t group_size, int64_t block_n, bool out_bf16, int64_t isa) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.size(0) >= 1,
               "int4_tinygemm_brgemm: x must be contiguous bf16 [M >= 1, K]");
   TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 2 && qdata.is_contiguous(),
@@ -240,11 +289,11 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
 #else
   const bool vec = false;
 #endif
-  at::Tensor y = at::empty({M, Np}, x.options().dtype(at::kFloat));
+  at::Tensor y = at::empty({M, Np}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  const ScaledOut out = scaled_out(y, vec);
   const c10::BFloat16* xp = x.data_ptr<c10::BFloat16>();
   const uint8_t* qp = qdata.data_ptr<uint8_t>();
   const c10::BFloat16* szp = scale_and_zero.data_ptr<c10::BFloat16>();
-  float* yp = y.data_ptr<float>();
   const int64_t n_full = Np / block_n, tail = Np - n_full * block_n;
   const int64_t n_blocks = n_full + (tail ? 1 : 0);
   // Weight blocks per task that share each activation tile: without AMX 2 blocks of half the
@@ -255,8 +304,12 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
   const int64_t kchunk = kKChunkInt4 / G, slot = std::min(kchunk, K) * block_n;
   at::parallel_for(0, (n_blocks + G - 1) / G, 1, [&](int64_t g0, int64_t g1) {
     uint16_t* wbuf = scratch<uint16_t>(0, G * slot);
+    // The task's accumulators, [M][cols] (its blocks' columns are contiguous), written to y
+    // once at the end.
+    float* cbuf = scratch<float>(1, M * G * block_n);
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t bf = g * G, bl = std::min(n_blocks, bf + G);
+      const int64_t c0 = bf * block_n, cols = std::min(Np, bl * block_n) - c0;
       for (int64_t k0 = 0; k0 < K; k0 += kchunk) {
         const int64_t kc = std::min(kchunk, K - k0);
         for (int64_t b = bf; b < bl; ++b) {
@@ -275,12 +328,13 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
         for (int64_t m0 = 0; m0 < M; m0 += tok_block())
           for (int64_t b = bf; b < bl; ++b) {
             const int64_t r0 = b * block_n, nb = b < n_full ? block_n : tail;
-            cpublas::brgemm(std::min(tok_block(), M - m0), nb, kc, /*ld_a=*/K, /*ld_b=*/nb, /*ld_c=*/Np,
+            cpublas::brgemm(std::min(tok_block(), M - m0), nb, kc, /*ld_a=*/K, /*ld_b=*/nb, /*ld_c=*/cols,
                             /*add_C=*/k0 > 0, xp + m0 * K + k0,
-                            reinterpret_cast<const c10::BFloat16*>(wbuf + (b - bf) * slot), yp + m0 * Np + r0,
-                            /*is_vnni=*/true);
+                            reinterpret_cast<const c10::BFloat16*>(wbuf + (b - bf) * slot),
+                            cbuf + m0 * cols + (r0 - c0), /*is_vnni=*/true);
           }
       }
+      for (int64_t m = 0; m < M; ++m) write_scaled_row(out, m, c0, cbuf + m * cols, 1.f, nullptr, cols);
     }
     cpublas::brgemm_release(true);
   });
@@ -421,37 +475,53 @@ static void check_int8(const at::Tensor& x, const at::Tensor& q, at::ScalarType 
 }
 
 // Per 64-row block of q: for each k chunk, conv(n0, nb, k0, kcp, B) fills the VNNI-E B
-// operand, brgemm accumulates y[t0:t0+32, n0:n0+nb] (+)= A[t0:t0+32, k0:k0+kcp] B;
-// epilogue(n0, nb) finishes the block's columns. A is [M, Kp] (Kp: K rounded up to E).
+// operand, brgemm accumulates C[t0:t0+32, 0:nb] (+)= A[t0:t0+32, k0:k0+kcp] B into per-thread
+// scratch C [M][nb] (L2-resident at M <= 1024 and the 64-row blocks); epilogue(n0, nb, C)
+// writes the block's output columns. A is [M, Kp] (Kp: K rounded up to E).
 template <typename TA, typename TB, typename TC, int E, typename Conv, typename Epi>
 static void int8_block_brgemm(const TA* ap, int64_t M, int64_t Kp, int64_t N, int64_t kchunk, const Conv& conv,
-                              const Epi& epilogue, TC* yp) {
+                              const Epi& epilogue) {
   const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
   at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
     TB* bbuf = scratch<TB>(0, kRowBlock * kchunk);
+    TC* cbuf = scratch<TC>(1, M * kRowBlock);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
       for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
         const int64_t kcp = std::min(kchunk, Kp - k0);
         conv(n0, nb, k0, kcp, bbuf);
         for (int64_t t0 = 0; t0 < M; t0 += tok_block())
-          cpublas::brgemm(std::min(tok_block(), M - t0), nb, kcp, /*ld_a=*/Kp, /*ld_b=*/nb, /*ld_c=*/N,
-                          /*add_C=*/k0 > 0, ap + t0 * Kp + k0, bbuf, yp + t0 * N + n0, true);
+          cpublas::brgemm(std::min(tok_block(), M - t0), nb, kcp, /*ld_a=*/Kp, /*ld_b=*/nb, /*ld_c=*/nb,
+                          /*add_C=*/k0 > 0, ap + t0 * Kp + k0, bbuf, cbuf + t0 * nb, true);
       }
-      epilogue(n0, nb);
+      epilogue(n0, nb, static_cast<const TC*>(cbuf));
     }
     cpublas::brgemm_release(true);
   });
 }
 
+// Optional scales of the int8 entry points: float32 contiguous, `n` values (checked in
+// ops/cpu.py; TORCH_CHECK is the second line).
+static const float* opt_scale(const c10::optional<at::Tensor>& t, int64_t n, const char* what) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n, what,
+              " must be contiguous float32 with ", n, " values");
+  return t->data_ptr<float>();
+}
+
+
 // k per B chunk: 64 rows x 4096 bf16 (or 8192 int8) = 512 KiB, L2-resident (as for int4).
 constexpr int64_t kKChunkInt8 = 4096;
 
-// x @ q^T in fp32 (no scale). isa: -1 auto, 0 scalar conversion (test hook).
-at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t isa) {
+// x @ q^T (times wscale[n] when given) in float32, or bf16 when out_bf16 (with wscale only).
+// isa: -1 auto, 0 scalar conversion (test hook).
+at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, const c10::optional<at::Tensor>& wscale,
+                            bool out_bf16, int64_t isa) {
   check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
   TORCH_CHECK(brgemm_caps() & 1, "int8_brgemm_bf16: this CPU has no bf16 brgemm");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  const float* ws = opt_scale(wscale, N, "int8_brgemm_bf16: wscale");
+  TORCH_CHECK(!out_bf16 || ws, "int8_brgemm_bf16: out_bf16 needs wscale");
   const int64_t Kp = (K + 1) / 2 * 2;
   const at::Tensor a = Kp == K ? x : at::constant_pad_nd(x, {0, Kp - K}, 0).contiguous();
   const bool vec = use_avx512bw(isa) && have_avx512bf16();
@@ -464,15 +534,22 @@ at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, int64_t is
 #endif
     int8_block_to_vnni_scalar<2>(qp, K, n0, 0, nb, k0, 0, kcp, kc, nb, o);
   };
-  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  at::Tensor y = at::empty({M, N}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  const ScaledOut out = scaled_out(y, vec);
+  auto epilogue = [&](int64_t n0, int64_t nb, const float* c) {
+    for (int64_t m = 0; m < M; ++m) write_scaled_row(out, m, n0, c + m * nb, 1.f, ws ? ws + n0 : nullptr, nb);
+  };
   int8_block_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(a.data_ptr<c10::BFloat16>(), M, Kp, N, kKChunkInt8, conv,
-                                                            [](int64_t, int64_t) {}, y.data_ptr<float>());
+                                                            epilogue);
   return y;
 }
 
-// Exact int32 xq @ q^T (xq, q int8). A = xq + 128 as uint8 (XOR 0x80), B = q as it is; the
-// +128 is removed per column as 128 * sum_k q[n, k]. isa: -1 auto, 0 scalar (test hook).
-at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
+// Exact int32 xq @ q^T (xq, q int8), or with both scales given float32 (bf16 when
+// out_bf16) float(xq @ q^T) * xscale[m] * wscale[n]. A = xq + 128 as uint8 (XOR 0x80), B = q
+// as it is; the +128 is removed per column as 128 * sum_k q[n, k]. isa: -1 auto, 0 scalar
+// (test hook).
+at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, const c10::optional<at::Tensor>& xscale,
+                            const c10::optional<at::Tensor>& wscale, bool out_bf16, int64_t isa) {
   check_int8(xq, q, at::kChar, "int8_brgemm_u8s8");
 #ifndef CPUBLAS_BRGEMM_U8I8I32
   TORCH_CHECK(false, "int8_brgemm_u8s8: this torch has no u8s8 brgemm");
@@ -480,16 +557,23 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t i
 #else
   TORCH_CHECK(brgemm_caps() & 2, "int8_brgemm_u8s8: this CPU has no u8s8 brgemm");
   const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
+  const float* xs = opt_scale(xscale, M, "int8_brgemm_u8s8: xscale");
+  const float* ws = opt_scale(wscale, N, "int8_brgemm_u8s8: wscale");
+  TORCH_CHECK((xs == nullptr) == (ws == nullptr) && (!out_bf16 || ws),
+              "int8_brgemm_u8s8: give both scales or neither; out_bf16 needs them");
   const int64_t Kp = (K + 3) / 4 * 4;
   at::Tensor a = at::empty({M, Kp}, xq.options().dtype(at::kByte));
   {
-    // Two plain loops per row, which the compiler can vectorize.
+    // Two plain loops per row, which the compiler can vectorize; rows split across threads
+    // (one thread took 15-20% of the call at 512 x 576 x 576).
     const int8_t* src = xq.data_ptr<int8_t>();
     uint8_t* dst = a.data_ptr<uint8_t>();
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t k = 0; k < K; ++k) dst[m * Kp + k] = static_cast<uint8_t>(src[m * K + k]) ^ 0x80;
-      for (int64_t k = K; k < Kp; ++k) dst[m * Kp + k] = 0x80;
-    }
+    at::parallel_for(0, M, std::max<int64_t>(1, 16384 / Kp), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        for (int64_t k = 0; k < K; ++k) dst[m * Kp + k] = static_cast<uint8_t>(src[m * K + k]) ^ 0x80;
+        for (int64_t k = K; k < Kp; ++k) dst[m * Kp + k] = 0x80;
+      }
+    });
   }
   const bool vec = use_avx512bw(isa);
   const int8_t* qp = q.data_ptr<int8_t>();
@@ -500,20 +584,29 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, int64_t i
 #endif
     int8_block_to_vnni_scalar<4>(qp, K, n0, 0, nb, k0, 0, kcp, kc, nb, bbuf);
   };
-  at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
-  int32_t* yp = y.data_ptr<int32_t>();
-  auto epilogue = [&](int64_t n0, int64_t nb) {
+  at::Tensor y = at::empty({M, N}, xq.options().dtype(!ws ? at::kInt : out_bf16 ? at::kBFloat16 : at::kFloat));
+  const ScaledOut out = ws ? scaled_out(y, vec && have_avx512bf16()) : ScaledOut{};
+  int32_t* yi = ws ? nullptr : y.data_ptr<int32_t>();
+  auto epilogue = [&](int64_t n0, int64_t nb, const int32_t* c) {
     int32_t sums[kRowBlock];
 #if LOWBIT_X86
     if (vec) int8_row_sums_avx512(qp, K, n0, nb, sums);
     else
 #endif
       int8_row_sums_scalar(qp, K, n0, nb, sums);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t r = 0; r < nb; ++r) yp[m * N + n0 + r] -= 128 * sums[r];
+    float v[kRowBlock];
+    for (int64_t m = 0; m < M; ++m) {
+      const int32_t* cm = c + m * nb;
+      if (!ws) {
+        for (int64_t r = 0; r < nb; ++r) yi[m * N + n0 + r] = cm[r] - 128 * sums[r];
+        continue;
+      }
+      for (int64_t r = 0; r < nb; ++r) v[r] = static_cast<float>(cm[r] - 128 * sums[r]);
+      write_scaled_row(out, m, n0, v, xs[m], ws + n0, nb);
+    }
   };
   // int8: twice the k per chunk of the bf16 path for the same bytes.
-  int8_block_brgemm<uint8_t, int8_t, int32_t, 4>(a.data_ptr<uint8_t>(), M, Kp, N, 2 * kKChunkInt8, conv, epilogue, yp);
+  int8_block_brgemm<uint8_t, int8_t, int32_t, 4>(a.data_ptr<uint8_t>(), M, Kp, N, 2 * kKChunkInt8, conv, epilogue);
   return y;
 #endif
 }
@@ -723,20 +816,6 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void da8w4_dequant
 }
 #endif
 
-#if LOWBIT_X86
-// o[j] = bf16(c[j] * s) for the first n / 16 * 16 values (round to nearest even, as
-// f32_to_bf16_rne); returns how many were written.
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) static int64_t scaled_row_to_bf16_avx512(const float* c, float s,
-                                                                                               int64_t n, uint16_t* o) {
-  const __m512 sv = _mm512_set1_ps(s);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m256bh h = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(c + j), sv));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), reinterpret_cast<const __m256i&>(h));
-  }
-  return j;
-}
-#endif
 
 // y [M, N], bf16 when out_bf16 else float32. Each task accumulates its [M, 64] columns in
 // per-thread fp32 scratch (ld 64: L2-resident at M <= 1024) and writes them scaled by sa[m]
@@ -781,8 +860,7 @@ at::Tensor da8w4_brgemm_bf16(const at::Tensor& codes, const at::Tensor& ascale, 
     da8w4_codes_to_bf16_scalar(ap, za, m0, m1, K, abp);
   });
   at::Tensor y = at::empty({M, N}, codes.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
-  float* yf = out_bf16 ? nullptr : y.data_ptr<float>();
-  c10::BFloat16* yb = out_bf16 ? y.data_ptr<c10::BFloat16>() : nullptr;
+  const ScaledOut out = scaled_out(y, vec);
   constexpr int64_t kBlocks = 4;  // 16-column blocks per task: 64 columns
   const int64_t tasks = (NB + kBlocks - 1) / kBlocks;
   const int64_t kchunk = std::min<int64_t>(kKChunkInt4 / gs * gs, K);  // whole groups per chunk
@@ -803,21 +881,7 @@ at::Tensor da8w4_brgemm_bf16(const at::Tensor& codes, const at::Tensor& ascale, 
                           /*add_C=*/k0 > 0, reinterpret_cast<const c10::BFloat16*>(abp) + m0 * K + k0,
                           reinterpret_cast<const c10::BFloat16*>(wbuf), cbuf + m0 * cols, /*is_vnni=*/true);
       }
-      for (int64_t m = 0; m < M; ++m) {
-        const float* c = cbuf + m * cols;
-        const float s = sa[m];
-        if (out_bf16) {
-          uint16_t* o = reinterpret_cast<uint16_t*>(yb + m * N + nb0 * 16);
-          int64_t j = 0;
-#if LOWBIT_X86
-          if (vec) j = scaled_row_to_bf16_avx512(c, s, cols, o);
-#endif
-          for (; j < cols; ++j) o[j] = f32_to_bf16_rne(c[j] * s);
-        } else {
-          float* o = yf + m * N + nb0 * 16;
-          for (int64_t j = 0; j < cols; ++j) o[j] = c[j] * s;
-        }
-      }
+      for (int64_t m = 0; m < M; ++m) write_scaled_row(out, m, nb0 * 16, cbuf + m * cols, sa[m], nullptr, cols);
     }
     cpublas::brgemm_release(true);
   });
@@ -830,9 +894,11 @@ TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
   m.def("brgemm_caps() -> int", &lowbit_wo::brgemm_caps);
   m.def(
       "int4_tinygemm_brgemm(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size, int block_n, "
+      "bool out_bf16=False, int isa=-1) -> Tensor");
+  m.def("int8_brgemm_bf16(Tensor x, Tensor q, Tensor? wscale=None, bool out_bf16=False, int isa=-1) -> Tensor");
+  m.def(
+      "int8_brgemm_u8s8(Tensor xq, Tensor q, Tensor? xscale=None, Tensor? wscale=None, bool out_bf16=False, "
       "int isa=-1) -> Tensor");
-  m.def("int8_brgemm_bf16(Tensor x, Tensor q, int isa=-1) -> Tensor");
-  m.def("int8_brgemm_u8s8(Tensor xq, Tensor q, int isa=-1) -> Tensor");
 
   m.def(
       "da8w4_brgemm(Tensor codes, Tensor ascale, Tensor azp, Tensor gsum, Tensor qdata, Tensor scale, "

@@ -104,6 +104,10 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     if load_cpu_extension():
         symmetric = act_mapping == "symmetric"
         path = choose_path("da8w4_linear", x.shape[0]) if x.shape[0] > 0 else "vnni"
+        if path == "bf16_brgemm" and x.dtype != torch.bfloat16:
+            # Its bf16 weight rounding stays below the output's only for bf16 outputs;
+            # float32 callers keep the exact integer sums of the VNNI kernel.
+            path = "vnni"
         if path == "brgemm":
             # AMX int8 tiles: the same integer sums per group, then the same compensation.
             codes, ascale, azp, gsum = torch.ops.lowbit_ext.da8w4_quantize_act(x, group_size, symmetric)
@@ -314,6 +318,7 @@ def int4_tinygemm_brgemm(x, qdata, scale_and_zero, group_size, layout, isa=-1):
         scale_and_zero.to(torch.bfloat16).contiguous(),
         group_size,
         _INT4_GEMV_BLOCK_N[layout],
+        x.dtype == torch.bfloat16,  # the kernel writes bf16 itself (one rounding, as .to())
         isa,
     )
     return y.to(x.dtype)
@@ -333,8 +338,13 @@ def int8_weight_only_brgemm(x, qdata, scale, isa=-1):
     _check_int8_weight(x, qdata, scale, "int8_weight_only_brgemm")
     if x.shape[0] == 0:
         return x.new_zeros((0, qdata.shape[0]))
-    acc = torch.ops.lowbit_ext.int8_brgemm_bf16(x.to(torch.bfloat16).contiguous(), qdata.contiguous(), isa)
-    return (acc * scale.reshape(1, -1).to(torch.float32)).to(x.dtype)
+    # The per-channel scale and the cast to bf16 happen in the kernel's epilogue, on each
+    # block's accumulators while they are in cache (the same fp32 products as
+    # (acc * scale).to(x.dtype)).
+    y = torch.ops.lowbit_ext.int8_brgemm_bf16(x.to(torch.bfloat16).contiguous(), qdata.contiguous(),
+                                              scale.reshape(-1).to(torch.float32).contiguous(),
+                                              x.dtype == torch.bfloat16, isa)
+    return y.to(x.dtype)
 
 
 def int8_dynamic_brgemm(x, xq, xs, qdata, scale, isa=-1):
@@ -344,5 +354,11 @@ def int8_dynamic_brgemm(x, xq, xs, qdata, scale, isa=-1):
         return x.new_zeros((0, qdata.shape[0]))
     if xq.dtype != torch.int8 or tuple(xq.shape) != tuple(x.shape):
         raise TypeError(f"lowbit int8_dynamic_brgemm: xq must be int8 {tuple(x.shape)}, got {xq.dtype} {tuple(xq.shape)}")
-    acc = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq.contiguous(), qdata.contiguous(), isa)
-    return (acc.to(torch.float32) * xs.reshape(-1, 1) * scale.reshape(1, -1).to(torch.float32)).to(x.dtype)
+    if xs.numel() != x.shape[0]:
+        raise ValueError(f"lowbit int8_dynamic_brgemm: xs must hold one scale per row ({x.shape[0]}), got {tuple(xs.shape)}")
+    # float(acc) * xs[m] * scale[n], then the cast, in the kernel's epilogue.
+    y = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq.contiguous(), qdata.contiguous(),
+                                              xs.reshape(-1).to(torch.float32).contiguous(),
+                                              scale.reshape(-1).to(torch.float32).contiguous(),
+                                              x.dtype == torch.bfloat16, isa)
+    return y.to(x.dtype)
