@@ -635,6 +635,33 @@ static void da8w4_unpack_block(const uint8_t* w, int64_t K, int64_t nb0, int64_t
   }
 }
 
+struct Da8w4Dims {
+  int64_t M, K, NB, N, G;
+};
+
+// The operands both DA8W4 brgemm paths share (ops/cpu.py validates first; this is the
+// second line).
+static Da8w4Dims check_da8w4(const char* fn, const at::Tensor& codes, const at::Tensor& ascale, const at::Tensor& azp,
+                             const at::Tensor& qdata, const at::Tensor& scale, const at::Tensor& zero_point,
+                             int64_t gs) {
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 2 && codes.is_contiguous() && codes.size(0) >= 1, fn,
+              ": codes must be contiguous uint8 [M >= 1, K]");
+  const int64_t M = codes.size(0), K = codes.size(1);
+  TORCH_CHECK(gs > 0 && gs % 16 == 0 && K % gs == 0, fn, ": bad group size");
+  TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 3 && qdata.size(1) * 8 == K && qdata.size(2) == 64 &&
+                  qdata.is_contiguous(),
+              fn, ": qdata must be contiguous uint8 [N/16, K/8, 64]");
+  const int64_t NB = qdata.size(0), G = K / gs;
+  TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kFloat && scale.numel() == NB * G * 16 &&
+                  zero_point.is_contiguous() && zero_point.scalar_type() == at::kByte &&
+                  zero_point.numel() == NB * G * 16,
+              fn, ": scale/zero_point must be contiguous [N/16, G, 16]");
+  TORCH_CHECK(ascale.numel() == M && azp.numel() == M && ascale.is_contiguous() && azp.is_contiguous() &&
+                  ascale.scalar_type() == at::kFloat && azp.scalar_type() == at::kInt,
+              fn, ": activation scale/zero point have the wrong shape or dtype");
+  return {M, K, NB, NB * 16, G};
+}
+
 at::Tensor da8w4_brgemm(const at::Tensor& codes, const at::Tensor& ascale, const at::Tensor& azp,
                         const at::Tensor& gsum, const at::Tensor& qdata, const at::Tensor& scale,
                         const at::Tensor& zero_point, const at::Tensor& qsum, int64_t group_size) {
@@ -643,23 +670,12 @@ at::Tensor da8w4_brgemm(const at::Tensor& codes, const at::Tensor& ascale, const
   return at::Tensor();
 #else
   TORCH_CHECK(brgemm_caps() & 2, "da8w4_brgemm: this CPU has no u8s8 brgemm (AMX)");
-  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 2 && codes.is_contiguous() && codes.size(0) >= 1,
-              "da8w4_brgemm: codes must be contiguous uint8 [M >= 1, K]");
-  const int64_t M = codes.size(0), K = codes.size(1), gs = group_size;
-  TORCH_CHECK(gs > 0 && gs % 16 == 0 && K % gs == 0, "da8w4_brgemm: bad group size");
-  TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 3 && qdata.size(1) * 8 == K &&
-                  qdata.size(2) == 64 && qdata.is_contiguous(),
-              "da8w4_brgemm: qdata must be contiguous uint8 [N/16, K/8, 64]");
-  const int64_t NB = qdata.size(0), N = NB * 16, G = K / gs;
-  TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kFloat && scale.numel() == NB * G * 16 &&
-                  zero_point.is_contiguous() && zero_point.scalar_type() == at::kByte &&
-                  zero_point.numel() == NB * G * 16 && qsum.is_contiguous() && qsum.scalar_type() == at::kInt &&
-                  qsum.numel() == NB * G * 16,
-              "da8w4_brgemm: scale/zero_point/qsum must be contiguous [N/16, G, 16]");
-  TORCH_CHECK(ascale.numel() == M && azp.numel() == M && gsum.numel() == M * G && ascale.is_contiguous() &&
-                  azp.is_contiguous() && gsum.is_contiguous() && ascale.scalar_type() == at::kFloat &&
-                  azp.scalar_type() == at::kInt && gsum.scalar_type() == at::kInt,
-              "da8w4_brgemm: activation scale/zero point/group sums have the wrong shape or dtype");
+  const Da8w4Dims d = check_da8w4("da8w4_brgemm", codes, ascale, azp, qdata, scale, zero_point, group_size);
+  const int64_t M = d.M, K = d.K, gs = group_size, NB = d.NB, N = d.N, G = d.G;
+  TORCH_CHECK(qsum.is_contiguous() && qsum.scalar_type() == at::kInt && qsum.numel() == NB * G * 16,
+              "da8w4_brgemm: qsum must be contiguous int32 [N/16, G, 16]");
+  TORCH_CHECK(gsum.numel() == M * G && gsum.is_contiguous() && gsum.scalar_type() == at::kInt,
+              "da8w4_brgemm: activation group sums must be contiguous int32 [M, G]");
   const uint8_t* ap = codes.data_ptr<uint8_t>();
   const float* sa = ascale.data_ptr<float>();
   const int32_t* za = azp.data_ptr<int32_t>();
@@ -825,21 +841,8 @@ at::Tensor da8w4_brgemm_bf16(const at::Tensor& codes, const at::Tensor& ascale, 
                              const at::Tensor& qdata, const at::Tensor& scale, const at::Tensor& zero_point,
                              int64_t group_size, bool out_bf16, int64_t isa) {
   TORCH_CHECK(brgemm_caps() & 1, "da8w4_brgemm_bf16: this CPU has no bf16 brgemm (AMX or AVX512-BF16)");
-  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 2 && codes.is_contiguous() && codes.size(0) >= 1,
-              "da8w4_brgemm_bf16: codes must be contiguous uint8 [M >= 1, K]");
-  const int64_t M = codes.size(0), K = codes.size(1), gs = group_size;
-  TORCH_CHECK(gs > 0 && gs % 16 == 0 && K % gs == 0, "da8w4_brgemm_bf16: bad group size");
-  TORCH_CHECK(qdata.scalar_type() == at::kByte && qdata.dim() == 3 && qdata.size(1) * 8 == K &&
-                  qdata.size(2) == 64 && qdata.is_contiguous(),
-              "da8w4_brgemm_bf16: qdata must be contiguous uint8 [N/16, K/8, 64]");
-  const int64_t NB = qdata.size(0), N = NB * 16, G = K / gs;
-  TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kFloat && scale.numel() == NB * G * 16 &&
-                  zero_point.is_contiguous() && zero_point.scalar_type() == at::kByte &&
-                  zero_point.numel() == NB * G * 16,
-              "da8w4_brgemm_bf16: scale/zero_point must be contiguous [N/16, G, 16]");
-  TORCH_CHECK(ascale.numel() == M && azp.numel() == M && ascale.is_contiguous() && azp.is_contiguous() &&
-                  ascale.scalar_type() == at::kFloat && azp.scalar_type() == at::kInt,
-              "da8w4_brgemm_bf16: activation scale/zero point have the wrong shape or dtype");
+  const Da8w4Dims d = check_da8w4("da8w4_brgemm_bf16", codes, ascale, azp, qdata, scale, zero_point, group_size);
+  const int64_t M = d.M, K = d.K, gs = group_size, NB = d.NB, N = d.N, G = d.G;
 #if LOWBIT_X86
   const bool vec = isa != 0 && have_avx512bf16();
 #else
