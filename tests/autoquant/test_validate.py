@@ -104,3 +104,13 @@ def test_wall_clock_check_runs_on_a_real_model():
     assert {"float", "plan"} <= set(plan.report.validation)
     assert all(v > 0 for v in plan.report.validation.values())
     assert plan.report.validation_note
+
+
+def test_single_configs_include_the_one_that_passed_on_most_layers():
+    # a, b, c passed on 1 layer each (float elsewhere) and sum fastest; d passed on all 30.
+    totals = {"a": 10.0, "b": 10.1, "c": 10.2, "d": 11.0}
+    coverage = {"a": 1, "b": 1, "c": 2, "d": 30}
+    assert aq.search.rank_single_configs(totals, coverage, 3) == ["a", "b", "c", "d"]
+    assert aq.search.rank_single_configs(totals, coverage, 4) == ["a", "b", "c", "d"]
+    assert aq.search.rank_single_configs({"a": 1.0}, {"a": 5}, 3) == ["a"]
+    assert aq.search.rank_single_configs({}, {}, 3) == []
