@@ -513,14 +513,15 @@ static const float* opt_scale(const c10::optional<at::Tensor>& t, int64_t n, con
 // k per B chunk: 64 rows x 4096 bf16 (or 8192 int8) = 512 KiB, L2-resident (as for int4).
 constexpr int64_t kKChunkInt8 = 4096;
 
-// x @ q^T (times wscale[n] when given) in float32, or bf16 when out_bf16 (with wscale only).
-// isa: -1 auto, 0 scalar conversion (test hook).
+// x @ q^T (times xscale[m] and wscale[n] when given) in float32, or bf16 when out_bf16
+// (with wscale only). isa: -1 auto, 0 scalar conversion (test hook).
 at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, const c10::optional<at::Tensor>& wscale,
-                            bool out_bf16, int64_t isa) {
+                            bool out_bf16, const c10::optional<at::Tensor>& xscale, int64_t isa) {
   check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
   TORCH_CHECK(brgemm_caps() & 1, "int8_brgemm_bf16: this CPU has no bf16 brgemm");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   const float* ws = opt_scale(wscale, N, "int8_brgemm_bf16: wscale");
+  const float* xs = opt_scale(xscale, M, "int8_brgemm_bf16: xscale");
   TORCH_CHECK(!out_bf16 || ws, "int8_brgemm_bf16: out_bf16 needs wscale");
   const int64_t Kp = (K + 1) / 2 * 2;
   const at::Tensor a = Kp == K ? x : at::constant_pad_nd(x, {0, Kp - K}, 0).contiguous();
@@ -537,7 +538,8 @@ at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, const c10:
   at::Tensor y = at::empty({M, N}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
   const ScaledOut out = scaled_out(y, vec);
   auto epilogue = [&](int64_t n0, int64_t nb, const float* c) {
-    for (int64_t m = 0; m < M; ++m) write_scaled_row(out, m, n0, c + m * nb, 1.f, ws ? ws + n0 : nullptr, nb);
+    for (int64_t m = 0; m < M; ++m)
+      write_scaled_row(out, m, n0, c + m * nb, xs ? xs[m] : 1.f, ws ? ws + n0 : nullptr, nb);
   };
   int8_block_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(a.data_ptr<c10::BFloat16>(), M, Kp, N, kKChunkInt8, conv,
                                                             epilogue);
@@ -898,7 +900,9 @@ TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
   m.def(
       "int4_tinygemm_brgemm(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size, int block_n, "
       "bool out_bf16=False, int isa=-1) -> Tensor");
-  m.def("int8_brgemm_bf16(Tensor x, Tensor q, Tensor? wscale=None, bool out_bf16=False, int isa=-1) -> Tensor");
+  m.def(
+      "int8_brgemm_bf16(Tensor x, Tensor q, Tensor? wscale=None, bool out_bf16=False, Tensor? xscale=None, "
+      "int isa=-1) -> Tensor");
   m.def(
       "int8_brgemm_u8s8(Tensor xq, Tensor q, Tensor? xscale=None, Tensor? wscale=None, bool out_bf16=False, "
       "int isa=-1) -> Tensor");
