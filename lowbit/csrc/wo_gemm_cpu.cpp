@@ -346,7 +346,8 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
 // y = x @ q^T with the activations as brgemm's A operand (row-major [M, K], as they come)
 // and one 64-row block of q at a time as B, converted to the VNNI-E layout brgemm wants
 // for B ([K/E][64][E]: E consecutive k of one row per 32-bit word) by 16x16 transposes of
-// words, in registers. C is y itself (ld N), so nothing is transposed on the way out.
+// words, in registers. C is [M][64] per block (ld 64, per-thread scratch), written to y
+// [M, N] once by the epilogue, so nothing is transposed on the way out.
 // (The first version multiplied C^T = q x^T with q as A and x^T packed as B: its [N, M]
 // -> [M, N] output transpose and 1024-k chunks made it 0.87-0.91x bf16 F.linear at
 // M = 64-256 on a 2-core Zen5. AMX kept that transposed scheme until the scratch buffers
