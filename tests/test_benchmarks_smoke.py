@@ -1,4 +1,4 @@
-"""benchmarks/linear.py, int4_gemv_cpu.py and int8_vnni_cpu.py --quick still run (smoke tests; benchmarks are never unit tests)."""
+"""benchmarks/linear.py, int4_gemv_cpu.py, int8_vnni_cpu.py and cpu_paths_ab.py --quick still run (smoke tests; benchmarks are never unit tests)."""
 
 import subprocess
 import sys
@@ -56,3 +56,23 @@ def test_cpu_kernel_benchmark_quick_runs(tmp_path, script, expected):
     text = out.read_text()
     assert text.strip() == proc.stdout.strip()
     assert all(e in text for e in expected), text[:2000]
+
+
+@pytest.mark.slow
+def test_cpu_paths_ab_quick_runs(tmp_path):
+    from lowbit.ops import cpu_paths
+
+    out = tmp_path / "result.md"
+    proc = subprocess.run(
+        [sys.executable, str(_SCRIPT.parent / "cpu_paths_ab.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.strip() == proc.stdout.strip()
+    assert "CPU:" in text and "bf16 F.linear" in text
+    # Every path this machine can run has a row (GEMVs at M=1 only in the quick run).
+    for op, paths in cpu_paths.PATHS.items():
+        for path in paths:
+            if path not in ("dequant_gemm", "fp32_gemm", "tinygemm") and cpu_paths.path_available(op, path):
+                assert f"{op.removesuffix('_linear')} / {path}" in text, (op, path)

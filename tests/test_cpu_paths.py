@@ -91,15 +91,13 @@ def test_int8_bf16_brgemm_any_k_any_n_any_alignment(isa, m, n, k, unaligned):
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
     if unaligned:
         x, q = _unaligned(x), _unaligned(q)
-    y = torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, None, False, None, isa)
+    y = torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, None, False, isa)
     ref = x.float() @ q.float().t()
     assert lowbit.sqnr(ref, y) > 100  # exact products, fp32 sums
     # The fused epilogue: the same fp32 products as (y * ws).to(bf16), rounded the same way.
     ws = torch.rand(n) + 0.5
-    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, False, None, isa), y * ws)
-    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, True, None, isa), (y * ws).to(torch.bfloat16))
-    xs = torch.rand(m) + 0.5
-    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, False, xs, isa), y * xs[:, None] * ws)
+    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, False, isa), y * ws)
+    assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, True, isa), (y * ws).to(torch.bfloat16))
 
 
 @_needs_u8s8_brgemm
@@ -301,21 +299,6 @@ def test_da8w4_bf16_brgemm_nan_row_stays_nan():
     codes, sa, za, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, 64, False)
     y = torch.ops.lowbit_ext.da8w4_brgemm_bf16(codes, sa, za, t.qdata, t.scale, t.zero_point, 64)
     assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2]]).all()
-
-
-@_needs_bf16_brgemm
-@pytest.mark.parametrize("m,n,k", [(1, 64, 64), (33, 100, 1040), (5, 16, 3000)], ids=str)
-def test_int8_dynamic_bf16_brgemm_is_the_integer_product(m, n, k):
-    # Exact bf16 codes, exact fp32 products: the integer sums while they stay < 2^24 (any
-    # K <= 1040; K = 3000 with random signs in practice), then the same scaling as the
-    # u8s8 path.
-    xq = torch.randint(-127, 128, (m, k), dtype=torch.int8)
-    q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
-    xs, ws = torch.rand(m, 1) + 0.5, torch.rand(n) + 0.5
-    x = torch.randn(m, k).to(torch.bfloat16)  # only its shape and dtype are used
-    y = cpu_ops.int8_dynamic_bf16_brgemm(x, xq, xs, q, ws)
-    exact = (xq.long() @ q.long().t()).float() * xs * ws
-    assert y.dtype == torch.bfloat16 and torch.equal(y, exact.to(torch.bfloat16))
 
 
 def test_every_default_table_names_known_paths_for_every_op():

@@ -629,10 +629,10 @@ def rank_single_configs(totals: dict[str, float], coverage: dict[str, int], n: i
     most layers when it is not among them.
 
     The per-layer sums favour a candidate that passed on one or two layers (float's time
-    elsewhere) over one that passed everywhere but timed a little slower per layer; on the
-    2-core AMX VM (2026-12-03) that left all-int4 g32, the only int4 group size passing
-    30 dB on SmolLM2 and 1.8x float end to end, out of the check, which kept a mostly-float
-    plan at 1.17x.
+    elsewhere) over one that passed everywhere but timed a little slower per layer. On the
+    2-core AMX VM (2026-12-03) that left all-int4 g32 out of the check: it was the only
+    int4 group size passing 30 dB on SmolLM2, and 1.52x faster than float on the calibration
+    calls (234 vs 356 ms). The check then kept a mostly-float plan, which decoded at 1.17x.
     """
     best = sorted(totals, key=totals.get)[:n]
     if coverage:

@@ -17,23 +17,30 @@
 //
 //   int4_tinygemm_brgemm(x bf16 [M, K], qdata uint8 [Np, K/2] (ATen tinygemm CPU layout,
 //       lowbit/packing/int4.py), scale_and_zero bf16 [K/g, Np, 2], group_size, block_n)
-//       -> float32 [M, Np]. y = x @ W^T with W[n, k] = (q - 8) * s + z, dequantized in
-//       fp32 and rounded to bf16 once (exactly the old dequantize + GEMM path's numerics).
+//       -> float32 [M, Np] (bf16 with out_bf16). y = x @ W^T with W[n, k] = (q - 8) * s + z,
+//       dequantized in fp32 and rounded to bf16 once (the old dequantize + GEMM path's numerics).
 //       B operand = W^T block [K, block] in VNNI-2 bf16 layout ([K/2][block][2]): a byte
 //       row of the packed block holds one k for all rows of the block, so two byte rows
 //       interleave into one VNNI row.
-//   int8_brgemm_bf16(x bf16 [M, K], q int8 [N, K]) -> float32 [M, N] = x @ q^T (no scale).
+//   int8_brgemm_bf16(x bf16 [M, K], q int8 [N, K], wscale?, out_bf16) -> float32 (or bf16)
+//       [M, N] = (x @ q^T) * wscale[n] (no scale when absent).
 //       A = x, B = a 64-row block of q converted to bf16 (exact) in VNNI-2 [K/2][64][2].
-//   int8_brgemm_u8s8(xq int8 [M, K]) x q int8 [N, K] -> int32 [M, N] exact integer dot
-//       products. A = xq ^ 0x80 (xq + 128 as uint8), B = a block of q in VNNI-4
-//       [K/4][64][4]; the +128 is removed as 128 * sum_k q[n, k].
+//   int8_brgemm_u8s8(xq int8 [M, K], q int8 [N, K], xscale?, wscale?, out_bf16) -> int32
+//       [M, N] exact integer dot products, or with both scales float32 (or bf16)
+//       float(dot) * xscale[m] * wscale[n]. A = xq ^ 0x80 (xq + 128 as uint8), B = a block
+//       of q in VNNI-4 [K/4][64][4]; the +128 is removed as 128 * sum_k q[n, k].
+//   Every path accumulates a block's columns in per-thread scratch and writes its output
+//   once (ScaledOut below); bf16 outputs round to nearest even, except that the AVX512-BF16
+//   conversion flushes float32 denormals (|y| < 2^-126) to zero where torch's cast keeps them.
 //   da8w4_brgemm / da8w4_brgemm_bf16: DA8W4 (int8 activation codes x int4 weights packed
 //       for da8w4_cpu.cpp), by u8s8 brgemm per group, or by bf16 brgemm over the whole K
 //       with the group scales folded into a bf16 copy of each weight block (below).
 //
 // K tails: K is padded with zeros to the VNNI width inside the packed operands, so any K
 // works; any N works (the last block is short); M >= 1 (M = 0 is handled in Python).
-// Inputs need not be aligned (the buffers that brgemm reads are allocated here).
+// Inputs need not be aligned: B operands and accumulators live in 64-byte aligned scratch
+// allocated here; A is the caller's contiguous activations (or a copy made here), which the
+// tile loads read at any alignment (tests: unaligned storage).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -106,8 +113,8 @@ int64_t brgemm_caps() {
 // the caller (two may be live at once).
 // 64-byte aligned: brgemm loads its operands a cache line (one AMX tile row) at a time,
 // and a std::vector's block starts 16 bytes into a page, so every tile row straddled two
-// lines (DA8W4 bf16 brgemm, 256x4096x4096, 2 threads, 2-core AMX VM: 8.4-8.8 ms in most
-// processes, 6.3-6.6 ms in the others).
+// lines (DA8W4 bf16 brgemm, 256x4096x4096, 2 threads, 2-core AMX VM: 8.3-9.1 ms in most
+// processes, 6.2-6.6 ms in the others).
 template <typename T>
 static T* scratch(int slot, size_t n) {
   static thread_local std::vector<unsigned char> bufs[2];
@@ -514,15 +521,14 @@ static const float* opt_scale(const c10::optional<at::Tensor>& t, int64_t n, con
 // k per B chunk: 64 rows x 4096 bf16 (or 8192 int8) = 512 KiB, L2-resident (as for int4).
 constexpr int64_t kKChunkInt8 = 4096;
 
-// x @ q^T (times xscale[m] and wscale[n] when given) in float32, or bf16 when out_bf16
-// (with wscale only). isa: -1 auto, 0 scalar conversion (test hook).
+// x @ q^T (times wscale[n] when given) in float32, or bf16 when out_bf16 (with wscale only).
+// isa: -1 auto, 0 scalar conversion (test hook).
 at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, const c10::optional<at::Tensor>& wscale,
-                            bool out_bf16, const c10::optional<at::Tensor>& xscale, int64_t isa) {
+                            bool out_bf16, int64_t isa) {
   check_int8(x, q, at::kBFloat16, "int8_brgemm_bf16");
   TORCH_CHECK(brgemm_caps() & 1, "int8_brgemm_bf16: this CPU has no bf16 brgemm");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   const float* ws = opt_scale(wscale, N, "int8_brgemm_bf16: wscale");
-  const float* xs = opt_scale(xscale, M, "int8_brgemm_bf16: xscale");
   TORCH_CHECK(!out_bf16 || ws, "int8_brgemm_bf16: out_bf16 needs wscale");
   const int64_t Kp = (K + 1) / 2 * 2;
   const at::Tensor a = Kp == K ? x : at::constant_pad_nd(x, {0, Kp - K}, 0).contiguous();
@@ -539,8 +545,7 @@ at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, const c10:
   at::Tensor y = at::empty({M, N}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
   const ScaledOut out = scaled_out(y, vec);
   auto epilogue = [&](int64_t n0, int64_t nb, const float* c) {
-    for (int64_t m = 0; m < M; ++m)
-      write_scaled_row(out, m, n0, c + m * nb, xs ? xs[m] : 1.f, ws ? ws + n0 : nullptr, nb);
+    for (int64_t m = 0; m < M; ++m) write_scaled_row(out, m, n0, c + m * nb, 1.f, ws ? ws + n0 : nullptr, nb);
   };
   int8_block_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(a.data_ptr<c10::BFloat16>(), M, Kp, N, kKChunkInt8, conv,
                                                             epilogue);
@@ -901,9 +906,7 @@ TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
   m.def(
       "int4_tinygemm_brgemm(Tensor x, Tensor qdata, Tensor scale_and_zero, int group_size, int block_n, "
       "bool out_bf16=False, int isa=-1) -> Tensor");
-  m.def(
-      "int8_brgemm_bf16(Tensor x, Tensor q, Tensor? wscale=None, bool out_bf16=False, Tensor? xscale=None, "
-      "int isa=-1) -> Tensor");
+  m.def("int8_brgemm_bf16(Tensor x, Tensor q, Tensor? wscale=None, bool out_bf16=False, int isa=-1) -> Tensor");
   m.def(
       "int8_brgemm_u8s8(Tensor xq, Tensor q, Tensor? xscale=None, Tensor? wscale=None, bool out_bf16=False, "
       "int isa=-1) -> Tensor");

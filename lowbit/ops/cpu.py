@@ -62,8 +62,6 @@ def int8_dynamic_linear(x, qdata, scale):
     path = choose_path("int8_dynamic_linear", x.shape[0])
     if path == "brgemm":
         return int8_dynamic_brgemm(x, xq, xs, qdata, scale)
-    if path == "bf16_brgemm":
-        return int8_dynamic_bf16_brgemm(x, xq, xs, qdata, scale)
     if path == "vnni":
         # lowbit/csrc/int8_vnni_cpu.cpp: exact int32 sums, the weight read once per call in
         # its storage order (4096x4096, 2-core Zen5: M=1..8 ~0.5 ms, M=16 0.60, M=64 1.7).
@@ -335,6 +333,14 @@ def _check_int8_weight(x, qdata, scale, fn):
                          f"got shape {tuple(scale.shape)}")
 
 
+def _check_int8_dynamic_args(x, xq, xs, qdata, scale, fn):
+    _check_int8_weight(x, qdata, scale, fn)
+    if xq.dtype != torch.int8 or tuple(xq.shape) != tuple(x.shape):
+        raise TypeError(f"lowbit {fn}: xq must be int8 {tuple(x.shape)} (x's shape), got {xq.dtype} {tuple(xq.shape)}")
+    if xs.numel() != x.shape[0]:
+        raise ValueError(f"lowbit {fn}: xs must hold one scale per row of x ({x.shape[0]}), got shape {tuple(xs.shape)}")
+
+
 def int8_weight_only_brgemm(x, qdata, scale, isa=-1):
     """x @ (qdata * scale)^T: int8 rows converted to bf16 (exact), multiplied by bf16 brgemm."""
     _check_int8_weight(x, qdata, scale, "int8_weight_only_brgemm")
@@ -345,38 +351,15 @@ def int8_weight_only_brgemm(x, qdata, scale, isa=-1):
     # (acc * scale).to(x.dtype)).
     y = torch.ops.lowbit_ext.int8_brgemm_bf16(x.to(torch.bfloat16).contiguous(), qdata.contiguous(),
                                               scale.reshape(-1).to(torch.float32).contiguous(),
-                                              x.dtype == torch.bfloat16, None, isa)
-    return y.to(x.dtype)
-
-
-def int8_dynamic_bf16_brgemm(x, xq, xs, qdata, scale, isa=-1):
-    """int8 dynamic on bf16 tiles: the codes of both operands are exact in bf16 and each
-    product (|xq q| <= 127^2) exact in fp32, so the sums are the integer ones while they stay
-    below 2^24 (always for K <= 1040); then float(acc) * xs[m] * scale[n] in the epilogue, as
-    the u8s8 path. On AMX, oneDNN's bf16 ukernel ran the small layers of SmolLM2 (K = 576,
-    1536) 1.3-2x faster than its u8s8 one (benchmarks/results/intel-xeon-vm-2c-amx-*-2026-12-03)."""
-    _check_int8_weight(x, qdata, scale, "int8_dynamic_bf16_brgemm")
-    if x.shape[0] == 0:
-        return x.new_zeros((0, qdata.shape[0]))
-    if xq.dtype != torch.int8 or tuple(xq.shape) != tuple(x.shape) or xs.numel() != x.shape[0]:
-        raise TypeError(f"lowbit int8_dynamic_bf16_brgemm: xq must be int8 {tuple(x.shape)} with one scale per row, "
-                        f"got {xq.dtype} {tuple(xq.shape)} and {xs.numel()} scales")
-    y = torch.ops.lowbit_ext.int8_brgemm_bf16(xq.to(torch.bfloat16).contiguous(), qdata.contiguous(),
-                                              scale.reshape(-1).to(torch.float32).contiguous(),
-                                              x.dtype == torch.bfloat16,
-                                              xs.reshape(-1).to(torch.float32).contiguous(), isa)
+                                              x.dtype == torch.bfloat16, isa)
     return y.to(x.dtype)
 
 
 def int8_dynamic_brgemm(x, xq, xs, qdata, scale, isa=-1):
     """Exact int32 xq @ qdata^T by u8s8 brgemm (AMX int8 tiles or AVX512-VNNI), then both scales."""
-    _check_int8_weight(x, qdata, scale, "int8_dynamic_brgemm")
+    _check_int8_dynamic_args(x, xq, xs, qdata, scale, "int8_dynamic_brgemm")
     if x.shape[0] == 0:
         return x.new_zeros((0, qdata.shape[0]))
-    if xq.dtype != torch.int8 or tuple(xq.shape) != tuple(x.shape):
-        raise TypeError(f"lowbit int8_dynamic_brgemm: xq must be int8 {tuple(x.shape)}, got {xq.dtype} {tuple(xq.shape)}")
-    if xs.numel() != x.shape[0]:
-        raise ValueError(f"lowbit int8_dynamic_brgemm: xs must hold one scale per row ({x.shape[0]}), got {tuple(xs.shape)}")
     # float(acc) * xs[m] * scale[n], then the cast, in the kernel's epilogue.
     y = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq.contiguous(), qdata.contiguous(),
                                               xs.reshape(-1).to(torch.float32).contiguous(),

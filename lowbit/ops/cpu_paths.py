@@ -61,8 +61,7 @@ PATHS: dict[str, tuple[str, ...]] = {
     # ATen int8 GEMV on the codes | lowbit u8s8 brgemm (AMX or AVX512-VNNI) | fp32 GEMM on the codes
     # | torch._int_mm (oneDNN s8s8s32; fast with VNNI, a slow loop on AVX2)
     # | lowbit C++ int8 x int8 GEMM on the row-major codes (int8_vnni_cpu.cpp: AVX512-VNNI)
-    # | lowbit bf16 brgemm on the codes (exact products; AMX or AVX512-BF16)
-    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm", "vnni", "bf16_brgemm"),
+    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm", "vnni"),
     # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group
     # | lowbit bf16 brgemm on the activation codes, group scales folded into the weight block
     "da8w4_linear": ("vnni", "brgemm", "bf16_brgemm"),
