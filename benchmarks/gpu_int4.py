@@ -188,7 +188,7 @@ def _eager_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-SWEEP_KINDS = ("gemv", "gemv2", "mm", "mm2", "deq", "marlin")
+SWEEP_KINDS = ("gemv", "gemv2", "gemv3", "mm", "mm2", "deq", "marlin")
 
 
 def _sweep_configs(m: int) -> list[dict]:
@@ -212,6 +212,15 @@ def _sweep_configs(m: int) -> list[dict]:
         add("gemv2", 1, 256, 0, 4, 8, 3)
         for bn, split in ((128, 1), (128, 4), (256, 4)):
             add("gemv2", 1, bn, 0, split, 4, 3, PREFETCH=True)
+        # gemv3: CH chunks per step; tiles of at most 1024 words per warp (registers).
+        for warps, tiles in ((4, ((2, 64), (4, 64), (2, 128), (8, 32), (4, 32))),
+                             (8, ((4, 64), (8, 64), (4, 128), (8, 32), (2, 128)))):
+            for ch, bn in tiles:
+                for pf in (False, True):
+                    add("gemv3", 1, bn, 0, 1, warps, 1, CH=ch, PREFETCH=pf)
+        add("gemv3", 1, 64, 0, 2, 4, 1, CH=4, PREFETCH=True)
+        add("gemv3", 1, 64, 0, 2, 8, 1, CH=8, PREFETCH=True)
+        add("gemv3", 1, 32, 0, 2, 4, 1, CH=4, PREFETCH=True)
         add("mm2", 16, 128, 0, 4, 4, 3, SUB=8)
         for split in (4, 8):
             add("mm2", 16, 128, 0, split, 4, 3, SUB=8, XDOT=True)
@@ -223,6 +232,8 @@ def _sweep_configs(m: int) -> list[dict]:
             for bn in (128, 256):
                 add("gemv2", 1, bn, 0, 4, 4, 3)
             add("gemv2", 1, 128, 0, 4, 4, 3, PREFETCH=True)
+            for ch, bn, warps in ((4, 64, 4), (8, 64, 8), (4, 32, 4)):
+                add("gemv3", 1, bn, 0, 1, warps, 1, CH=ch, PREFETCH=True)
         for bn in (64,) if m <= 8 else (64, 128):
             add("mm", 16, bn, 64, 4)
         add("mm2", 16, 128, 0, 4, 4, 3, SUB=1)
@@ -273,6 +284,8 @@ def _short(cfg: dict) -> str:
         t += " pair"
     if "SUB" in cfg:
         t += f" sub{cfg['SUB']}" + ("" if cfg.get("JOIN", True) else " bcast") + (" xdot" if cfg.get("XDOT") else "")
+    if "CH" in cfg:
+        t += f" ch{cfg['CH']}"
     if cfg.get("PREFETCH"):
         t += " prefetch"
     if cfg.get("XDOT") and "SUB" not in cfg:

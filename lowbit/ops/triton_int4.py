@@ -8,6 +8,9 @@ Three kernels read lowbit's own layout (``lowbit/packing/int4_triton.py``: int32
   loads its ``[16, BLOCK_N]`` word tile once; nibble plane ``j`` is dequantized and
   multiplied by a contiguous 16-value activation slice into a ``[16, BLOCK_N]`` fp32
   tile, reduced once at the end. Bandwidth-bound: the goal is HBM speed.
+* ``gemv3_kernel``  the decode GEMV (M = 1, and M = 2 on narrow layers): gemv2's
+  factored numerics on a ``[CH, 16, BLOCK_N]`` word tile (CH chunks per step, the next
+  step's words loaded early), so that one launch covers a column strip with no split-K.
 * ``mm_kernel``     M > 1: fused dequantize + ``tl.dot`` (tensor cores). Each BLOCK_K
   step gathers the ``[BLOCK_K, BLOCK_N]`` codes in natural k order (word row
   ``16 (k // 128) + k % 16``, nibble ``(k % 128) // 16``: loads stay coalesced along N,
@@ -93,29 +96,36 @@ def _kernels():
 
 def _kernel_table(k) -> dict:
     """Short names of the kernels in module ``k`` (tests pass an interpreted copy)."""
-    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "gemv2": k.gemv2_kernel, "mm2": k.mm2_kernel,
+    return {"gemv": k.gemv_kernel, "mm": k.mm_kernel, "gemv2": k.gemv2_kernel, "gemv3": k.gemv3_kernel, "mm2": k.mm2_kernel,
             "dequant": k.dequant_kernel, "marlin": k.marlin_mm_kernel, "marlin_dequant": k.marlin_dequant_kernel}
 
 
 # ---------------------------------------------------------------------- dispatch by M
 
 # Tile choices per M range, measured on an H200 (sm90) with benchmarks/gpu_int4.py
-# --sweep (benchmarks/results/gpu_int4_h200_sweep_mm2.md). Other CUDA archs (sm80/sm89)
-# use the same table until measured there. kind: "gemv"/"gemv2", "mm"/"mm2" or "deq"
-# (dequantize + cuBLAS). Each row: (max M, kind, BLOCK_M, BLOCK_N, BLOCK_K (128: the
-# chunk the split-K heuristic counts), num_warps, num_stages, extra cfg).
-# H200 sweep, cold weights, CUDA graphs, 14336x4096 (4096x4096), us:
-#   M=1   gemv2 PREFETCH 23.6 (12.2), old gemv 31.3 (13.3), bf16 32.8 (13.9)
+# --sweep (benchmarks/results/gpu_int4_h200_sweep_mm2.md, gpu_int4_h200_gemv3_2026-12-03.md).
+# Other CUDA archs (sm80/sm89) use the same table until measured there. kind: "gemv"/
+# "gemv2"/"gemv3", "mm"/"mm2" or "deq" (dequantize + cuBLAS). Each row: (max M, kind,
+# BLOCK_M, BLOCK_N, BLOCK_K (128: the chunk the split-K heuristic counts), num_warps,
+# num_stages, extra cfg). H200 sweeps, cold weights, CUDA graphs, 14336x4096 (4096x4096), us:
+#   M=1   gemv3 CH4 PREFETCH 22.3 (CH8 9.6), gemv2 PREFETCH 23.5 (12.2), bf16 32.1 (13.8);
+#         28672x8192: gemv3 73.0, gemv2 71.7, bf16 121.2; 4096x14336: gemv3 25.2, gemv2 29.2
+#   M=2   mm2 27.4 (gemv3 13.2), gemv3 37.0 (mm2 17.6), bf16 32.6 (13.7)
 #   M=4   mm2 PAIR+XDOT 16x128 split 4: 27.3 (17.8), old mm 50.2 (19.8), bf16 31.7 (14.0)
 #   M=16  mm2 30.0 (19.9), old mm 52.4 (20.3), bf16 32.5 (13.9)
 #   M=64  mm2 32x128 70.7 (27.2), dequantize + cuBLAS 73.6 (21.2), bf16 37.5 (12.5)
 #   M=256 dequantize + cuBLAS 87.0 (26.5), old mm 159.8 (80.2), mm2 208.3 (105.1)
-# So the factored kernels serve M <= 32 and dequantize + cuBLAS the rest.
+# So gemv3 serves M = 1 (and M = 2 on narrow layers, N < _NARROW_N, where mm2's grid is
+# small), mm2 M <= 32 and dequantize + cuBLAS the rest.
 _SM90_TABLE = (
-    (GEMV_MAX_M, "gemv2", 1, 256, 128, 4, 3, {"PREFETCH": True}),
+    (GEMV_MAX_M, "gemv3", 1, 64, 128, 4, 1, {"CH": 4, "PREFETCH": True}),
     (32, "mm2", 16, 128, 128, 4, 3, {"PAIR": True, "XDOT": True}),
     (1 << 62, "deq", 0, 128, 0, 4, 1, {}),
 )
+_NARROW_N = 8192
+# Narrow layers (N < _NARROW_N): M -> (BLOCK_N, num_warps, CH) of gemv3 (sweep bests:
+# 4096x4096 M=1 32 / 8 warps / CH8, M=2 64 / 8 / 8).
+_SM90_NARROW_GEMV3 = {1: (32, 8, 8), 2: (64, 8, 8)}
 _SPLIT_K_MAX_M = 256  # above this the fp32 partial sums would cost more than they save
 # Programs per SM the split-K heuristic aims for, and the largest split (sweep best:
 # gemv2 split 4 at 56 tiles, 8 at 32; mm2 split 4 at 32 and 112 tiles).
@@ -145,12 +155,15 @@ def _pick(m: int, n: int, k: int, device: torch.device) -> dict:
     for max_m, kind, bm, bn, bk, warps, stages, extra in _SM90_TABLE:
         if m <= max_m:
             break
-    if kind == "gemv2" and n < 8192:
-        bn = 128  # smaller layers: more column tiles (sweep: 4096x4096 best at 128, split 8)
+    if n < _NARROW_N and m in _SM90_NARROW_GEMV3:
+        kind, bm, bk, stages = "gemv3", 1, 128, 1
+        bn, warps, ch = _SM90_NARROW_GEMV3[m]
+        extra = {"CH": ch, "PREFETCH": True}
     cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
            "SPLIT_K": 1, **extra}
-    if kind != "deq" and m <= _SPLIT_K_MAX_M:
-        tiles = (m if kind in ("gemv", "gemv2") else -(-m // bm)) * -(-n // bn)
+    # gemv3 never splits K: one launch, no zeroed fp32 buffer, no atomics, no cast.
+    if kind not in ("deq", "gemv3") and m <= _SPLIT_K_MAX_M:
+        tiles = (m if kind in ("gemv", "gemv2", "gemv3") else -(-m // bm)) * -(-n // bn)
         split = _split_k(tiles, -(-k // bk), device, _WAVES[kind])
         cfg["SPLIT_K"] = min(split, _MAX_SPLIT.get(kind, split))
     return cfg
@@ -178,6 +191,12 @@ def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wra
         wrap(ks["gemv2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
                                 GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, GP=gp, PREFETCH=cfg.get("PREFETCH", False),
                                 SPLIT_K=split, **launch)
+    elif cfg["kind"] == "gemv3":
+        ch = cfg.get("CH", 4)
+        grid = (-(-n // bn), split, m)
+        wrap(ks["gemv3"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
+                                GS=group_size, INT_ZP=int_zp, BLOCK_N=bn, CH=ch, GP=gp,
+                                PREFETCH=cfg.get("PREFETCH", False), SPLIT_K=split, **launch)
     elif cfg["kind"] == "mm2":
         pair = bool(cfg.get("PAIR", False)) and gp == _CHUNK // _PLANE  # pairs of planes need the chunk in one group
         sub = 1 if pair else min(cfg.get("SUB", 1), gp)  # planes per tl.dot: a dot never spans two groups

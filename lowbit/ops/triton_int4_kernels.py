@@ -11,7 +11,7 @@ this module under ``TRITON_INTERPRET=1`` in a process whose triton is already lo
 import triton
 import triton.language as tl
 
-__all__ = ["dequant_kernel", "gemv2_kernel", "gemv_kernel", "marlin_dequant_kernel", "marlin_mm_kernel", "mm2_kernel",
+__all__ = ["dequant_kernel", "gemv2_kernel", "gemv3_kernel", "gemv_kernel", "marlin_dequant_kernel", "marlin_mm_kernel", "mm2_kernel",
            "mm_kernel"]
 
 
@@ -360,6 +360,73 @@ def gemv2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_
                 acc += part * s16[None, :]
                 ycorr += corr * tl.reduce(xv, 0, _add)
     _write_row(out_ptr + pid_m * stride_om + offs_n, tl.reduce(acc, 0, _add) + ycorr, n_mask, SPLIT_K)
+
+
+@triton.jit
+def gemv3_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
+                 GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr,
+                 GP: tl.constexpr, PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr):
+    # gemv2's factored numerics on a [CH, 16, BLOCK_N] word tile: CH chunks (128 CH k)
+    # per step, so that one program keeps CH times the bytes in flight and a column strip
+    # needs no split-K (SPLIT_K 1: no zeroed fp32 buffer, no atomics, no cast kernel; one
+    # launch). Per weight one shift, one and-or (fp32 1 + q / 16) and one FMA into the
+    # group's partial; per group one FMA per partial element (16 s, broadcast over the 16
+    # rows of a chunk) and the zero-point correction times the group's activation sums.
+    # Rows and chunks reduced once at the end. Groups of 32 / 64 (GP = 2 / 4 planes) apply
+    # their scales two / four times per step.
+    pid_m = tl.program_id(2)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_c = tl.arange(0, CH)
+    offs_i = tl.arange(0, 16)
+    n_steps = _cdiv(n_chunks, CH)
+    per_split = _cdiv(n_steps, SPLIT_K)
+    s0 = tl.program_id(1) * per_split
+    acc = tl.full((CH, 16, BLOCK_N), 0.0, tl.float32)
+    part = tl.full((CH, 16, BLOCK_N), 0.0, tl.float32)
+    corr_acc = tl.full((CH, BLOCK_N), 0.0, tl.float32)
+    xv = tl.full((CH, 16), 0.0, tl.float32)
+    if PREFETCH:
+        q_next = _words3(q_ptr, s0 * CH + offs_c, offs_i, offs_n, n_mask, N, n_chunks)
+    for it in range(per_split):
+        c = (s0 + it) * CH + offs_c  # [CH] chunk indices of this step
+        if PREFETCH:
+            q = q_next
+            q_next = _words3(q_ptr, c + CH, offs_i, offs_n, n_mask, N, n_chunks)
+        else:
+            q = _words3(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
+        for j in tl.static_range(8):
+            k = c[:, None] * 128 + 16 * j + offs_i[None, :]  # [CH, 16]
+            a = tl.load(x_ptr + pid_m * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+            w = _plane(q, j, 19, 0x3F800000, tl.float32)
+            if j % GP == 0:
+                part = w * a[:, :, None]
+                xv = a
+            else:
+                part += w * a[:, :, None]
+                xv += a
+            if (j + 1) % GP == 0:
+                g = (c * 128 + 16 * j) // GS  # [CH] group of each chunk's planes
+                ok = (g * GS < K)[:, None] & n_mask[None, :]
+                gp = g[:, None] * N + offs_n[None, :]
+                s = tl.load(s_ptr + gp, mask=ok, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + gp, mask=ok, other=0).to(tl.float32)
+                if INT_ZP:
+                    corr = -(z + 16.0) * s
+                else:
+                    corr = z - 24.0 * s
+                acc += part * (16.0 * s)[:, None, :]
+                corr_acc += corr * tl.reduce(xv, 1, _add)[:, None]
+    y = tl.reduce(tl.reduce(acc, 1, _add) + corr_acc, 0, _add)
+    _write_row(out_ptr + pid_m * stride_om + offs_n, y, n_mask, SPLIT_K)
+
+
+@triton.jit
+def _words3(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks):
+    # The [CH, 16, BLOCK_N] word tile of chunks c (zeros past the last chunk and column).
+    rows = c[:, None] * 16 + offs_i[None, :]
+    ok = (rows < n_chunks * 16)[:, :, None] & n_mask[None, None, :]
+    return tl.load(q_ptr + rows[:, :, None] * N + offs_n[None, None, :], mask=ok, other=0)
 
 
 @triton.jit

@@ -305,7 +305,9 @@ class BlockConfig:
 
 
 # Block sizes per batch size M on sm90, per weight class: "wide" (N >= _WIDE_N) holds the
-# fastest configs of the H200 sweep on 14336x4096 (benchmarks/results/gpu_8bit_h200_sweep.md);
+# fastest configs of the H200 sweep on 14336x4096 (benchmarks/results/gpu_8bit_h200_sweep.md;
+# at M = 1 the x-first tile kernel, best over 14336x4096 and 28672x8192 in
+# gpu_8bit_h200_m1_sweep_2026-12-03.md: 68.2 us at 28672x8192, 1.62x bf16);
 # "narrow" (N < _WIDE_N, few weight-row blocks) takes the same family with half the block
 # of weight rows where that doubles the programs to about one per SM (not swept yet:
 # ``benchmarks/gpu_8bit.py --sweep --tables-out`` measures both classes and writes tables
@@ -318,7 +320,7 @@ _TABLES: dict[str, dict[str, list]] = {
     "w8a16": {
         "narrow": [(1, (0, 8, 512, 4, 3)), (16, (16, 16, 256, 4, 4)), (64, (32, 64, 128, 4, 4)),
                    (_BIG, (256, 128, 64, 8, 3))],
-        "wide": [(1, (0, 8, 512, 4, 3)), (16, (16, 32, 256, 4, 4)), (64, (64, 64, 128, 4, 4)),
+        "wide": [(1, (16, 64, 128, 4, 4, False)), (16, (16, 32, 256, 4, 4)), (64, (64, 64, 128, 4, 4)),
                  (_BIG, (256, 128, 64, 8, 3))],
     },
     "a8w8_int8": {

@@ -241,7 +241,7 @@ def _factored_case(seed, min_group=32):
 
 def _run_factored(kind, seed, extra):
     m, n, k, g, int_zp, bn, split, dtype = _factored_case(seed, 128 if extra.get("PAIR") else 32)  # PAIR: g >= 128
-    if kind == "gemv2":
+    if kind in ("gemv2", "gemv3"):
         m = min(m, 3)
     codes, scale, zero = _operands(n, k, g, int_zp, "cpu", dtype, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)).to(dtype)
@@ -274,15 +274,30 @@ def test_gemv2_kernel_interpreted(cpu_kernels, seed):
 
 @needs_triton
 @interpreter_only
-@pytest.mark.parametrize("m", [1, 5, 32, 33])
-def test_dispatch_table_configs_interpreted(cpu_kernels, bf16_dot, m):
-    # Each row of _SM90_TABLE, with the launch parameters _pick derives, on both sides of
-    # its M bound (33: dequantize + matmul, checked against the reference by SQNR).
-    n, k, g = 96, 256, 128
+@pytest.mark.parametrize("seed", range(6))
+def test_gemv3_kernel_interpreted(cpu_kernels, seed):
+    # CH chunks per step (1, 2, 4) with and without PREFETCH; seeds 0, 1, 3 run one split so
+    # that a program walks several steps, the last one past the end of K.
+    extra = {"CH": (1, 2, 4)[seed % 3], "PREFETCH": seed % 2 == 0}
+    _run_factored("gemv3", seed, {**extra, "SPLIT_K": 1} if seed in (0, 1, 3) else extra)
+
+
+@needs_triton
+@interpreter_only
+@pytest.mark.parametrize("m, n", [(1, 96), (2, 96), (3, 96), (32, 96), (33, 96), (1, 8192), (2, 8192)])
+def test_dispatch_table_configs_interpreted(cpu_kernels, bf16_dot, m, n):
+    # Each row of _SM90_TABLE and of the narrow-layer gemv3 table, with the launch
+    # parameters _pick derives, on both sides of their M and N bounds (33: dequantize +
+    # matmul, checked against the reference by SQNR).
+    k, g = 256, 128
     codes, scale, zero = _operands(n, k, g, False, "cpu", torch.bfloat16, m)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
     cfg = T._pick(m, n, k, torch.device("cpu"))
-    assert cfg["kind"] == ("gemv2" if m == 1 else "mm2" if m <= 32 else "deq"), cfg
+    narrow = n < T._NARROW_N
+    want = "gemv3" if m == 1 or (m == 2 and narrow) else "mm2" if m <= 32 else "deq"
+    assert cfg["kind"] == want, cfg
+    if want == "gemv3":
+        assert cfg["SPLIT_K"] == 1 and cfg["BLOCK_N"] == (T._SM90_NARROW_GEMV3[m][0] if narrow else 64), cfg
     q = pack_int4_triton(codes)
     y = T.int4_triton_linear(x, q, scale, zero, g, cfg=cfg)
     if cfg["kind"] == "deq":
@@ -345,7 +360,8 @@ def test_fuzz_each_kernel_cuda(kind, seed):
     assert sqnr(T.int4_triton_reference(x, q, scale, zero, g).float(), y.float()) >= 42.0, (kind, m, n, k, g)
 
 
-_FACTORED_CUDA = [("gemv2", {}), ("gemv2", {"PREFETCH": True}), ("mm2", {"SUB": 1}), ("mm2", {"SUB": 8}),
+_FACTORED_CUDA = [("gemv2", {}), ("gemv2", {"PREFETCH": True}), ("gemv3", {"CH": 4}),
+                  ("gemv3", {"CH": 8, "PREFETCH": True}), ("mm2", {"SUB": 1}), ("mm2", {"SUB": 8}),
                   ("mm2", {"SUB": 8, "XDOT": True}), ("mm2", {"SUB": 4, "JOIN": False}), ("mm2", {"PAIR": True}),
                   ("mm2", {"PAIR": True, "XDOT": True})]
 
@@ -360,7 +376,7 @@ def test_fuzz_factored_kernels_cuda(variant, seed, dtype):
     """The factored kernels on the GPU (bf16 tensor-core dots included) within the stated bound."""
     kind, extra = _FACTORED_CUDA[variant]
     m, n, k, g, int_zp = _fuzz_case(300 + seed)
-    m = min(m, 3) if kind == "gemv2" else m
+    m = min(m, 3) if kind in ("gemv2", "gemv3") else m
     codes, scale, zero = _operands(n, k, g, int_zp, "cuda", dtype, seed)
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     cfg = {"kind": kind, "BLOCK_M": (16 if m <= 16 else 64) if kind == "mm2" else 1, "BLOCK_N": 64, "BLOCK_K": 0,
