@@ -35,3 +35,14 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cpu_paths():
+    # Paths chosen by lowbit.ops.cpu_paths are memoized per process; tests patch its tables
+    # (dicts and functions), so each test starts from an empty memo.
+    from lowbit.ops import cpu_paths
+
+    cpu_paths._chosen.clear()
+    yield
+    cpu_paths._chosen.clear()

@@ -95,12 +95,16 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     # Checked here as well as in C++: an exception thrown inside the extension can crash
     # the process where its compiler's C++ runtime differs from torch's (seen on a GPU host
     # with /opt/gcc, torch 2.11), so bad input must never reach it.
-    torch._check(x.dim() == 2, lambda: f"lowbit da8w4: x must be 2-D [M, K], got {x.dim()}-D")
-    torch._check(x.is_contiguous(), lambda: "lowbit da8w4: x must be contiguous; call .contiguous()")
-    torch._check(x.dtype in (torch.float32, torch.bfloat16),
-                 lambda: f"lowbit da8w4: x must be float32 or bfloat16, got {x.dtype}")
-    torch._check(x.shape[1] == qdata.shape[1] * 8,
-                 lambda: f"lowbit da8w4: x has K={x.shape[1]} but qdata holds K={qdata.shape[1] * 8}")
+    # Plain ifs, not torch._check (~3 us each per call on a 2-core guest): this runs eagerly
+    # (under torch.compile the op's fake impl is traced instead).
+    if x.dim() != 2:
+        raise RuntimeError(f"lowbit da8w4: x must be 2-D [M, K], got {x.dim()}-D")
+    if not x.is_contiguous():
+        raise RuntimeError("lowbit da8w4: x must be contiguous; call .contiguous()")
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise RuntimeError(f"lowbit da8w4: x must be float32 or bfloat16, got {x.dtype}")
+    if x.shape[1] != qdata.shape[1] * 8:
+        raise RuntimeError(f"lowbit da8w4: x has K={x.shape[1]} but qdata holds K={qdata.shape[1] * 8}")
     if load_cpu_extension():
         symmetric = act_mapping == "symmetric"
         path = choose_path("da8w4_linear", x.shape[0]) if x.shape[0] > 0 else "vnni"
@@ -266,11 +270,9 @@ def _gemv_traceable() -> bool:
 @_register("int4_tinygemm_cpu_linear")
 def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout):
     native = tinygemm_cpu_layout()
-    torch._check(
-        layout == native,
-        lambda: f"int4 weight packed for the {layout!r} CPU layout, this process's ATen packs {native!r}; "
-        "repack it with .from_checkpoint(torch.device('cpu'))",
-    )
+    if layout != native:  # a plain if: torch._check costs ~3 us per call (runs eagerly only)
+        raise RuntimeError(f"int4 weight packed for the {layout!r} CPU layout, this process's ATen packs "
+                           f"{native!r}; repack it with .from_checkpoint(torch.device('cpu'))")
     path = choose_path("int4_tinygemm_cpu_linear", x.shape[0])
     if path in ("gemv", "brgemm") and layout not in _INT4_GEMV_BLOCK_N:
         path = "tinygemm" if x.shape[0] <= CPU_INT4_TINYGEMM_MAX_M else "dequant_gemm"

@@ -383,10 +383,27 @@ def forced_path(op: str, path: str):
             _override[op] = old
 
 
+# (op, m, torch threads) -> path: every packed CPU linear asks, and the answer (the tuned
+# cache's location reads two environment variables) cost ~7 us of a 2-core Zen3 guest's
+# ~50 us small-layer call. Cleared with the tuned table (clear_tuned_cache, lowbit.tune):
+# $LOWBIT_CACHE_DIR / $LOWBIT_NO_TUNE_CACHE changes take effect after that call.
+_chosen: dict[tuple, str] = {}
+
+
 def choose_path(op: str, m: int) -> str:
     """The path ``op`` runs at batch size ``m`` on this machine."""
     if op in _override:
         return _override[op]
+    key = (op, m, torch.get_num_threads(), active_table)  # a replaced active_table (tests) misses
+    path = _chosen.get(key)
+    if path is None:
+        if len(_chosen) > 4096:  # one entry per distinct M seen: keep it bounded
+            _chosen.clear()
+        path = _chosen[key] = _choose_path(op, m)
+    return path
+
+
+def _choose_path(op: str, m: int) -> str:
     table, _ = active_table()
     path = _lookup(table, op, m) if op in table else None
     if path is not None and path_available(op, path):
@@ -447,5 +464,7 @@ def load_tuned_table() -> dict[str, list[tuple[int | None, str]]] | None:
 
 
 def clear_tuned_cache() -> None:
-    """Forget the tuned table loaded in this process (the file stays)."""
+    """Forget the tuned table loaded in this process (the file stays) and the paths chosen
+    from it; the next linear reads ``$LOWBIT_CACHE_DIR`` / ``$LOWBIT_NO_TUNE_CACHE`` again."""
     _loaded.clear()
+    _chosen.clear()
