@@ -155,9 +155,9 @@ def _pick(m: int, n: int, k: int, device: torch.device) -> dict:
     for max_m, kind, bm, bn, bk, warps, stages, extra in _SM90_TABLE:
         if m <= max_m:
             break
-    if n < _NARROW_N and m in _SM90_NARROW_GEMV3:
+    if n < _NARROW_N and m <= max(_SM90_NARROW_GEMV3):  # comparisons only: m may be a SymInt (tracing)
         kind, bm, bk, stages = "gemv3", 1, 128, 1
-        bn, warps, ch = _SM90_NARROW_GEMV3[m]
+        bn, warps, ch = next(v for top, v in sorted(_SM90_NARROW_GEMV3.items()) if m <= top)
         extra = {"CH": ch, "PREFETCH": True}
     cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
            "SPLIT_K": 1, **extra}

@@ -306,6 +306,19 @@ def test_dispatch_table_configs_interpreted(cpu_kernels, bf16_dot, m, n):
         _check_factored(y, x, codes, scale, zero, g, False)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 40])
+def test_pick_takes_a_symbolic_m(m):
+    # torch.compile's dynamic shapes hand _pick a SymInt (unhashable): the table lookups
+    # must only compare it (opcheck's test_aot_dispatch_dynamic caught a dict lookup).
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    sym = env.create_symintnode(env.create_symbol(m, ConstantSource("m")), hint=m)
+    for n in (96, 14336):
+        assert T._pick(sym, n, 256, torch.device("cpu")) == T._pick(m, n, 256, torch.device("cpu"))
+
+
 def test_op_runs_reference_off_cuda():
     n, k, g = 16, 256, 128
     codes, scale, zero = _operands(n, k, g, False, "cpu")

@@ -452,12 +452,16 @@ def test_linear_small_batch_uses_gemv(m, monkeypatch):
     t = Int4TinygemmCpuTensor.from_float(make_weight((72, 256)), group_size=64)
     x = torch.randn(m, 256, dtype=torch.bfloat16)
     calls = []
-    real = torch.ops.lowbit_ext.int4_tinygemm_gemv
+    ns = torch.ops.lowbit_ext
+    real = ns.int4_tinygemm_gemv
 
     class _Spy:
         def int4_tinygemm_gemv(self, *a):
             calls.append(a[0].shape[0])
             return real(*a)
+
+        def __getattr__(self, name):  # the other extension ops (e.g. a first int4_gemv_best_isa())
+            return getattr(ns, name)
 
     with monkeypatch.context() as mp:
         mp.setattr(torch.ops, "lowbit_ext", _Spy())
