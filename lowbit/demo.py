@@ -196,6 +196,8 @@ def demo_configs() -> list[DemoConfig]:
         if base in by_name:
             rows.append(dataclasses.replace(by_name[base], name=base + suffix, **flags))
     rows.append(DemoConfig("autoquant-fused", AutoquantDemo(), fuse=True))
+    # The head untied first, as in the -head rows: autoquant then decides it like any layer.
+    rows.append(DemoConfig("autoquant-fused-head", AutoquantDemo(), fuse=True, head=True))
     if importlib.util.find_spec("llama_cpp") is not None:
         rows.append(DemoConfig("llama.cpp", LlamaCppDemo()))
     return rows
@@ -716,6 +718,8 @@ def _build_row(dc: DemoConfig, model, tokenizer, tokens, s: _Settings, result: D
     if dc.fuse:
         fuse_projections(fresh)
     if isinstance(dc.config, AutoquantDemo):
+        if dc.head:
+            _untie_output_head(fresh)  # the filter below then offers the head to autoquant
         plan = _autoquant(fresh, tokens.to(s.device), dc.config)
         n_quant = sum(1 for c in plan.exact.values() if c is not None)
         n_skip = len(plan.exact) - n_quant

@@ -289,3 +289,31 @@ def test_head_rows_untie_then_pack_the_output_head():
     assert "lm_head" in report.quantized and isinstance(model.lm_head.weight, lowbit.LowbitTensor)
     assert torch.equal(model.embed.weight, embed)
     assert not demo._untie_output_head(model)  # nothing tied any more
+
+
+def test_autoquant_head_row_offers_the_untied_head(monkeypatch):
+    # autoquant-fused leaves a tied head float; autoquant-fused-head unties it first, so
+    # autoquant's filter offers it like any other layer.
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    seen = {}
+
+    class _Stop(Exception):
+        pass
+
+    def fake_autoquant(m, tokens, c):
+        seen["head"] = demo._tied_lm_head_filter(m)(m.lm_head, "lm_head")
+        raise _Stop
+
+    monkeypatch.setattr(demo, "_autoquant", fake_autoquant)
+    rows = {c.name: c for c in demo.demo_configs()}
+    s = demo._Settings(new_tokens=2, ppl_tokens=8, ppl_window=8, dtype=torch.float32, device=torch.device("cpu"),
+                       repeats=1, prefill_tokens=4)
+    for name, offered in (("autoquant-fused", False), ("autoquant-fused-head", True)):
+        with pytest.raises(_Stop):
+            demo._build_row(rows[name], model, None, torch.zeros(8, dtype=torch.long), s, None)
+        assert seen.pop("head") is offered, name
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # the caller's model stays tied

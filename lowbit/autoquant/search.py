@@ -625,7 +625,7 @@ def _record_model_calls(session: AutoquantSession) -> None:
 
 def rank_single_configs(totals: dict[str, float], coverage: dict[str, int], n: int) -> list[str]:
     """The single configs the end-to-end check replays: the ``n`` fastest by summed
-    per-layer time (float where a candidate did not pass), plus the one that passed on the
+    per-layer time (the plan's choice where a candidate did not pass), plus the one that passed on the
     most layers when it is not among them.
 
     The per-layer sums favour a candidate that passed on one or two layers (float's time
@@ -643,8 +643,12 @@ def rank_single_configs(totals: dict[str, float], coverage: dict[str, int], n: i
 
 
 def _single_config_plans(session: AutoquantSession, plan: Plan) -> dict[str, Plan]:
-    """Alternatives to the plan: one candidate wherever it passed the checks (float
-    elsewhere), for the ``_VALIDATE_SINGLES`` candidates the per-layer timings rank fastest."""
+    """Alternatives to the plan, by label: one candidate wherever it passed the checks and
+    the plan's own choice elsewhere, for the ``_VALIDATE_SINGLES`` candidates the per-layer
+    timings rank fastest. Labelled ``"all <name>"`` when it passed on every layer, else
+    ``"<name> + plan"``. (Float elsewhere, as before 2026-12-03, threw away the plan's pick
+    for the layers a candidate fails: on SmolLM2 int4 g32 fails 30 dB on the output head
+    alone, and "all int4 g32" left that 49152x576 head float while the plan had it int8.)"""
     rep = plan.report
     by_name = {c.name: c for c in session.candidates}
     totals: dict[str, float] = {}
@@ -654,24 +658,30 @@ def _single_config_plans(session: AutoquantSession, plan: Plan) -> dict[str, Pla
             continue
         total, used = 0.0, 0
         for lr in rep.layers.values():
-            res, keep = lr.result(cand.name), lr.result("keep")
+            # Where the candidate did not pass, the alternative runs the plan's choice.
+            res, other = lr.result(cand.name), lr.result(lr.choice)
             if res is not None and res.weighted_time is not None:
                 total, used = total + res.weighted_time, used + 1
-            elif keep is not None and keep.weighted_time is not None:
-                total += keep.weighted_time
+            elif other is not None and other.weighted_time is not None:
+                total += other.weighted_time
         if used:
             totals[cand.name], coverage[cand.name] = total, used
     best = rank_single_configs(totals, coverage, _VALIDATE_SINGLES)
     out = {}
     for name in best:
         cfg = by_name[name].config
-        configs = {}
+        configs, mixed = {}, False
         for fqn, lr in rep.layers.items():
             res = lr.result(name)
-            configs[fqn] = cfg if res is not None and res.weighted_time is not None else None
+            if res is not None and res.weighted_time is not None:
+                configs[fqn] = cfg
+            else:
+                configs[fqn] = plan.exact.get(fqn)
+                mixed = mixed or configs[fqn] is not None
         configs.update({fqn: None for fqn in rep.never_run})
         if any(v is not None for v in configs.values()) and configs != dict(plan.exact):
-            out[name] = Plan(configs, rep, plan.device, plan.torch_version, plan.lowbit_version)
+            label = f"{name} + plan" if mixed else f"all {name}"
+            out[label] = Plan(configs, rep, plan.device, plan.torch_version, plan.lowbit_version)
     return out
 
 
@@ -721,7 +731,7 @@ def validate_end_to_end(session: AutoquantSession, plan: Plan) -> Plan:
         log.info("lowbit.autoquant: end-to-end check skipped: the injected timer has no time_model(name, fn)")
         return plan
     alternatives = _single_config_plans(session, plan)
-    variants: dict[str, Plan | None] = {"float": None, "plan": plan, **{f"all {k}": v for k, v in alternatives.items()}}
+    variants: dict[str, Plan | None] = {"float": None, "plan": plan, **alternatives}
     models: dict[str, nn.Module] = {}
     for name, p in variants.items():
         if p is None:
@@ -736,12 +746,12 @@ def validate_end_to_end(session: AutoquantSession, plan: Plan) -> Plan:
             _replay(m, calls[:1])
         _time_variants(session, models, calls, _VALIDATE_ROUNDS, times)
         med = {k: statistics.median(v) for k, v in times.items()}
-        best_single = min((v for k, v in med.items() if k.startswith("all ")), default=None)
+        best_single = min((v for k, v in med.items() if k in alternatives), default=None)
         limits = [med["float"]] + ([best_single * (1 + _VALIDATE_TOLERANCE)] if best_single is not None else [])
         if any(abs(med["plan"] / lim - 1) < 0.03 for lim in limits):  # a close call: measure more
             _time_variants(session, models, calls, _VALIDATE_MORE_ROUNDS, times)
             med = {k: statistics.median(v) for k, v in times.items()}
-            best_single = min((v for k, v in med.items() if k.startswith("all ")), default=None)
+            best_single = min((v for k, v in med.items() if k in alternatives), default=None)
     rep.validation = dict(med)
     ok = med["plan"] <= med["float"] and (best_single is None or med["plan"] <= best_single * (1 + _VALIDATE_TOLERANCE))
     if ok:

@@ -114,3 +114,28 @@ def test_single_configs_include_the_one_that_passed_on_most_layers():
     assert aq.search.rank_single_configs(totals, coverage, 4) == ["a", "b", "c", "d"]
     assert aq.search.rank_single_configs({"a": 1.0}, {"a": 5}, 3) == ["a"]
     assert aq.search.rank_single_configs({}, {}, 3) == []
+
+
+def test_single_config_alternative_keeps_the_plan_where_the_config_failed():
+    # int4 passes on "a" only; the plan has int8 on "b". The alternative replayed for int4 is
+    # int4 on "a" and the plan's int8 on "b" (not float there), labelled "<name> + plan".
+    import types
+
+    from lowbit.autoquant.plan import Plan
+    from lowbit.autoquant.report import REJECTED, AutoquantReport, CandidateResult, LayerReport
+    from lowbit.autoquant.search import _single_config_plans
+
+    i4, i8 = lowbit.Int4WeightOnlyConfig(group_size=32), lowbit.Int8WeightOnlyConfig()
+
+    def layer(fqn, i4_ok, choice):
+        cands = [CandidateResult("keep", None, weighted_time=3.0), CandidateResult("i8", {}, weighted_time=2.0),
+                 CandidateResult("i4", {}, weighted_time=1.0 if i4_ok else None, status="ok" if i4_ok else REJECTED)]
+        return LayerReport(fqn, (8, 8), "bfloat16", {"M=1 bfloat16": 1}, cands, choice=choice)
+
+    rep = AutoquantReport(layers={"a": layer("a", True, "i8"), "b": layer("b", False, "i8")})
+    plan = Plan({"a": i8, "b": i8}, rep)
+    session = types.SimpleNamespace(candidates=[types.SimpleNamespace(name="i8", config=i8),
+                                                types.SimpleNamespace(name="i4", config=i4)])
+    alts = _single_config_plans(session, plan)
+    assert set(alts) == {"i4 + plan"}  # "all i8" is the plan itself
+    assert alts["i4 + plan"].exact == {"a": i4, "b": i8}
