@@ -386,7 +386,8 @@ def forced_path(op: str, path: str):
 # (op, m, torch threads) -> path: every packed CPU linear asks, and the answer (the tuned
 # cache's location reads two environment variables) cost ~7 us of a 2-core Zen3 guest's
 # ~50 us small-layer call. Cleared with the tuned table (clear_tuned_cache, lowbit.tune):
-# $LOWBIT_CACHE_DIR / $LOWBIT_NO_TUNE_CACHE changes take effect after that call.
+# $LOWBIT_CACHE_DIR / $LOWBIT_NO_TUNE_CACHE changes take effect after that call (the
+# tests, which patch the tables, clear it around each test: tests/conftest.py).
 _chosen: dict[tuple, str] = {}
 
 
@@ -394,7 +395,7 @@ def choose_path(op: str, m: int) -> str:
     """The path ``op`` runs at batch size ``m`` on this machine."""
     if op in _override:
         return _override[op]
-    key = (op, m, torch.get_num_threads(), active_table)  # a replaced active_table (tests) misses
+    key = (op, m, torch.get_num_threads())
     path = _chosen.get(key)
     if path is None:
         if len(_chosen) > 4096:  # one entry per distinct M seen: keep it bounded
