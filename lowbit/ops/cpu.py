@@ -11,6 +11,7 @@ from ..packing.int4 import TINYGEMM_CPU_LAYOUTS, tinygemm_cpu_layout, unpack_tin
 from . import reference as _reference
 from ._ext import load_cpu_extension, warn_fallback_once
 from .alignment import aligned_rows, int8pack_mm_unsafe_reason
+from .cpu_int8_gemv import int8_gemv_serves
 from .cpu_int8_vnni import int8_vnni_gemm, quantize_per_token_int8
 from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from here)
     CPU_INT4_GEMV_MAX_M,
@@ -42,6 +43,10 @@ def int8_weight_only_linear(x, qdata, scale):
     path = choose_path("int8_weight_only_linear", x.shape[0])
     if path == "brgemm":
         return int8_weight_only_brgemm(x, qdata, scale)
+    if path == "cpp_gemv" and int8_gemv_serves(x, qdata, scale):
+        # lowbit/csrc/int8_wo_gemv.cpp (fp32 sums, x kept in its dtype's precision). Called
+        # directly: the cheap checks above are the ones an Int8Tensor's linear can fail.
+        return torch.ops.lowbit_ext.int8_wo_gemv(x, qdata, scale, -1)
     # The GEMV's layout needs (K % 16, aligned rows) are checked in ops/alignment.py; a
     # weight that misses them takes the GEMM below (same function, no ATen crash).
     if path == "gemv" and int8pack_mm_unsafe_reason(x, qdata) is None:

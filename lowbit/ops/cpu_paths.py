@@ -57,7 +57,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     # AVX512-BF16 without AMX) | dequantize + fp32/bf16 GEMM
     "int4_tinygemm_cpu_linear": ("gemv", "tinygemm", "brgemm", "dequant_gemm"),
     # ATen int8 GEMV | lowbit brgemm, bf16 operands (AMX or AVX512-BF16) | dequantize + GEMM
-    "int8_weight_only_linear": ("gemv", "brgemm", "dequant_gemm"),
+    # | lowbit C++ GEMV on the row-major codes, fp32 x (int8_wo_gemv.cpp: AVX512 / AVX2)
+    "int8_weight_only_linear": ("gemv", "brgemm", "dequant_gemm", "cpp_gemv"),
     # ATen int8 GEMV on the codes | lowbit u8s8 brgemm (AMX or AVX512-VNNI) | fp32 GEMM on the codes
     # | torch._int_mm (oneDNN s8s8s32; fast with VNNI, a slow loop on AVX2)
     # | lowbit C++ int8 x int8 GEMM on the row-major codes (int8_vnni_cpu.cpp: AVX512-VNNI)
@@ -75,6 +76,16 @@ OPS = tuple(PATHS)
 # 4096x4096 GEMV 24.6 ms vs 44 ms at M=64, 97 ms vs 82 ms at M=256; 11008x4096 71 vs
 # 155 ms at M=64, 373 vs 235 ms at M=256. The crossover lies between 64 and 256.
 CPU_INT8_GEMV_MAX_M = 128
+
+# Batch rows up to which lowbit's int8 weight-only GEMV (lowbit/csrc/int8_wo_gemv.cpp, AVX2
+# loop here) runs instead of ATen's. On the 2-core AVX2 Zen3 (2026-12-03, a one-file
+# prototype of the same M = 1 loop, 2 threads, us, ATen vs lowbit): 49152x576 4,542 vs
+# 3,385, 576x576 22.6 vs 13.8, 3072x576 146 vs 57, 4096x4096 1,367 vs 584. Both AVX2 loops
+# on the 2-core Sapphire Rapids VM (ATEN_CPU_CAPABILITY=avx2, 2 threads, rotated copies):
+# M=1 4096x4096 804 vs 687, 49152x576 2,499 vs 1,314, 576x576 26 vs 12, 1536x576 76 vs
+# 26; M=4 1,209 vs 1,142, 3,583 vs 1,956, 34 vs 37, 69 vs 53. NOT measured on an AVX2
+# machine at M = 2..4.
+CPU_INT8_CPP_GEMV_MAX_M = 4
 
 
 # Batch rows up to which `aten._weight_int4pack_mm_for_cpu` (tinygemm) runs; above it
@@ -165,7 +176,11 @@ def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
             (CPU_INT4_TINYGEMM_MAX_M, "tinygemm"),
             (_INF, "dequant_gemm"),
         ],
-        "int8_weight_only_linear": [(CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "dequant_gemm")],
+        "int8_weight_only_linear": [
+            (CPU_INT8_CPP_GEMV_MAX_M, "cpp_gemv"),
+            (CPU_INT8_GEMV_MAX_M, "gemv"),
+            (_INF, "dequant_gemm"),
+        ],
         "int8_dynamic_linear": [(CPU_INT8_GEMV_MAX_M, "gemv"), (_INF, "fp32_gemm")],
         "da8w4_linear": [(_INF, "vnni")],
     }
@@ -200,7 +215,14 @@ DA8W4_AMX: list[tuple[int | None, str]] = [(16, "vnni"), (_INF, "bf16_brgemm")]
 _AMX_INT4: list[tuple[int | None, str]] = [(8, "gemv"), (_INF, "brgemm")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": _AMX_INT4,
-    "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
+    # int8 weight-only up to M = 4: lowbit's GEMV (int8_wo_gemv.cpp, AVX512 loop), which
+    # replaced ATen's there. `lowbit.tune(ops=("int8_weight_only_linear",), threads=2)` on the
+    # 2-core SPR VM (2026-12-04, benchmarks/results/intel-xeon-vm-2c-amx-int8-gemv-2026-12-04.md),
+    # cold, us, M = 1 / 4 / 8, lowbit GEMV vs ATen GEMV vs brgemm (bf16 F.linear):
+    #   4096x4096  690 / 798 / 1,244 vs 724 / 892 / 1,785 vs 1,042 / 987 / 996 (1,342-1,377)
+    #   49152x576  1,361 / 1,592 / 2,401 vs 2,254 / 2,968 / 5,742 vs 2,455 / 2,477 / 2,602
+    #   576x576    13 / 19 / 35 vs 21 / 31 / 54 vs 32 / 33 / 34 (42-66)
+    "int8_weight_only_linear": [(4, "cpp_gemv"), (_INF, "brgemm")],
     # int8 dynamic: torch._int_mm (oneDNN, AMX int8) from M = 2. `lowbit tune` on the host,
     # 4096x4096 cold, us, int_mm vs brgemm (benchmarks/results/
     # intel-xeon-model207-amx-16c-tune-{2,16}t-int_mm-2026-12-02.md): 16 threads M=4 407 vs
@@ -240,7 +262,9 @@ _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
 # Not measured on Zen4/Zen5, where bf16 F.linear and oneDNN's int8 GEMM differ.
 _AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": [(8, "gemv"), (_INF, "tinygemm")],
-    "int8_weight_only_linear": [(_INF, "gemv")],
+    # lowbit's int8 GEMV up to M = 4 as on the SPR VM (the AMX table): same cores, AVX512
+    # loop only; NOT re-measured on this VM.
+    "int8_weight_only_linear": [(4, "cpp_gemv"), (_INF, "gemv")],
     "int8_dynamic_linear": [(1, "int_mm"), (4, "gemv"), (_INF, "int_mm")],
     "da8w4_linear": [(_INF, "vnni")],
 }
@@ -258,6 +282,7 @@ _AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
 #        brgemm 3,827 and torch._int_mm 4,259; M=256: brgemm 7,030, VNNI 7,757
 _ZEN_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": [(128, "gemv"), (_INF, "brgemm")],
+    # ATen's GEMV: lowbit's (cpp_gemv, 2026-12-04) has not been timed on a Zen yet.
     "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
     "int8_dynamic_linear": [(128, "vnni"), (_INF, "brgemm")],
     "da8w4_linear": [(_INF, "vnni")],
@@ -328,6 +353,10 @@ def path_available(op: str, path: str) -> bool:
         return bool(_brgemm_caps() & need)
     if op == "int4_tinygemm_cpu_linear" and path == "gemv":
         return int4_gemv_available()
+    if op == "int8_weight_only_linear" and path == "cpp_gemv":
+        from .cpu_int8_gemv import INT8_GEMV_ISAS, int8_gemv_best_isa
+
+        return int8_gemv_best_isa() >= INT8_GEMV_ISAS["avx2"]  # the scalar loop is only a reference
     if op == "int8_dynamic_linear" and path == "vnni":
         from .cpu_int8_vnni import INT8_VNNI_ISAS, int8_vnni_best_isa
 
