@@ -338,6 +338,7 @@ def run_sweep(shapes, batches, budget_ms, kinds=SWEEP_KINDS, device="cuda") -> s
                     y = triton_int4.int4_triton_linear(x, t0.qdata, t0.scale, t0.zero_point, 128, cfg=cfg)
                     sq[key] = lowbit.sqnr(ref, y.float())
                     cfgs[key] = cfg
+                    log.info("%dx%d M=%d %s: %.1f us, %.0f dB", n, k, m, _short(cfg), 1000 * res[key], sq[key])
                 except _LAUNCH_ERRORS as e:  # a config the compiler rejects (e.g. out of shared memory)
                     res.pop(key, None)
                     log.info("config %s failed: %s: %s", cfg, type(e).__name__, str(e)[:200])

@@ -215,14 +215,11 @@ DA8W4_AMX: list[tuple[int | None, str]] = [(16, "vnni"), (_INF, "bf16_brgemm")]
 _AMX_INT4: list[tuple[int | None, str]] = [(8, "gemv"), (_INF, "brgemm")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": _AMX_INT4,
-    # int8 weight-only up to M = 4: lowbit's GEMV (int8_wo_gemv.cpp, AVX512 loop), which
-    # replaced ATen's there. `lowbit.tune(ops=("int8_weight_only_linear",), threads=2)` on the
-    # 2-core SPR VM (2026-12-04, benchmarks/results/intel-xeon-vm-2c-amx-int8-gemv-2026-12-04.md),
-    # cold, us, M = 1 / 4 / 8, lowbit GEMV vs ATen GEMV vs brgemm (bf16 F.linear):
-    #   4096x4096  690 / 798 / 1,244 vs 724 / 892 / 1,785 vs 1,042 / 987 / 996 (1,342-1,377)
-    #   49152x576  1,361 / 1,592 / 2,401 vs 2,254 / 2,968 / 5,742 vs 2,455 / 2,477 / 2,602
-    #   576x576    13 / 19 / 35 vs 21 / 31 / 54 vs 32 / 33 / 34 (42-66)
-    "int8_weight_only_linear": [(4, "cpp_gemv"), (_INF, "brgemm")],
+    # int8 weight-only up to M = 4: ATen's GEMV at many threads (_AMX_INT8_WO_FEW_THREADS below
+    # at few): on the 16-core host at 16 threads (2026-12-04, benchmarks/results/
+    # intel-xeon-model207-amx-16c-int8-gemv-2026-12-04.md), us at M = 1, ATen vs lowbit's GEMV:
+    # 4096x4096 250 vs 283, 576x576 17.0 vs 29.3, 49152x576 590 vs 398.
+    "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
     # int8 dynamic: torch._int_mm (oneDNN, AMX int8) from M = 2. `lowbit tune` on the host,
     # 4096x4096 cold, us, int_mm vs brgemm (benchmarks/results/
     # intel-xeon-model207-amx-16c-tune-{2,16}t-int_mm-2026-12-02.md): 16 threads M=4 407 vs
@@ -245,8 +242,19 @@ _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
 # 1,744 (1,610), M=64 1,663 vs 2,330 (2,637), M=256 4,418 vs 5,715 (5,591). At 16 threads
 # int_mm stays ahead (M=256 1,390 vs 2,277 on the host, before the alignment fix).
 FEW_THREADS = 4
+# int8 weight-only at few threads: up to M = 4 lowbit's GEMV (int8_wo_gemv.cpp, AVX512 loop)
+# instead of ATen's. `lowbit.tune(ops=("int8_weight_only_linear",), threads=2)` on the 2-core
+# SPR VM (2026-12-04; benchmarks/results/intel-xeon-vm-2c-amx-int8-gemv-2026-12-04.md has the
+# interleaved benchmark), cold, us, M = 1 / 4 / 8, lowbit GEMV vs ATen GEMV vs brgemm (bf16):
+#   4096x4096  690 / 798 / 1,244 vs 724 / 892 / 1,785 vs 1,042 / 987 / 996 (1,342-1,377)
+#   49152x576  1,361 / 1,592 / 2,401 vs 2,254 / 2,968 / 5,742 vs 2,455 / 2,477 / 2,602
+#   576x576    13 / 19 / 35 vs 21 / 31 / 54 vs 32 / 33 / 34 (42-66)
+# and the 16-core host at 2 threads, M = 1: 4096x4096 1,223 vs 1,261, 49152x576 1,856 vs
+# 3,551, 576x576 35.4 vs 41.5 (bf16 2,811 / 5,820 / 88).
+_AMX_INT8_WO_FEW_THREADS: list[tuple[int | None, str]] = [(4, "cpp_gemv"), (_INF, "brgemm")]
 _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
     **_AMX_TABLE,
+    "int8_weight_only_linear": _AMX_INT8_WO_FEW_THREADS,
     "int8_dynamic_linear": [(8, "vnni"), (_INF, "brgemm")],
 }
 
@@ -262,8 +270,8 @@ _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
 # Not measured on Zen4/Zen5, where bf16 F.linear and oneDNN's int8 GEMM differ.
 _AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": [(8, "gemv"), (_INF, "tinygemm")],
-    # lowbit's int8 GEMV up to M = 4 as on the SPR VM (the AMX table): same cores, AVX512
-    # loop only; NOT re-measured on this VM.
+    # lowbit's int8 GEMV up to M = 4 as on the 2-core SPR VM (_AMX_INT8_WO_FEW_THREADS): the
+    # same cores; NOT re-measured on this VM.
     "int8_weight_only_linear": [(4, "cpp_gemv"), (_INF, "gemv")],
     "int8_dynamic_linear": [(1, "int_mm"), (4, "gemv"), (_INF, "int_mm")],
     "da8w4_linear": [(_INF, "vnni")],
