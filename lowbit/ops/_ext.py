@@ -35,7 +35,8 @@ __all__ = ["load_cpu_extension", "cpu_extension_status", "ExtensionStatus", "war
 logger = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("da8w4_cpu.cpp", "int4_tinygemm_gemv.cpp", "wo_gemm_cpu.cpp", "int8_vnni_cpu.cpp", "int8_wo_gemv.cpp")
+_SOURCES = ("da8w4_cpu.cpp", "int4_tinygemm_gemv.cpp", "wo_gemm_cpu.cpp", "int8_vnni_cpu.cpp", "int8_wo_gemv.cpp",
+            "int4_amx_cpu.cpp")
 # No -march: the file compiles for the baseline x86-64 ISA and the AVX2 / AVX512-VNNI
 # kernels carry their own `__attribute__((target(...)))`, picked at run time.
 _OPENMP = ("-fopenmp",) if platform.system() == "Linux" else ()  # Apple clang has no -fopenmp
@@ -89,7 +90,7 @@ def _build_key() -> str:
     return h.hexdigest()[:16]
 
 
-_ISA_TARGETS = "avx2,fma | avx512f,avx512bw,avx512vnni | avx512f,avx512bw,avx512bf16 | avx512f,avx512bw,avx512vl"
+_ISA_TARGETS = "avx2,fma | avx512f,avx512bw,avx512vnni | avx512f,avx512bw,avx512bf16 | avx512f,avx512bw,avx512vl | avx512f,avx512bw,amx-tile,amx-bf16"
 
 
 def _compiler_identity() -> str:

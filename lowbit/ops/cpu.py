@@ -19,6 +19,7 @@ from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from her
     CPU_INT8_GEMV_MAX_M,
     INT4_GEMV_ISAS,
     choose_path,
+    int4_amx_available,
     int4_gemv_best_isa,
     int4_gemv_isa,
 )
@@ -228,6 +229,36 @@ def int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, isa=-1):
 
 
 
+def int4_amx_serves(layout: str, group_size: int) -> bool:
+    """True where lowbit's AMX int4 kernel runs this weight: the 64-row packing, groups of a
+    multiple of 32 (the tile's k step), a CPU and kernel with AMX tiles."""
+    return layout == "avx512" and group_size % 32 == 0 and int4_amx_available()
+
+
+
+
+def int4_tinygemm_amx(x, qdata, scale_and_zero, group_size, layout):
+    """[M, Np] in x's dtype: the int4 weight on AMX tiles (lowbit/csrc/int4_amx_cpu.cpp), the
+    raw codes multiplied as exact bf16 (128 + q) and each group's scale and zero point applied
+    to the tile sums; x is rounded to bf16 (as the brgemm and tinygemm paths do)."""
+    fn = "int4_tinygemm_amx"
+    n_pad = _check_int4_tinygemm_args(x, qdata, scale_and_zero, group_size, layout, fn)
+    if layout != "avx512" or group_size % 32:
+        raise ValueError(f"lowbit {fn}: needs the 64-row 'avx512' packing and a group size that is a multiple "
+                         f"of 32, got layout {layout!r}, group_size {group_size}; use int4_tinygemm_gemv")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"lowbit {fn}: x must be float32, bfloat16 or float16, got {x.dtype}; cast it")
+    if not int4_amx_available():
+        raise RuntimeError(f"lowbit {fn}: this CPU or kernel has no usable AMX tiles (or the extension is "
+                           "missing); check int4_amx_available() first")
+    if x.shape[0] == 0:
+        return x.new_zeros((0, n_pad))
+    if scale_and_zero.dtype != torch.bfloat16:
+        scale_and_zero = scale_and_zero.to(torch.bfloat16)
+    return torch.ops.lowbit_ext.int4_tinygemm_amx(x.contiguous(), qdata.contiguous(), scale_and_zero.contiguous(),
+                                                  group_size)
+
+
 def _tinygemm(x, qdata, scale_and_zero, group_size):
     # ATen vectorizes this kernel for bf16 only: its fp16/fp32 instantiations are scalar
     # loops, 40-200x slower (measured: M=1 fp32 65 ms vs bf16 1.5 ms). So fp16/fp32
@@ -253,6 +284,8 @@ def _int4_tinygemm_cpu_linear_traced(x, qdata, scale_and_zero, group_size, out_f
         # The same checks as in eager (on the static shapes, at trace time), then the
         # extension op itself, which has a fake implementation (_gemv_traceable).
         y = int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, int4_gemv_isa())
+    elif path == "amx" and int4_amx_serves(layout, group_size):
+        y = int4_tinygemm_amx(x, qdata, scale_and_zero, group_size, layout)
     if y is not None:
         return y if y.shape[1] == out_features else y[:, :out_features].contiguous()
     return torch.ops.lowbit.int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features, layout)
@@ -279,10 +312,16 @@ def int4_tinygemm_cpu_linear(x, qdata, scale_and_zero, group_size, out_features,
         raise RuntimeError(f"int4 weight packed for the {layout!r} CPU layout, this process's ATen packs "
                            f"{native!r}; repack it with .from_checkpoint(torch.device('cpu'))")
     path = choose_path("int4_tinygemm_cpu_linear", x.shape[0])
+    if path == "amx" and not int4_amx_serves(layout, group_size):
+        # groups of 16 (or a layout the AMX kernel does not read): the brgemm path multiplies
+        # on the tiles too
+        path = "brgemm"
     if path in ("gemv", "brgemm") and layout not in _INT4_GEMV_BLOCK_N:
         path = "tinygemm" if x.shape[0] <= CPU_INT4_TINYGEMM_MAX_M else "dequant_gemm"
     if x.shape[0] == 0:
         y = x.new_zeros((0, qdata.shape[0]))
+    elif path == "amx":
+        y = int4_tinygemm_amx(x, qdata, scale_and_zero, group_size, layout)
     elif path == "brgemm":
         y = int4_tinygemm_brgemm(x, qdata, scale_and_zero, group_size, layout)
     elif path == "gemv":

@@ -41,6 +41,7 @@ __all__ = [
     "clear_tuned_cache",
     "cpu_vendor",
     "forced_path",
+    "int4_amx_available",
     "int4_gemv_best_isa",
     "int4_gemv_isa",
     "isa_class",
@@ -54,8 +55,9 @@ logger = logging.getLogger(__name__)
 # op name -> the paths it has (ops/cpu.py runs them; lowbit/tune.py times them).
 PATHS: dict[str, tuple[str, ...]] = {
     # lowbit C++ int4 GEMV | ATen tinygemm | lowbit brgemm (oneDNN's ukernel: AMX tiles, or
-    # AVX512-BF16 without AMX) | dequantize + fp32/bf16 GEMM
-    "int4_tinygemm_cpu_linear": ("gemv", "tinygemm", "brgemm", "dequant_gemm"),
+    # AVX512-BF16 without AMX) | dequantize + fp32/bf16 GEMM | lowbit AMX kernel on the raw
+    # codes, group scales on the tile sums (int4_amx_cpu.cpp)
+    "int4_tinygemm_cpu_linear": ("gemv", "tinygemm", "brgemm", "dequant_gemm", "amx"),
     # ATen int8 GEMV | lowbit brgemm, bf16 operands (AMX or AVX512-BF16) | dequantize + GEMM
     # | lowbit C++ GEMV on the row-major codes, fp32 x (int8_wo_gemv.cpp: AVX512 / AVX2)
     "int8_weight_only_linear": ("gemv", "brgemm", "dequant_gemm", "cpp_gemv"),
@@ -119,6 +121,24 @@ def int4_gemv_available() -> bool:
     F.linear 3.3 ms at 1 thread.
     """
     return bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_gemv")
+
+
+_probed_amx: dict[str, bool] = {}
+
+
+def int4_amx_available() -> bool:
+    """True once the extension is built with ``lowbit_ext::int4_tinygemm_amx`` and this process
+    may use AMX tiles (lowbit/csrc/int4_amx_cpu.cpp asks the kernel once); the op's fake
+    implementation for torch.compile is registered then too."""
+    ok = _probed_amx.get("ok")
+    if ok is None:
+        ok = bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_amx") and bool(
+            torch.ops.lowbit_ext.int4_amx_available())
+        if ok:
+            torch.library.register_fake("lowbit_ext::int4_tinygemm_amx")(
+                lambda x, qdata, scale_and_zero, group_size: x.new_empty((x.shape[0], qdata.shape[0])))
+        _probed_amx["ok"] = ok
+    return ok
 
 
 # Which inner loop of the int4 GEMV (ops/cpu.py INT4_GEMV_ISAS) each ISA class runs.
@@ -212,7 +232,15 @@ DA8W4_AMX: list[tuple[int | None, str]] = [(16, "vnni"), (_INF, "bf16_brgemm")]
 # Cold, 4096x4096, 2 threads (benchmarks/results/intel-xeon-spr-vm-2c-int4-gemv.md, run B,
 # load 1.4-2.5), median us: M=1 GEMV 574, tinygemm 713, brgemm 2,635, bf16 2,339;
 # M=4 1,086, 1,460, 2,985; M=8 2,140, 2,953, 2,715; M=16 5,089, 5,949, 3,383.
-_AMX_INT4: list[tuple[int | None, str]] = [(8, "gemv"), (_INF, "brgemm")]
+# From M = 5 to 32: lowbit's AMX kernel on the raw codes (int4_amx_cpu.cpp), 2026-12-04.
+# `lowbit.tune(ops=("int4_tinygemm_cpu_linear",), threads=2)` on the 2-core SPR VM, g128,
+# cold, us at M = 4 / 8 / 16 / 32 / 64 (benchmarks/results/intel-xeon-vm-2c-amx-int4-amx-2026-12-04.md):
+#   4096x4096   GEMV 605 / 1,053 / 1,992 / 3,829; amx 746 / 771 / 873 / 1,133 / 1,811;
+#               brgemm 1,322 / 1,056 / 1,584 / 1,714 / 2,651; bf16 1,351 / 1,333 / 1,356 / 1,501 / 2,169
+#   11008x4096  GEMV 1,591 / 2,858; amx 2,003 / 2,187 / 2,321 / 2,997 / 4,672; brgemm 3,086 /
+#               3,019 / 3,259 / 3,365 / 4,318
+#   4096x11008  amx 2,166 / 2,295 / 2,591 / 3,671 / 6,050; brgemm 3,161 / 3,097 / 3,537 / 3,808 / 4,851
+_AMX_INT4: list[tuple[int | None, str]] = [(4, "gemv"), (32, "amx"), (_INF, "brgemm")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": _AMX_INT4,
     # int8 weight-only up to M = 4: ATen's GEMV at many threads (_AMX_INT8_WO_FEW_THREADS below
@@ -361,6 +389,10 @@ def path_available(op: str, path: str) -> bool:
         return bool(_brgemm_caps() & need)
     if op == "int4_tinygemm_cpu_linear" and path == "gemv":
         return int4_gemv_available()
+    if op == "int4_tinygemm_cpu_linear" and path == "amx":
+        from ..packing.int4 import tinygemm_cpu_layout
+
+        return tinygemm_cpu_layout() == "avx512" and int4_amx_available()
     if op == "int8_weight_only_linear" and path == "cpp_gemv":
         from .cpu_int8_gemv import INT8_GEMV_ISAS, int8_gemv_best_isa
 
