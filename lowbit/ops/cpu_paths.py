@@ -240,7 +240,12 @@ DA8W4_AMX: list[tuple[int | None, str]] = [(16, "vnni"), (_INF, "bf16_brgemm")]
 #   11008x4096  GEMV 1,591 / 2,858; amx 2,003 / 2,187 / 2,321 / 2,997 / 4,672; brgemm 3,086 /
 #               3,019 / 3,259 / 3,365 / 4,318
 #   4096x11008  amx 2,166 / 2,295 / 2,591 / 3,671 / 6,050; brgemm 3,161 / 3,097 / 3,537 / 3,808 / 4,851
-_AMX_INT4: list[tuple[int | None, str]] = [(4, "gemv"), (32, "amx"), (_INF, "brgemm")]
+# At 16 threads (the 16-core host, same call, 4096x4096, us at M = 4 / 8 / 16 / 32: amx 187 /
+# 196 / 276 / 468, brgemm 310 / 306 / 313 / 391, GEMV 205 / 390; benchmarks/results/
+# intel-xeon-model207-amx-16c-linear-2026-12-04.md) brgemm wins from M = 32: the AMX kernel
+# runs up to M = 16 there and up to 32 at few threads (_AMX_TABLE_FEW_THREADS).
+_AMX_INT4: list[tuple[int | None, str]] = [(4, "gemv"), (16, "amx"), (_INF, "brgemm")]
+_AMX_INT4_FEW_THREADS: list[tuple[int | None, str]] = [(4, "gemv"), (32, "amx"), (_INF, "brgemm")]
 _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": _AMX_INT4,
     # int8 weight-only up to M = 4: ATen's GEMV at many threads (_AMX_INT8_WO_FEW_THREADS below
@@ -282,6 +287,7 @@ FEW_THREADS = 4
 _AMX_INT8_WO_FEW_THREADS: list[tuple[int | None, str]] = [(4, "cpp_gemv"), (_INF, "brgemm")]
 _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
     **_AMX_TABLE,
+    "int4_tinygemm_cpu_linear": _AMX_INT4_FEW_THREADS,
     "int8_weight_only_linear": _AMX_INT8_WO_FEW_THREADS,
     "int8_dynamic_linear": [(8, "vnni"), (_INF, "brgemm")],
 }
