@@ -42,15 +42,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__linux__)
-#include <cpuid.h>
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#define LOWBIT_AMX 1
-#else
-#define LOWBIT_AMX 0
-#endif
+#include "amx_util.h"
 
 namespace lowbit_int4_amx {
 
@@ -62,22 +54,9 @@ constexpr int64_t kTileM = 16;  // activation rows per tile
 // 2,637 / 3,758; 4096x4096 the same within noise for 1024-4096.
 constexpr int64_t kKChunk = 4096;
 
-#if LOWBIT_AMX
-static bool detect_amx() {
-  unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool tile = (d >> 24) & 1, bf16 = (d >> 22) & 1;
-  const bool avx512 = (b >> 16) & 1 && (b >> 30) & 1;  // avx512f, avx512bw (the conversion loops)
-  if (!tile || !bf16 || !avx512) return false;
-  // Ask the kernel for the tile data state (XFEATURE_XTILEDATA = 18); fails without AMX support.
-  constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
-  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
-}
-#endif
-
 static bool amx_ok() {
 #if LOWBIT_AMX
-  static const bool ok = detect_amx();
+  static const bool ok = lowbit_amx::detect(/*need_bf16=*/true, /*need_int8=*/false);
   return ok;
 #else
   return false;
@@ -99,28 +78,17 @@ static T* scratch(int slot, size_t n) {  // 64-byte aligned, per thread, kept ac
 #if LOWBIT_AMX
 #define LOWBIT_AMX_TARGET __attribute__((target("avx512f,avx512bw,amx-tile,amx-bf16")))
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // tmm0-3: C (rows x 16 fp32), tmm4-5: B (16 k-pairs x 32 bf16), tmm6: A (rows x 32 bf16);
 // rows = the activation tile's height (16, or M when M < 16: shorter loads, stores and
 // multiplies for small batches).
 LOWBIT_AMX_TARGET static void configure_tiles(int rows) {
-  TileConfig cfg;
+  lowbit_amx::TileConfig cfg;
   for (int t = 0; t < 7; ++t) {
     cfg.rows[t] = (t == 4 || t == 5) ? 16 : rows;
     cfg.colsb[t] = 64;
   }
-  // GCC 12 treats ldtilecfg as not reading its operand and dropped the stores above (the
-  // tiles then stayed unconfigured: SIGILL at the first tilezero); the barrier keeps them.
-  asm volatile("" : : "r"(&cfg) : "memory");
-  _tile_loadconfig(&cfg);
+  lowbit_amx::load_config(cfg);
 }
-
-LOWBIT_AMX_TARGET static void release_tiles() { _tile_release(); }
 
 // Rows [k0, k0 + kc) of the block's codes [K][32 bytes] (byte c: row c low nibble, row c + 32
 // high) -> VNNI-2 bf16 [kc/2][64][2] of 128 + q. Per k pair and 16 bytes: interleave the two
@@ -298,7 +266,7 @@ at::Tensor int4_tinygemm_amx(const at::Tensor& x, const at::Tensor& qdata, const
       block_amx(xb.data(), xsum.data(), M, Mp, th, K, gs, qp + b * kBlock * (K / 2), szp, Np, b * kBlock, wv, acc, C);
       for (int64_t m = 0; m < M; ++m) std::memcpy(yf.data() + m * Np + b * kBlock, acc + m * kBlock, kBlock * 4);
     }
-    release_tiles();
+    lowbit_amx::release();
   });
 #endif
   if (tail) tail_scalar(xb.data(), xsum.data(), M, K, gs, qp + n_full * kBlock * (K / 2), szp, Np, n_full * kBlock,

@@ -48,6 +48,8 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include "amx_util.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -369,20 +371,7 @@ static bool have_avx512bw() {
   return ok;
 }
 
-// In-register transpose of 16 rows of 16 32-bit words: four rounds of interleaving row i
-// with row i + 8 (a perfect shuffle; four of them transpose a 16x16 matrix).
-__attribute__((target("avx512f"))) static inline void transpose16_ps(__m512 v[16]) {
-  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-  for (int round = 0; round < 4; ++round) {
-    __m512 t[16];
-    for (int i = 0; i < 8; ++i) {
-      t[2 * i] = _mm512_permutex2var_ps(v[i], lo, v[i + 8]);
-      t[2 * i + 1] = _mm512_permutex2var_ps(v[i], hi, v[i + 8]);
-    }
-    for (int i = 0; i < 16; ++i) v[i] = t[i];
-  }
-}
+using lowbit_amx::transpose16_ps;
 #endif
 
 static bool use_avx512bw(int64_t isa) {

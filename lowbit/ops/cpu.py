@@ -22,6 +22,7 @@ from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from her
     int4_amx_available,
     int4_gemv_best_isa,
     int4_gemv_isa,
+    int8_amx_available,
 )
 from .cpu_paths import int4_gemv_available as _int4_gemv_available  # noqa: F401
 from .library import register_device_kernel, register_traced_kernel
@@ -66,6 +67,10 @@ def int8_weight_only_linear(x, qdata, scale):
 def int8_dynamic_linear(x, qdata, scale):
     xq, xs = quantize_per_token_int8(x)
     path = choose_path("int8_dynamic_linear", x.shape[0])
+    if path == "amx" and not int8_amx_serves(qdata):
+        path = "brgemm"  # K not a multiple of 64 or N of 16: the tiles through oneDNN's ukernel
+    if path == "amx":
+        return int8_dynamic_amx(x, xq, xs, qdata, scale)
     if path == "brgemm":
         return int8_dynamic_brgemm(x, xq, xs, qdata, scale)
     if path == "vnni":
@@ -398,6 +403,30 @@ def int8_weight_only_brgemm(x, qdata, scale, isa=-1):
     y = torch.ops.lowbit_ext.int8_brgemm_bf16(x.to(torch.bfloat16).contiguous(), qdata.contiguous(),
                                               scale.reshape(-1).to(torch.float32).contiguous(),
                                               x.dtype == torch.bfloat16, isa)
+    return y.to(x.dtype)
+
+
+def int8_amx_serves(qdata) -> bool:
+    """True where lowbit's AMX-INT8 kernel takes this weight: K % 64 == 0 (the tile's k step),
+    N % 16 == 0 (its height), and AMX-INT8 tiles usable here."""
+    return qdata.shape[1] % 64 == 0 and qdata.shape[0] % 16 == 0 and int8_amx_available()
+
+
+def int8_dynamic_amx(x, xq, xs, qdata, scale):
+    """Exact int32 xq @ qdata^T on AMX-INT8 tiles (lowbit/csrc/int8_amx_cpu.cpp), then both scales."""
+    fn = "int8_dynamic_amx"
+    _check_int8_dynamic_args(x, xq, xs, qdata, scale, fn)
+    if qdata.shape[1] % 64 or qdata.shape[0] % 16:
+        raise ValueError(f"lowbit {fn}: needs K % 64 == 0 and N % 16 == 0, got [N, K] = {tuple(qdata.shape)}; "
+                         "use int8_dynamic_brgemm")
+    if not int8_amx_available():
+        raise RuntimeError(f"lowbit {fn}: no usable AMX-INT8 tiles here (or no extension); check int8_amx_available()")
+    if x.shape[0] == 0:
+        return x.new_zeros((0, qdata.shape[0]))
+    y = torch.ops.lowbit_ext.int8_amx_gemm(xq.contiguous(), qdata.contiguous(),
+                                           xs.reshape(-1).to(torch.float32).contiguous(),
+                                           scale.reshape(-1).to(torch.float32).contiguous(),
+                                           x.dtype == torch.bfloat16)
     return y.to(x.dtype)
 
 

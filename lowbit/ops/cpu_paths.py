@@ -43,6 +43,7 @@ __all__ = [
     "forced_path",
     "int4_amx_available",
     "int4_gemv_best_isa",
+    "int8_amx_available",
     "int4_gemv_isa",
     "isa_class",
     "load_tuned_table",
@@ -64,7 +65,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     # ATen int8 GEMV on the codes | lowbit u8s8 brgemm (AMX or AVX512-VNNI) | fp32 GEMM on the codes
     # | torch._int_mm (oneDNN s8s8s32; fast with VNNI, a slow loop on AVX2)
     # | lowbit C++ int8 x int8 GEMM on the row-major codes (int8_vnni_cpu.cpp: AVX512-VNNI)
-    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm", "vnni"),
+    # | lowbit AMX-INT8 tile kernel on the row-major codes (int8_amx_cpu.cpp)
+    "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm", "vnni", "amx"),
     # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group
     # | lowbit bf16 brgemm on the activation codes, group scales folded into the weight block
     "da8w4_linear": ("vnni", "brgemm", "bf16_brgemm"),
@@ -126,19 +128,31 @@ def int4_gemv_available() -> bool:
 _probed_amx: dict[str, bool] = {}
 
 
+def _amx_op_available(op: str, probe: str, fake) -> bool:
+    ok = _probed_amx.get(op)
+    if ok is None:
+        ok = bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, op) and bool(
+            getattr(torch.ops.lowbit_ext, probe)())
+        if ok:
+            torch.library.register_fake(f"lowbit_ext::{op}")(fake)
+        _probed_amx[op] = ok
+    return ok
+
+
 def int4_amx_available() -> bool:
     """True once the extension is built with ``lowbit_ext::int4_tinygemm_amx`` and this process
-    may use AMX tiles (lowbit/csrc/int4_amx_cpu.cpp asks the kernel once); the op's fake
+    may use AMX-BF16 tiles (lowbit/csrc/int4_amx_cpu.cpp asks the kernel once); the op's fake
     implementation for torch.compile is registered then too."""
-    ok = _probed_amx.get("ok")
-    if ok is None:
-        ok = bool(load_cpu_extension()) and hasattr(torch.ops.lowbit_ext, "int4_tinygemm_amx") and bool(
-            torch.ops.lowbit_ext.int4_amx_available())
-        if ok:
-            torch.library.register_fake("lowbit_ext::int4_tinygemm_amx")(
-                lambda x, qdata, scale_and_zero, group_size: x.new_empty((x.shape[0], qdata.shape[0])))
-        _probed_amx["ok"] = ok
-    return ok
+    return _amx_op_available("int4_tinygemm_amx", "int4_amx_available",
+                             lambda x, qdata, scale_and_zero, group_size: x.new_empty((x.shape[0], qdata.shape[0])))
+
+
+def int8_amx_available() -> bool:
+    """The same for ``lowbit_ext::int8_amx_gemm`` (AMX-INT8 tiles, lowbit/csrc/int8_amx_cpu.cpp)."""
+    return _amx_op_available(
+        "int8_amx_gemm", "int8_amx_available",
+        lambda xq, q, xs, ws, out_bf16: xq.new_empty((xq.shape[0], q.shape[0]),
+                                                     dtype=torch.bfloat16 if out_bf16 else torch.float32))
 
 
 # Which inner loop of the int4 GEMV (ops/cpu.py INT4_GEMV_ISAS) each ISA class runs.
@@ -285,11 +299,26 @@ FEW_THREADS = 4
 # and the 16-core host at 2 threads, M = 1: 4096x4096 1,223 vs 1,261, 49152x576 1,856 vs
 # 3,551, 576x576 35.4 vs 41.5 (bf16 2,811 / 5,820 / 88).
 _AMX_INT8_WO_FEW_THREADS: list[tuple[int | None, str]] = [(4, "cpp_gemv"), (_INF, "brgemm")]
+# int8 dynamic at few threads: lowbit's VNNI GEMM up to M = 2, then lowbit's AMX-INT8 kernel
+# (int8_amx_cpu.cpp) up to M = 512, the u8s8 brgemm above. `lowbit.tune(ops=
+# ("int8_dynamic_linear",), threads=2)` on the 2-core SPR VM (2026-12-04,
+# benchmarks/results/intel-xeon-vm-2c-amx-int8-amx-2026-12-04.md), cold, us at
+# M = 1 / 4 / 16 / 64 / 256 / 512, amx vs brgemm vs vnni (bf16):
+#   4096x4096   715 / 722 / 721 / 890 / 2,982 / 7,452 vs 939 / 915 / 984 / 1,429 / 3,450 / 6,537
+#               vs 635 / 712 / 1,104 / 3,104 (1,397 / 1,402 / 1,491 / 2,434 / 4,569 / 8,628)
+#   11008x4096  1,823 / 1,699 / 1,660 / 2,191 / 6,683 / 19,084 vs 2,424 / 2,247 / 2,419 / 3,382 /
+#               8,448 / 16,563 (bf16 ... 5,860 / 12,541 / 23,382)
+#   960x576     49 / 38 / 38 / 54 / 137 / 255 vs 56 / 47 / 55 / 84 / 222 / 414 vs 33 / 35 (bf16 93 /
+#               73 / 64 / 89 / 166 / 280)
+# At M = 512 brgemm is faster on the large layers (both beat bf16 there), the AMX kernel on the
+# small ones, where brgemm is slower than bf16: the AMX kernel keeps every shape measured at
+# >= 1.09x bf16. NOT measured at 16 threads (_AMX_TABLE keeps torch._int_mm there).
+_AMX_INT8_DYN_FEW_THREADS: list[tuple[int | None, str]] = [(2, "vnni"), (512, "amx"), (_INF, "brgemm")]
 _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
     **_AMX_TABLE,
     "int4_tinygemm_cpu_linear": _AMX_INT4_FEW_THREADS,
     "int8_weight_only_linear": _AMX_INT8_WO_FEW_THREADS,
-    "int8_dynamic_linear": [(8, "vnni"), (_INF, "brgemm")],
+    "int8_dynamic_linear": _AMX_INT8_DYN_FEW_THREADS,
 }
 
 # AVX512-BF16/VNNI without AMX. Measured with `lowbit tune --threads 2` (two runs) on a
@@ -403,6 +432,8 @@ def path_available(op: str, path: str) -> bool:
         from .cpu_int8_gemv import INT8_GEMV_ISAS, int8_gemv_best_isa
 
         return int8_gemv_best_isa() >= INT8_GEMV_ISAS["avx2"]  # the scalar loop is only a reference
+    if op == "int8_dynamic_linear" and path == "amx":
+        return int8_amx_available()
     if op == "int8_dynamic_linear" and path == "vnni":
         from .cpu_int8_vnni import INT8_VNNI_ISAS, int8_vnni_best_isa
 
