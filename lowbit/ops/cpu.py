@@ -18,6 +18,7 @@ from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from her
     CPU_INT4_TINYGEMM_MAX_M,
     CPU_INT8_GEMV_MAX_M,
     INT4_GEMV_ISAS,
+    INT8_AMX_SMALL_LAYER,
     choose_path,
     int4_amx_available,
     int4_gemv_best_isa,
@@ -67,6 +68,8 @@ def int8_weight_only_linear(x, qdata, scale):
 def int8_dynamic_linear(x, qdata, scale):
     xq, xs = quantize_per_token_int8(x)
     path = choose_path("int8_dynamic_linear", x.shape[0])
+    if path == "brgemm" and qdata.numel() <= INT8_AMX_SMALL_LAYER and choose_path("int8_dynamic_linear", 64) == "amx":
+        path = "amx"  # small layers stay on the AMX kernel past the table's M (cpu_paths.INT8_AMX_SMALL_LAYER)
     if path == "amx" and not int8_amx_serves(qdata):
         path = "brgemm"  # K not a multiple of 64 or N of 16: the tiles through oneDNN's ukernel
     if path == "amx":

@@ -33,6 +33,7 @@ from ._ext import cache_dir, load_cpu_extension
 __all__ = [
     "DEFAULT_TABLES",
     "FEW_THREAD_TABLES",
+    "INT8_AMX_SMALL_LAYER",
     "OPS",
     "VENDOR_TABLES",
     "PATHS",
@@ -277,7 +278,13 @@ _AMX_TABLE: dict[str, list[tuple[int | None, str]]] = {
     # (benchmarks/results/intel-xeon-model207-amx-16c-tune-{2,16}t-vnni-2026-12-02.md), 2 / 16
     # threads, M=1: 866 / 244 vs int_mm 1,524 / 472; M=8: 989 / 267 vs 1,392 / 398;
     # M=16: 1,545 / 474 vs 1,471 / 443.
-    "int8_dynamic_linear": [(8, "vnni"), (_INF, "int_mm")],
+    # ... and lowbit's AMX-INT8 kernel (int8_amx_cpu.cpp) from M = 9 to 128, brgemm above, since
+    # `lowbit.tune(ops=("int8_dynamic_linear",), threads=16)` on the host 2026-12-04 (us at M = 16 /
+    # 64 / 256 / 512, amx vs torch._int_mm vs brgemm; bf16): 4096x4096 182 / 333 / 1,208 / 4,160
+    # vs 301 / 573 / 1,523 / 5,675 vs 361 / 595 / 1,532 / 2,676 (463 / 784 / 2,145 / 4,268);
+    # 11008x4096 424 / 967 / 4,040 / 12,909 vs 582 / 1,136 / 8,955 / 15,397 vs 716 / 1,216 /
+    # 3,857 / 7,281 (benchmarks/results/intel-xeon-model207-amx-16c-int8-amx-2026-12-04.md).
+    "int8_dynamic_linear": [(8, "vnni"), (128, "amx"), (_INF, "brgemm")],
     "da8w4_linear": DA8W4_AMX,
 }
 # The AMX table at few torch threads (<= FEW_THREADS): int8 dynamic on lowbit's u8s8 brgemm
@@ -310,10 +317,15 @@ _AMX_INT8_WO_FEW_THREADS: list[tuple[int | None, str]] = [(4, "cpp_gemv"), (_INF
 #               8,448 / 16,563 (bf16 ... 5,860 / 12,541 / 23,382)
 #   960x576     49 / 38 / 38 / 54 / 137 / 255 vs 56 / 47 / 55 / 84 / 222 / 414 vs 33 / 35 (bf16 93 /
 #               73 / 64 / 89 / 166 / 280)
-# At M = 512 brgemm is faster on the large layers (both beat bf16 there), the AMX kernel on the
-# small ones, where brgemm is slower than bf16: the AMX kernel keeps every shape measured at
-# >= 1.09x bf16. NOT measured at 16 threads (_AMX_TABLE keeps torch._int_mm there).
-_AMX_INT8_DYN_FEW_THREADS: list[tuple[int | None, str]] = [(2, "vnni"), (512, "amx"), (_INF, "brgemm")]
+# Above M = 128 brgemm is faster on long rows and large layers (the VM, 4096x11008, M = 128 /
+# 256: amx 5,493 / 14,122-18,017 vs brgemm 6,501 / 10,613; the 16-core host at 2 threads,
+# M = 512: 4096x4096 amx 15,208 vs brgemm 11,660, 11008x4096 71,307 vs 41,181), the AMX kernel
+# on small layers (960x576 at M = 512: 817 vs 1,118, bf16 865), where brgemm is slower than
+# bf16: so there layers of at most INT8_AMX_SMALL_LAYER weights stay on the AMX kernel (ops/cpu.py).
+_AMX_INT8_DYN_FEW_THREADS: list[tuple[int | None, str]] = [(2, "vnni"), (128, "amx"), (_INF, "brgemm")]
+# Weights (N x K) up to which int8 dynamic stays on the AMX kernel where the table says brgemm
+# (measured: 960x576 and 576x576 faster there at M = 512 on the VM and the host, 4096x4096 not).
+INT8_AMX_SMALL_LAYER = 1 << 21
 _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
     **_AMX_TABLE,
     "int4_tinygemm_cpu_linear": _AMX_INT4_FEW_THREADS,
