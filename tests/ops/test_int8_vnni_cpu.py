@@ -12,24 +12,14 @@ import pytest
 import torch
 
 from lowbit.ops import cpu_int8_vnni as V
+from lowbit.testing.isa import isa_params
 
 pytestmark = pytest.mark.skipif(
     not V.int8_vnni_available(), reason="lowbit's C++ CPU extension (with int8_vnni_gemm) is not built here"
 )
 
 
-def _isa_params():
-    out = []
-    for name, isa in V.INT8_VNNI_ISAS.items():
-        # Evaluated at collection: the extension is built (or known missing) by then.
-        runs = V.int8_vnni_available() and isa <= V.int8_vnni_best_isa()
-        marks = () if runs else pytest.mark.skip(reason=f"this CPU cannot run the {name} loop "
-                                                       f"(best: {V.int8_vnni_best_isa()})")
-        out.append(pytest.param(isa, id=name, marks=marks))
-    return out
-
-
-ISAS = _isa_params()
+ISAS = isa_params(V.INT8_VNNI_ISAS, V.int8_vnni_available(), V.int8_vnni_best_isa)
 
 
 def _ref(xq, q):

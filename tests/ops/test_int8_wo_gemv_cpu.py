@@ -14,23 +14,14 @@ import pytest
 import torch
 
 from lowbit.ops import cpu_int8_gemv as G
+from lowbit.testing.isa import isa_params
 
 pytestmark = pytest.mark.skipif(
     not G.int8_gemv_available(), reason="lowbit's C++ CPU extension (with int8_wo_gemv) is not built here"
 )
 
 
-def _isa_params():
-    out = []
-    for name, isa in G.INT8_GEMV_ISAS.items():
-        runs = G.int8_gemv_available() and isa <= G.int8_gemv_best_isa()
-        marks = () if runs else pytest.mark.skip(reason=f"this CPU cannot run the {name} loop "
-                                                       f"(best: {G.int8_gemv_best_isa()})")
-        out.append(pytest.param(isa, id=name, marks=marks))
-    return out
-
-
-ISAS = _isa_params()
+ISAS = isa_params(G.INT8_GEMV_ISAS, G.int8_gemv_available(), G.int8_gemv_best_isa)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative rounding of the output dtype (half an ulp).
 _OUT_EPS = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
