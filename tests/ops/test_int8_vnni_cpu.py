@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lowbit.ops import cpu_int8_vnni as V
-from lowbit.testing.isa import isa_params
+from lowbit.testing.kernels import at_offset, isa_params
 
 pytestmark = pytest.mark.skipif(
     not V.int8_vnni_available(), reason="lowbit's C++ CPU extension (with int8_vnni_gemm) is not built here"
@@ -91,14 +91,6 @@ def test_extreme_codes(isa):
         _assert_exact(xq[:1, :kk].contiguous(), q[:1, :kk].contiguous(), isa)
 
 
-def _at_offset(t, offset):
-    """A contiguous copy of ``t`` whose data starts ``offset`` bytes past a 64-byte boundary."""
-    buf = torch.empty(t.numel() + 128, dtype=torch.int8)
-    start = (-buf.data_ptr()) % 64 + offset
-    out = buf[start:start + t.numel()].view(t.shape)
-    out.copy_(t)
-    assert out.is_contiguous() and out.data_ptr() % 64 == offset
-    return out
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -107,8 +99,8 @@ def test_unaligned_storage(isa, offset):
     gen = torch.Generator().manual_seed(3)
     for m, n, k in [(5, 9, 200), (1, 4, 64), (16, 33, 1000)]:
         xq, q = _codes((m, k), gen), _codes((n, k), gen, -128, 127)
-        _assert_exact(_at_offset(xq, offset), _at_offset(q, offset), isa)
-        _assert_exact(_at_offset(xq, 0), _at_offset(q, offset), isa)
+        _assert_exact(at_offset(xq, offset), at_offset(q, offset), isa)
+        _assert_exact(at_offset(xq, 0), at_offset(q, offset), isa)
 
 
 @pytest.mark.parametrize("isa", ISAS)

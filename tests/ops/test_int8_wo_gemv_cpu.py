@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lowbit.ops import cpu_int8_gemv as G
-from lowbit.testing.isa import isa_params
+from lowbit.testing.kernels import at_offset, isa_params
 
 pytestmark = pytest.mark.skipif(
     not G.int8_gemv_available(), reason="lowbit's C++ CPU extension (with int8_wo_gemv) is not built here"
@@ -98,15 +98,6 @@ def test_extreme_codes_and_large_activations(isa):
     _check(x.half(), q, torch.tensor([1e-6, 1e-6, 1e-6]), isa)  # outputs stay inside fp16's range
 
 
-def _at_offset(t, offset):
-    """A contiguous copy of ``t`` whose data starts ``offset`` bytes past a 64-byte boundary."""
-    nbytes = t.numel() * t.element_size()
-    buf = torch.empty(nbytes + 128, dtype=torch.uint8)
-    start = (-buf.data_ptr()) % 64 + offset
-    out = buf[start:start + nbytes].view(t.dtype).view(t.shape)
-    out.copy_(t)
-    assert out.is_contiguous() and out.data_ptr() % 64 == offset
-    return out
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -116,7 +107,7 @@ def test_unaligned_storage(isa, offset):
     for m, n, k in [(5, 9, 200), (1, 4, 64), (3, 33, 1000)]:
         x, q, scale = _inputs(m, n, k, gen)
         off_x = offset - offset % 4  # fp32 elements start on 4-byte boundaries
-        _check(_at_offset(x, off_x), _at_offset(q, offset), scale, isa)
+        _check(at_offset(x, off_x), at_offset(q, offset), scale, isa)
 
 
 @pytest.mark.parametrize("isa", ISAS)
