@@ -116,6 +116,17 @@ def test_single_configs_include_the_one_that_passed_on_most_layers():
     assert aq.search.rank_single_configs({}, {}, 3) == []
 
 
+def test_single_configs_include_the_nearly_widest_ones():
+    # d passed everywhere (31 layers), e on all but the head (30) but sums slower than a-c,
+    # f on 10 (< half of 31): e is replayed, f is not.
+    totals = {"a": 10.0, "b": 10.1, "c": 10.2, "d": 11.0, "e": 10.5, "f": 10.3}
+    coverage = {"a": 1, "b": 1, "c": 2, "d": 31, "e": 30, "f": 10}
+    assert aq.search.rank_single_configs(totals, coverage, 3) == ["a", "b", "c", "d", "e"]
+    many = {f"w{i}": 20.0 + i for i in range(6)}
+    ranked = aq.search.rank_single_configs({**totals, **many}, {**coverage, **{k: 31 for k in many}}, 3)
+    assert ranked[:3] == ["a", "b", "c"] and len(ranked) == 3 + 1 + aq.search._VALIDATE_WIDE_EXTRA
+
+
 def test_single_config_alternative_keeps_the_plan_where_the_config_failed():
     # int4 passes on "a" only; the plan has int8 on "b". The alternative replayed for int4 is
     # int4 on "a" and the plan's int8 on "b" (not float there), labelled "<name> + plan".
