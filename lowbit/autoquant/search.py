@@ -51,10 +51,12 @@ DEFAULT_INTERPOLATION = 0.85
 _REFINE_WITHIN = 0.10
 _REFINE_ROUNDS = 3
 # End-to-end check after finalize: the plan must be no slower than the float model and
-# within this fraction of the fastest single-config alternative, else the faster one is
+# within _VALIDATE_TOLERANCE of the fastest single-config alternative, else the faster one is
 # kept. Up to _VALIDATE_SINGLES single-config alternatives (the ones the per-layer
 # timings rank fastest) are timed; model calls replayed: the first _VALIDATE_CALLS.
-_VALIDATE_TOLERANCE = 0.05
+# 2% (5% until 2026-12-04: on SmolLM2 the plan kept at 3% slower than "int4 g32 + plan" on the
+# calibration calls decoded 3.5% slower than it in the demo, 50.1 vs 51.9 tokens/s).
+_VALIDATE_TOLERANCE = 0.02
 _VALIDATE_SINGLES = 3
 _VALIDATE_WIDE_EXTRA = 3  # more alternatives: candidates that passed on >= half the widest's layers
 _VALIDATE_CALLS = 16
@@ -723,8 +725,8 @@ def _time_variants(session: AutoquantSession, models: dict[str, nn.Module], call
 def validate_end_to_end(session: AutoquantSession, plan: Plan) -> Plan:
     """Time the plan on the recorded calibration calls against float and single configs.
 
-    The plan stands if it is no slower than the float model and within 5% of the fastest
-    single-config alternative; otherwise the fastest variant measured replaces it and the
+    The plan stands if it is no slower than the float model and within 2% (``_VALIDATE_TOLERANCE``)
+    of the fastest single-config alternative; otherwise the fastest variant measured replaces it and the
     report says so. Returns the plan to apply. No-op (the plan is returned) when no
     model call was recorded, e.g. with ``validate=False``.
     """
@@ -764,7 +766,8 @@ def validate_end_to_end(session: AutoquantSession, plan: Plan) -> Plan:
     rep.validation = dict(med)
     ok = med["plan"] <= med["float"] and (best_single is None or med["plan"] <= best_single * (1 + _VALIDATE_TOLERANCE))
     if ok:
-        rep.validation_note = "the plan is no slower than float and within 5% of every single config: kept"
+        rep.validation_note = (f"the plan is no slower than float and within {_VALIDATE_TOLERANCE:.0%} of every "
+                               "single config: kept")
         return plan
     fastest = min(med, key=med.get)
     rep.validation_note = (
