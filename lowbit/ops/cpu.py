@@ -236,13 +236,10 @@ def int4_tinygemm_gemv(x, qdata, scale_and_zero, group_size, layout, isa=-1):
     )
 
 
-
 def int4_amx_serves(layout: str, group_size: int) -> bool:
     """True where lowbit's AMX int4 kernel runs this weight: the 64-row packing, groups of a
     multiple of 32 (the tile's k step), a CPU and kernel with AMX tiles."""
     return layout == "avx512" and group_size % 32 == 0 and int4_amx_available()
-
-
 
 
 def int4_tinygemm_amx(x, qdata, scale_and_zero, group_size, layout):
