@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCES = ("da8w4_cpu.cpp", "int4_tinygemm_gemv.cpp", "wo_gemm_cpu.cpp", "int8_vnni_cpu.cpp", "int8_wo_gemv.cpp",
-            "int4_amx_cpu.cpp", "int8_amx_cpu.cpp")
+            "int4_amx_cpu.cpp", "int8_amx_cpu.cpp", "da8w4_amx_cpu.cpp")
 # No -march: the file compiles for the baseline x86-64 ISA and the AVX2 / AVX512-VNNI
 # kernels carry their own `__attribute__((target(...)))`, picked at run time.
 _OPENMP = ("-fopenmp",) if platform.system() == "Linux" else ()  # Apple clang has no -fopenmp

@@ -20,6 +20,7 @@ from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from her
     INT4_GEMV_ISAS,
     INT8_AMX_SMALL_LAYER,
     choose_path,
+    da8w4_amx_available,
     int4_amx_available,
     int4_gemv_best_isa,
     int4_gemv_isa,
@@ -122,6 +123,13 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     if load_cpu_extension():
         symmetric = act_mapping == "symmetric"
         path = choose_path("da8w4_linear", x.shape[0]) if x.shape[0] > 0 else "vnni"
+        if path == "amx" and (group_size % 32 or not da8w4_amx_available()):
+            path = "vnni"  # the tile's k step is 32 (da8w4_amx_cpu.cpp)
+        if path == "amx":
+            # AMX-INT8 tiles on the same codes: the VNNI kernel's output bit for bit.
+            codes, ascale, azp, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, group_size, symmetric)
+            return torch.ops.lowbit_ext.da8w4_amx_gemm(codes, ascale, azp, qdata, scale, zero_point, qsum, group_size,
+                                                       x.dtype == torch.bfloat16)
         if path == "bf16_brgemm" and x.dtype != torch.bfloat16:
             # Its bf16 weight rounding stays below the output's only for bf16 outputs;
             # float32 callers keep the exact integer sums of the VNNI kernel.

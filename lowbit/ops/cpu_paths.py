@@ -45,6 +45,7 @@ __all__ = [
     "int4_amx_available",
     "int4_gemv_best_isa",
     "int8_amx_available",
+    "da8w4_amx_available",
     "int4_gemv_isa",
     "isa_class",
     "load_tuned_table",
@@ -70,7 +71,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     "int8_dynamic_linear": ("gemv", "brgemm", "fp32_gemm", "int_mm", "vnni", "amx"),
     # lowbit C++ AVX512-VNNI / AVX2 kernel (da8w4_cpu.cpp) | lowbit u8s8 brgemm per group
     # | lowbit bf16 brgemm on the activation codes, group scales folded into the weight block
-    "da8w4_linear": ("vnni", "brgemm", "bf16_brgemm"),
+    # | lowbit AMX-INT8 tile kernel on the unpacked codes, per-group epilogue (da8w4_amx_cpu.cpp)
+    "da8w4_linear": ("vnni", "brgemm", "bf16_brgemm", "amx"),
 }
 OPS = tuple(PATHS)
 
@@ -156,6 +158,14 @@ def int8_amx_available() -> bool:
                                                      dtype=torch.bfloat16 if out_bf16 else torch.float32))
 
 
+def da8w4_amx_available() -> bool:
+    """The same for ``lowbit_ext::da8w4_amx_gemm`` (DA8W4 on AMX-INT8 tiles, lowbit/csrc/da8w4_amx_cpu.cpp)."""
+    return _amx_op_available(
+        "da8w4_amx_gemm", "da8w4_amx_available",
+        lambda codes, ascale, azp, qdata, scale, zero_point, qsum, group_size, out_bf16: codes.new_empty(
+            (codes.shape[0], qdata.shape[0] * 16), dtype=torch.bfloat16 if out_bf16 else torch.float32))
+
+
 # Which inner loop of the int4 GEMV (ops/cpu.py INT4_GEMV_ISAS) each ISA class runs.
 # AMX class (Sapphire Rapids): the fp32-FMA AVX512F loop. Measured on the 2-core SPR VM,
 # 1 thread, hot weights (1 MiB, in L2), 4096-wide rows, ns per 64 weight bytes: M=1
@@ -231,14 +241,28 @@ def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
 #   int8 dynamic M=2: GEMV 1,136 (375), brgemm 1,451 (400); M=4: GEMV 1,370 (381), brgemm 1,438 (350)
 # At 16 threads every brgemm path showed a ~450 us floor (cause not established; see the
 # scratch buffers in wo_gemm_cpu.cpp), so from M = 8 on no path beat bf16 F.linear there.
-# DA8W4: the VNNI kernel up to M = 16, then bf16 brgemm on the activation codes with the
+# DA8W4 until 2026-12-04: the VNNI kernel up to M = 16, then bf16 brgemm on the activation codes with the
 # group scales folded into the weight block (the per-group u8s8 brgemm pays a C reload and
 # an fp32 epilogue per group and never wins). `lowbit tune --threads 2` on the 2-core AMX VM
 # of 2026-12-03 (benchmarks/results/intel-xeon-vm-2c-amx-tune-2t-2026-12-03.md), 4096x4096
 # cold, us (x bf16): M=16 vnni 994 (1.62x), bf16_brgemm 1,429 (1.13x); M=32 1,748 (1.01x)
 # vs 1,518 (1.17x); M=64 3,225 vs 2,015 (1.31x); M=256 12,117 (0.46x) vs 5,508 (1.02x);
 # u8s8 brgemm per group 15,165 (0.37x). NOT measured at 16 threads.
-DA8W4_AMX: list[tuple[int | None, str]] = [(16, "vnni"), (_INF, "bf16_brgemm")]
+# From M = 9 on, since 2026-12-04: lowbit's AMX-INT8 kernel (da8w4_amx_cpu.cpp: the codes
+# unpacked once per call as q - z bytes, tdpbssd, per-group fp32 epilogue). `lowbit.tune(ops=
+# ("da8w4_linear",), threads=2)` on the 2-core SPR VM, g128 (g32 for 960x576), cold, us at M =
+# 1 / 4 / 8 / 16 / 64 / 256 / 512, amx vs vnni vs bf16_brgemm (bf16 F.linear):
+#   4096x4096   671 / 653 / 660 / 684 / 1,168 / 4,398 / 5,940 vs 403 / 447 / 628 / 973 / 3,109 /
+#               11,816 / 23,830 vs ... 1,307 / 1,926 / 5,318 / 10,150 (1,475 / 1,454 / 1,464 / 1,496 /
+#               2,443 / 4,984 / 9,638)
+#   11008x4096  amx ... 1,707 / 2,931 / 7,912 / 14,348 vs bf16_brgemm 3,821 / 4,817 / 14,302 / 27,267
+#               (bf16 3,702 / 6,189 / 13,775 / 25,801)
+#   4096x11008  amx ... 1,680 / 2,905 / 8,928 / 17,895 vs bf16_brgemm 4,542 / 8,804 / 16,090 / 27,928
+#               (bf16 3,664 / 7,414 / 12,591 / 22,117)
+#   960x576 g32 amx 42 / 35 / 38 / 41 / 96 / 300 / 595 vs vnni 20 / 21 / 33 / 55 vs bf16_brgemm
+#               ... 54 / 103 / 241 / 452 (bf16 90 / 63 / 60 / 60 / 83 / 167 / 264)
+# (benchmarks/results/intel-xeon-vm-2c-amx-da8w4-amx-2026-12-04.md). NOT measured at 16 threads.
+DA8W4_AMX: list[tuple[int | None, str]] = [(8, "vnni"), (_INF, "amx")]
 # int4 up to M = 8: lowbit's GEMV with its AVX512F loop (INT4_GEMV_LOOP), which replaced the
 # tinygemm rows above. Measured on the 2-core SPR dev VM (torch 2.13, 1 thread, 512x4096
 # g128 hot in L2, min of 9 passes; the VM was shared, load ~3): us per call
@@ -446,6 +470,8 @@ def path_available(op: str, path: str) -> bool:
         return int8_gemv_best_isa() >= INT8_GEMV_ISAS["avx2"]  # the scalar loop is only a reference
     if op == "int8_dynamic_linear" and path == "amx":
         return int8_amx_available()
+    if op == "da8w4_linear" and path == "amx":
+        return da8w4_amx_available()
     if op == "int8_dynamic_linear" and path == "vnni":
         from .cpu_int8_vnni import INT8_VNNI_ISAS, int8_vnni_best_isa
 
