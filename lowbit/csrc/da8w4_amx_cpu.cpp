@@ -156,12 +156,21 @@ LOWBIT_DA8W4_AMX_TARGET static inline void write_rows(const Args& p, const float
 // operand at bw and bw + 16 K).
 template <int MT, int NT>
 LOWBIT_DA8W4_AMX_TARGET static void block(const Args& p, int64_t m0, int64_t nb, const int8_t* bw) {
-  alignas(64) int32_t Ct[4][256];
+  // The fold of group g runs after the tiles of group g + 1 are issued, on the copy stored
+  // one group earlier (Ct[g % 2]): loads right behind the tile stores of the same group
+  // waited for those to drain.
+  alignas(64) int32_t Ct[2][4][256];
   alignas(64) float fa[4][256];
   std::memset(fa, 0, sizeof(fa));
   const int8_t* a0 = p.xa + m0 * p.K;
   const int8_t* a1 = a0 + 16 * p.K;
   const int8_t* b1 = bw + 16 * p.K;
+  auto fold = [&](int64_t g) {
+    for (int nt = 0; nt < NT; ++nt) {
+      const int64_t off = ((nb + nt) * p.G + g) * 16;
+      for (int mt = 0; mt < MT; ++mt) fold_group(Ct[g % 2][2 * nt + mt], p.ws + off, fa[2 * nt + mt]);
+    }
+  };
   for (int64_t g = 0; g < p.G; ++g) {
     _tile_zero(0);
     if (MT == 2) _tile_zero(1);
@@ -181,16 +190,14 @@ LOWBIT_DA8W4_AMX_TARGET static void block(const Args& p, int64_t m0, int64_t nb,
         if (MT == 2) _tile_dpbssd(3, 5, 7);
       }
     }
-    _tile_stored(0, Ct[0], 64);
-    if (MT == 2) _tile_stored(1, Ct[1], 64);
-    if (NT == 2) _tile_stored(2, Ct[2], 64);
-    if (MT == 2 && NT == 2) _tile_stored(3, Ct[3], 64);
-    for (int nt = 0; nt < NT; ++nt) {
-      const int64_t off = ((nb + nt) * p.G + g) * 16;
-      for (int mt = 0; mt < MT; ++mt)
-        fold_group(Ct[2 * nt + mt], p.ws + off, fa[2 * nt + mt]);
-    }
+    if (g > 0) fold(g - 1);
+    int32_t(*c)[256] = Ct[g % 2];
+    _tile_stored(0, c[0], 64);
+    if (MT == 2) _tile_stored(1, c[1], 64);
+    if (NT == 2) _tile_stored(2, c[2], 64);
+    if (MT == 2 && NT == 2) _tile_stored(3, c[3], 64);
   }
+  fold(p.G - 1);
   for (int nt = 0; nt < NT; ++nt)
     for (int mt = 0; mt < MT; ++mt) write_rows(p, fa[2 * nt + mt], m0 + 16 * mt, (nb + nt) * 16);
 }

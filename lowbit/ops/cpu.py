@@ -123,8 +123,10 @@ def da8w4_linear(x, qdata, scale, zero_point, qsum, group_size, act_mapping):
     if load_cpu_extension():
         symmetric = act_mapping == "symmetric"
         path = choose_path("da8w4_linear", x.shape[0]) if x.shape[0] > 0 else "vnni"
-        if path == "amx" and (group_size % 32 or not da8w4_amx_available()):
-            path = "vnni"  # the tile's k step is 32 (da8w4_amx_cpu.cpp)
+        if path == "amx" and (group_size % 32 or group_size > 2048 or not da8w4_amx_available()):
+            # The tile's k step is 32 and |Qc| must fit 16 bits (da8w4_amx_cpu.cpp); checked
+            # here so that no bad shape reaches the C++ check (see above).
+            path = "vnni"
         if path == "amx":
             # AMX-INT8 tiles on the same codes: the VNNI kernel's output bit for bit.
             codes, ascale, azp, _ = torch.ops.lowbit_ext.da8w4_quantize_act(x, group_size, symmetric)

@@ -261,8 +261,14 @@ def _generic_table() -> dict[str, list[tuple[int | None, str]]]:
 #               (bf16 3,664 / 7,414 / 12,591 / 22,117)
 #   960x576 g32 amx 42 / 35 / 38 / 41 / 96 / 300 / 595 vs vnni 20 / 21 / 33 / 55 vs bf16_brgemm
 #               ... 54 / 103 / 241 / 452 (bf16 90 / 63 / 60 / 60 / 83 / 167 / 264)
-# (benchmarks/results/intel-xeon-vm-2c-amx-da8w4-amx-2026-12-04.md). NOT measured at 16 threads.
-DA8W4_AMX: list[tuple[int | None, str]] = [(8, "vnni"), (_INF, "amx")]
+# (benchmarks/results/intel-xeon-vm-2c-amx-da8w4-amx-2026-12-04.md). The 16-core host, same
+# call (benchmarks/results/intel-xeon-model207-amx-16c-da8w4-amx-2026-12-04.md), us at M = 4 /
+# 8 / 16 / 64 / 256, amx vs vnni: 2 threads 4096x4096 982 / 715 / 789 / 1,381 / 4,063 vs 723 /
+# 1,070 / 1,206 / 3,933 / 15,086; 16 threads 282 / 293 / 313 / 477 / 1,290 vs 98 / 157 / 309 /
+# 999 / 3,587, 11008x4096 at M = 16 806 vs 719, 4096x11008 603 vs 684: the VNNI kernel to M = 16
+# at 16 threads, to M = 4 at few threads (_AMX_TABLE_FEW_THREADS).
+DA8W4_AMX: list[tuple[int | None, str]] = [(16, "vnni"), (_INF, "amx")]
+_DA8W4_AMX_FEW_THREADS: list[tuple[int | None, str]] = [(4, "vnni"), (_INF, "amx")]
 # int4 up to M = 8: lowbit's GEMV with its AVX512F loop (INT4_GEMV_LOOP), which replaced the
 # tinygemm rows above. Measured on the 2-core SPR dev VM (torch 2.13, 1 thread, 512x4096
 # g128 hot in L2, min of 9 passes; the VM was shared, load ~3): us per call
@@ -355,6 +361,7 @@ _AMX_TABLE_FEW_THREADS: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": _AMX_INT4_FEW_THREADS,
     "int8_weight_only_linear": _AMX_INT8_WO_FEW_THREADS,
     "int8_dynamic_linear": _AMX_INT8_DYN_FEW_THREADS,
+    "da8w4_linear": _DA8W4_AMX_FEW_THREADS,
 }
 
 # AVX512-BF16/VNNI without AMX. Measured with `lowbit tune --threads 2` (two runs) on a
