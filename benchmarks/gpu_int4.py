@@ -245,6 +245,9 @@ def _sweep_configs(m: int) -> list[dict]:
         for bn, split, warps in ((128, 2, 4), (128, 4, 4), (256, 2, 8)):
             add("mm2", 16, bn, 0, split, warps, 3, PAIR=True, XDOT=True)
         add("mm2", 16, 128, 0, 4, 4, 3, SUB=8, JOIN=False)
+        for bn, split, warps, stages in ((128, 2, 4, 3), (128, 4, 4, 3), (128, 4, 4, 1), (64, 4, 4, 3), (256, 2, 8, 3)):
+            add("mm2", 16, bn, 0, split, warps, stages, PAIR=True, XDOT=True, PREFETCH=True)
+        add("mm2", 16, 128, 0, 4, 4, 3, SUB=8, XDOT=True, PREFETCH=True)
     elif m <= 64:
         add("mm", 32, 64, 64, 4)
         add("mm", 64, 128, 64, 1)
@@ -257,6 +260,9 @@ def _sweep_configs(m: int) -> list[dict]:
         add("mm2", 64, 128, 0, 1, 4, 3, SUB=8, XDOT=True)
         add("mm2", 32, 128, 0, 4, 4, 3, PAIR=True, XDOT=True)
         add("mm2", 64, 128, 0, 1, 4, 3, PAIR=True, XDOT=True)
+        for bm, split in ((32, 4), (32, 2), (64, 1), (64, 2)):
+            add("mm2", bm, 128, 0, split, 4, 3, PAIR=True, XDOT=True, PREFETCH=True)
+        add("mm2", 32, 128, 0, 4, 4, 3, SUB=8, XDOT=True, PREFETCH=True)
     else:
         add("mm", 64, 128, 64, 1)
         add("mm", 128, 128, 64, 1, 8, 3)

@@ -123,6 +123,12 @@ _SM90_TABLE = (
     (1 << 62, "deq", 0, 128, 0, 4, 1, {}),
 )
 _NARROW_N = 8192
+# Narrow layers, 2 < M <= _NARROW_MM2_MAX_M: mm2 on 64-column tiles with the next chunk's words
+# prefetched (H200 sweep 2026-12-04, benchmarks/results/gpu_int4_h200_mm2_prefetch_2026-12-04.md:
+# 4096x4096 M=4 / 16 14.8 / 15.9 us vs 17.3 / 19.1 for the 128-column row above; bf16 13.4 / 13.8.
+# On 14336x4096 the prefetch lost: 30.6 / 35.9 vs 27.4 / 30.0 us.)
+_NARROW_MM2_MAX_M = 16
+_NARROW_MM2 = {"BLOCK_N": 64, "PREFETCH": True}
 # Narrow layers (N < _NARROW_N): M -> (BLOCK_N, num_warps, CH) of gemv3 (sweep bests:
 # 4096x4096 M=1 32 / 8 warps / CH8, M=2 64 / 8 / 8).
 _SM90_NARROW_GEMV3 = {1: (32, 8, 8), 2: (64, 8, 8)}
@@ -159,6 +165,8 @@ def _pick(m: int, n: int, k: int, device: torch.device) -> dict:
         kind, bm, bk, stages = "gemv3", 1, 128, 1
         bn, warps, ch = next(v for top, v in sorted(_SM90_NARROW_GEMV3.items()) if m <= top)
         extra = {"CH": ch, "PREFETCH": True}
+    elif n < _NARROW_N and kind == "mm2" and m <= _NARROW_MM2_MAX_M:
+        bn, extra = _NARROW_MM2["BLOCK_N"], {**extra, "PREFETCH": _NARROW_MM2["PREFETCH"]}
     cfg = {"kind": kind, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
            "SPLIT_K": 1, **extra}
     # gemv3 never splits K: one launch, no zeroed fp32 buffer, no atomics, no cast.
@@ -203,8 +211,9 @@ def _launch_gemv_or_mm(x, qdata, scale, zero_point, group_size, int_zp, cfg, wra
         grid = (-(-m // bm) * -(-n // bn), split)
         wrap(ks["mm2"])[grid](x, qdata, scale, zero_point, out, m, n, k, n_chunks, x.stride(0), out.stride(0),
                               GS=group_size, INT_ZP=int_zp, BLOCK_M=bm, BLOCK_N=bn, SUB=sub, GP=gp,
-                              JOIN=cfg.get("JOIN", True), XDOT=cfg.get("XDOT", False), PAIR=pair, SPLIT_K=split, GROUP_M=8, MAG_SH=_MAGIC[x.dtype][0],
-                              MAG_ONE=_MAGIC[x.dtype][1], **launch)
+                              JOIN=cfg.get("JOIN", True), XDOT=cfg.get("XDOT", False), PAIR=pair, SPLIT_K=split, GROUP_M=8,
+                              MAG_SH=_MAGIC[x.dtype][0], MAG_ONE=_MAGIC[x.dtype][1], PREFETCH=cfg.get("PREFETCH", False),
+                              **launch)
     else:
         grid = (-(-m // bm) * -(-n // bn), split)
         wrap(ks["mm"])[grid](x, qdata, scale, zero_point, out, m, n, k, qdata.shape[0] * 8, x.stride(0), out.stride(0),

@@ -279,7 +279,8 @@ def _apply_group(acc, part, xs, s_ptr, z_ptr, g, offs_n, n_mask, N, K, GS: tl.co
 def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm, stride_om,
                GS: tl.constexpr, INT_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                SUB: tl.constexpr, GP: tl.constexpr, JOIN: tl.constexpr, XDOT: tl.constexpr, PAIR: tl.constexpr,
-               SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr):
+               SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, MAG_SH: tl.constexpr, MAG_ONE: tl.constexpr,
+               PREFETCH: tl.constexpr = False):
     # Tensor-core GEMM on the raw codes. Each 128-K chunk loads its [16, BLOCK_N] word
     # tile once; SUB planes at a time (16 SUB consecutive k) become one [16 SUB, BLOCK_N]
     # tile of 1 + q / 16 for one tl.dot with the [BLOCK_M, 16 SUB] activation slice. The
@@ -287,6 +288,8 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
     # the group's end one [BLOCK_M, BLOCK_N] FMA pair applies its scale and zero point.
     # PAIR (SUB = 1, GP = 8: the chunk in one group): planes h and h + 4 come from one
     # shift and one and-or (_plane_pair). Split-K over chunks (grid axis 1) for small grids.
+    # PREFETCH: the next chunk's words are loaded before this chunk's dots (twice the weight
+    # bytes in flight per program; the loads past this split's chunks are masked off).
     pid_k, offs_m, offs_n, offs_s, m_mask = _mm_tile(M, N, BLOCK_M, BLOCK_N, 16 * SUB, GROUP_M)
     n_mask = offs_n < N
     offs_i = tl.arange(0, 16)
@@ -298,9 +301,16 @@ def mm2_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, n_chunks, stride_xm
         xs = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     else:
         xs = tl.full((BLOCK_M,), 0.0, tl.float32)
+    c_end = tl.minimum(c0 + per_split, n_chunks)
+    if PREFETCH:
+        q_next = _words(q_ptr, c0, offs_i, offs_n, n_mask, N, c_end)
     for it in range(per_split):
         c = c0 + it
-        q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
+        if PREFETCH:
+            q = q_next
+            q_next = _words(q_ptr, c + 1, offs_i, offs_n, n_mask, N, c_end)
+        else:
+            q = _words(q_ptr, c, offs_i, offs_n, n_mask, N, n_chunks)
         if PAIR:
             for h in tl.static_range(4):
                 k = c * 128 + 16 * h + offs_s

@@ -252,7 +252,8 @@ def _run_factored(kind, seed, extra):
 
 
 _MM2_VARIANTS = [{"SUB": 1}, {"SUB": 2}, {"SUB": 8}, {"SUB": 4, "JOIN": False}, {"SUB": 8, "JOIN": False},
-                 {"SUB": 1, "XDOT": True}, {"SUB": 8, "XDOT": True}, {"PAIR": True}, {"PAIR": True, "XDOT": True}]
+                 {"SUB": 1, "XDOT": True}, {"SUB": 8, "XDOT": True}, {"PAIR": True}, {"PAIR": True, "XDOT": True},
+                 {"PAIR": True, "XDOT": True, "PREFETCH": True}, {"SUB": 8, "XDOT": True, "PREFETCH": True}]
 
 
 @needs_triton
@@ -284,7 +285,8 @@ def test_gemv3_kernel_interpreted(cpu_kernels, seed):
 
 @needs_triton
 @interpreter_only
-@pytest.mark.parametrize("m, n", [(1, 96), (2, 96), (3, 96), (32, 96), (33, 96), (1, 8192), (2, 8192)])
+@pytest.mark.parametrize("m, n", [(1, 96), (2, 96), (3, 96), (16, 96), (17, 96), (32, 96), (33, 96), (1, 8192), (2, 8192),
+                                  (3, 8192)])
 def test_dispatch_table_configs_interpreted(cpu_kernels, bf16_dot, m, n):
     # Each row of _SM90_TABLE and of the narrow-layer gemv3 table, with the launch
     # parameters _pick derives, on both sides of their M and N bounds (33: dequantize +
@@ -298,6 +300,8 @@ def test_dispatch_table_configs_interpreted(cpu_kernels, bf16_dot, m, n):
     assert cfg["kind"] == want, cfg
     if want == "gemv3":
         assert cfg["SPLIT_K"] == 1 and cfg["BLOCK_N"] == (T._SM90_NARROW_GEMV3[m][0] if narrow else 64), cfg
+    if want == "mm2":  # the narrow-layer row (64-column tiles, prefetch) up to its M bound
+        assert cfg.get("PREFETCH", False) == (narrow and m <= T._NARROW_MM2_MAX_M), cfg
     q = pack_int4_triton(codes)
     y = T.int4_triton_linear(x, q, scale, zero, g, cfg=cfg)
     if cfg["kind"] == "deq":
@@ -376,7 +380,8 @@ def test_fuzz_each_kernel_cuda(kind, seed):
 _FACTORED_CUDA = [("gemv2", {}), ("gemv2", {"PREFETCH": True}), ("gemv3", {"CH": 4}),
                   ("gemv3", {"CH": 8, "PREFETCH": True}), ("mm2", {"SUB": 1}), ("mm2", {"SUB": 8}),
                   ("mm2", {"SUB": 8, "XDOT": True}), ("mm2", {"SUB": 4, "JOIN": False}), ("mm2", {"PAIR": True}),
-                  ("mm2", {"PAIR": True, "XDOT": True})]
+                  ("mm2", {"PAIR": True, "XDOT": True}), ("mm2", {"PAIR": True, "XDOT": True, "PREFETCH": True}),
+                  ("mm2", {"SUB": 8, "XDOT": True, "PREFETCH": True})]
 
 
 @needs_cuda
