@@ -35,6 +35,28 @@ def cpu_model() -> str:
     return _cpu_model_name()
 
 
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> str:
+    """Family/model and the vector flags kernels care about, from /proc/cpuinfo ('' elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    field = {}
+    for line in text.splitlines():
+        if ":" in line:
+            key, _, val = line.partition(":")
+            field.setdefault(key.strip(), val.strip())
+        if not line.strip() and field:
+            break
+    flags = set(field.get("flags", "").split())
+    have = [f for f in _ISA_FLAGS if f in flags]
+    return f"family {field.get('cpu family', '?')} model {field.get('model', '?')}; flags: {' '.join(have) or 'none of ' + ', '.join(_ISA_FLAGS)}"
+
+
 def cpu_cores() -> tuple[int | None, int]:
     """(physical cores, logical CPUs) of the processors this process may run on."""
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -61,6 +83,7 @@ def machine_description(device: torch.device) -> dict[str, str]:
     info = {
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "CPU": cpu_model(),
+        "CPU family / model, vector flags": cpu_isa() or "?",
         "CPU cores / logical CPUs": f"{cores if cores is not None else '?'} / {logical}",
         "torch threads": str(torch.get_num_threads()),
         "torch": torch.__version__,

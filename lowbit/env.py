@@ -40,8 +40,9 @@ def env_report(as_dict: bool = False, build: bool = True) -> str | dict[str, Any
     Returns:
         Text (or a dict) listing torch, the CPU's relevant flags, the compiler, whether the
         CPU extension loaded (path, build time, or the reason and the build log), and
-        which DA8W4 kernel runs: AVX512-VNNI, AVX2 or scalar. AVX512-VNNI is compiled but
-        has not been tested on real hardware by lowbit's CI; AMX is not implemented.
+        which DA8W4 kernel runs (AVX512-VNNI, AVX2 or scalar), the CPU's class (amx,
+        avx512_bf16, avx512, avx2, other) and the path each CPU op runs at M = 1..256 with
+        the table it comes from (a ``lowbit tune`` cache or the class's default).
     """
     from .ops import _ext
 
@@ -67,11 +68,20 @@ def env_report(as_dict: bool = False, build: bool = True) -> str | dict[str, Any
         },
         "da8w4_kernel": None,
         "notes": [
-            "AVX512-VNNI DA8W4 path: compiled, selected at run time by CPU detection, "
-            "NOT tested on hardware by lowbit's CI (developed on an AVX2-only Zen3).",
-            "AMX: not implemented.",
+            "Kernels are compiled for every x86 level and picked at run time by CPU detection; "
+            "the test suite forces each loop this CPU runs (AVX2, AVX512-VNNI, AMX) against the "
+            "pure-PyTorch reference. The dispatch lines list the path each op runs per batch size M.",
         ],
     }
+    if build or st.loaded:
+        from .ops import cpu_paths
+
+        _, where = cpu_paths.active_table()
+        info["cpu_class"] = cpu_paths.isa_class()
+        info["cpu_dispatch"] = {
+            "table": where,
+            **{op: {m: cpu_paths.choose_path(op, m) for m in (1, 4, 16, 64, 256)} for op in cpu_paths.OPS},
+        }
     if st.loaded:
         info["da8w4_kernel"] = _ISA_NAMES.get(int(torch.ops.lowbit_ext.da8w4_best_isa()), "unknown")
     elif st.attempted:
@@ -95,5 +105,9 @@ def env_report(as_dict: bool = False, build: bool = True) -> str | dict[str, Any
         if ext["build_log"]:
             lines.append("build log (tail):\n" + ext["build_log"][-2000:])
     lines.append(f"DA8W4 kernel: {info['da8w4_kernel']}")
+    if "cpu_dispatch" in info:
+        d = info["cpu_dispatch"]
+        lines.append(f"CPU class: {info['cpu_class']}; dispatch: {d['table']}")
+        lines += [f"  {op}: " + ", ".join(f"M={m}: {p}" for m, p in d[op].items()) for op in d if op != "table"]
     lines += [f"note: {n}" for n in info["notes"]]
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from lowbit.ops import _ext
 
 def test_env_report_text_and_dict():
     text = lowbit.env_report()
-    assert "DA8W4 kernel:" in text and "CPU flags:" in text and "AMX: not implemented" in text
+    assert "DA8W4 kernel:" in text and "CPU flags:" in text and "CPU class:" in text
     info = lowbit.env_report(as_dict=True)
     assert info["cpu_extension"]["attempted"] is True
     assert set(info["cpu_flags"]) >= {"avx2", "avx512_vnni", "amx_tile"}

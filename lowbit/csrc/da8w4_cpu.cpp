@@ -30,8 +30,8 @@
 //   [N / 16, G, 16]: per block, per group, the 16 columns contiguous.
 //
 // Instruction sets, picked at run time by CPU detection (`__builtin_cpu_supports`):
-//   AVX512-VNNI  `_mm512_dpbusd_epi32` (16 columns x 4 k per instruction). NOT tested in
-//                lowbit's CI: the development machine (AMD Zen3) has no AVX512.
+//   AVX512-VNNI  `_mm512_dpbusd_epi32` (16 columns x 4 k per instruction); tested on
+//                AMD Zen4/Zen5 and Intel Sapphire/Emerald Rapids machines.
 //   AVX2         `_mm256_maddubs_epi16` (u8 x s8 -> int16 pair sums) then
 //                `_mm256_madd_epi16` with ones -> int32. maddubs saturates each pair sum
 //                at int16, which cannot happen here: weight codes are 0..15 and
@@ -39,7 +39,7 @@
 //                We even add four maddubs results (16 k) in int16 before widening:
 //                4 * 7650 = 30600 < 32767, still exact.
 //   scalar       plain C++, for CPUs with neither (and as a test oracle).
-//   AMX          not implemented.
+//   AMX          da8w4_amx_cpu.cpp (AMX-INT8 tiles), for mid and large M.
 // Reference for the u8 x s8 dot-product formulation (studied, not copied): oneDNN's and
 // FBGEMM's int8 GEMMs, and Intel's intrinsics guide for vpmaddubsw / vpdpbusd.
 
@@ -140,10 +140,11 @@ static void quantize_row(const T* x, int64_t K, int64_t gs, bool symmetric, uint
   float s, z, lo, hi;
   row_qparams(mn, mx, symmetric, s, z, lo, hi);
   const int32_t shift = symmetric ? 128 : 0;  // symmetric codes are stored shifted (see row_qparams)
+  const float inv = 1.0f / s;  // codes round x * (1 / s), as the reference does (a multiply, not a divide)
   for (int64_t g = 0; g < G; ++g) {
     int32_t sum = 0;
     for (int64_t k = g * gs; k < (g + 1) * gs; ++k) {
-      const float c = std::min(std::max(std::nearbyint(load_f(x + k) / s) + z, lo), hi);
+      const float c = std::min(std::max(std::nearbyint(load_f(x + k) * inv) + z, lo), hi);
       const int32_t code = static_cast<int32_t>(c) + shift;
       q[k] = static_cast<uint8_t>(code);
       sum += code;
@@ -162,7 +163,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 load8_f(const c10::BFlo
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// AVX2 twin of quantize_row: the same IEEE operations (division, round-half-even,
+// AVX2 twin of quantize_row: the same IEEE operations (multiply by 1 / s, round-half-even,
 // clamps) on 8 lanes, so its codes equal the scalar ones bit for bit.
 template <typename T>
 __attribute__((target("avx2,fma"))) static void quantize_row_avx2(const T* x, int64_t K, int64_t gs, bool symmetric,
@@ -192,7 +193,7 @@ __attribute__((target("avx2,fma"))) static void quantize_row_avx2(const T* x, in
   float s, z, lo, hi;
   row_qparams(mn, mx, symmetric, s, z, lo, hi);
   const int32_t shift = symmetric ? 128 : 0;  // symmetric codes are stored shifted (see row_qparams)
-  const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  const __m256 vs = _mm256_set1_ps(1.0f / s), vz = _mm256_set1_ps(z), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
   const __m256i vshift = _mm256_set1_epi32(shift);
   // Byte 0 of each int32 lane, per 128-bit lane.
   const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
@@ -201,7 +202,7 @@ __attribute__((target("avx2,fma"))) static void quantize_row_avx2(const T* x, in
   for (int64_t g = 0; g < G; ++g) {
     __m256i vsum = _mm256_setzero_si256();
     for (int64_t k = g * gs; k < (g + 1) * gs; k += 8) {
-      const __m256 r = _mm256_round_ps(_mm256_div_ps(load8_f(x + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 r = _mm256_round_ps(_mm256_mul_ps(load8_f(x + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       const __m256 c = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vz), vlo), vhi);
       const __m256i code = _mm256_add_epi32(_mm256_cvtps_epi32(c), vshift);
       vsum = _mm256_add_epi32(vsum, code);
@@ -212,6 +213,57 @@ __attribute__((target("avx2,fma"))) static void quantize_row_avx2(const T* x, in
     alignas(32) int32_t t[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(t), vsum);
     gsum[g] = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  }
+  *scale = s;
+  *zp = static_cast<int32_t>(z) + shift;
+}
+
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 load16_f(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 load16_f(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// AVX512 twin of quantize_row (16 lanes; K is a multiple of the group size, itself a
+// multiple of 16): same operations, same codes bit for bit. Two passes over the row, the
+// second from L1/L2 (a row of 4096 bf16 is 8 KiB).
+template <typename T>
+__attribute__((target("avx512f,avx512bw"))) static void quantize_row_avx512(const T* x, int64_t K, int64_t gs,
+                                                                         bool symmetric, uint8_t* q, float* scale,
+                                                                         int32_t* zp, int32_t* gsum) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 vmn = zero, vmx = zero;
+  __mmask16 ok = 0xFFFF;
+  for (int64_t k = 0; k < K; k += 16) {
+    const __m512 v = load16_f(x + k);
+    ok &= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), zero, _CMP_EQ_OQ);  // v - v == 0 iff finite
+    vmn = _mm512_min_ps(vmn, v);
+    vmx = _mm512_max_ps(vmx, v);
+  }
+  if (ok != 0xFFFF) {
+    quantize_row(x, K, gs, symmetric, q, scale, zp, gsum);  // writes the NaN-row result
+    return;
+  }
+  // min/max of finite values are exact whatever the reduction order.
+  const float mn = std::min(0.f, _mm512_reduce_min_ps(vmn)), mx = std::max(0.f, _mm512_reduce_max_ps(vmx));
+  float s, z, lo, hi;
+  row_qparams(mn, mx, symmetric, s, z, lo, hi);
+  const int32_t shift = symmetric ? 128 : 0;
+  const __m512 vinv = _mm512_set1_ps(1.0f / s), vz = _mm512_set1_ps(z), vlo = _mm512_set1_ps(lo),
+               vhi = _mm512_set1_ps(hi);
+  const __m512i vshift = _mm512_set1_epi32(shift);
+  const int64_t G = K / gs;
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i vsum = _mm512_setzero_si512();
+    for (int64_t k = g * gs; k < (g + 1) * gs; k += 16) {
+      const __m512 r =
+          _mm512_roundscale_ps(_mm512_mul_ps(load16_f(x + k), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, vz), vlo), vhi);
+      const __m512i code = _mm512_add_epi32(_mm512_cvtps_epi32(c), vshift);
+      vsum = _mm512_add_epi32(vsum, code);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(code));
+    }
+    gsum[g] = _mm512_reduce_add_epi32(vsum);
   }
   *scale = s;
   *zp = static_cast<int32_t>(z) + shift;
@@ -244,6 +296,15 @@ static ActQ quantize_act(const at::Tensor& x, int64_t gs, bool symmetric, int64_
       const bool f32 = x.scalar_type() == at::kFloat;
 #if LOWBIT_X86
       // K is a multiple of the group size, itself a multiple of 16: whole 8-lane steps.
+      if (isa >= kAvx512Vnni) {
+        if (f32) {
+          quantize_row_avx512(x.data_ptr<float>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m, gsum + m * G);
+        } else {
+          quantize_row_avx512(x.data_ptr<c10::BFloat16>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m,
+                              gsum + m * G);
+        }
+        continue;
+      }
       if (isa >= kAvx2) {
         if (f32) {
           quantize_row_avx2(x.data_ptr<float>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m, gsum + m * G);

@@ -126,10 +126,11 @@ def quantize_per_token_int8(x: torch.Tensor, isa: int = -1) -> tuple[torch.Tenso
     one C++ pass per row (the PyTorch composition took 3.8 ms at 256 x 4096 on a 2-core
     Zen5, more than the int8 GEMM after it). Falls back to the reference without the
     extension and for other dtypes or devices. Rows with NaN/inf give codes as undefined as
-    the reference's. ``isa``: -1 (AVX512 where present) or 0 (scalar).
+    the reference's. ``isa``: -1 (AVX512 where present, else AVX2), 1 (AVX2 where present,
+    else scalar) or 0 (scalar); the tests force each.
     """
-    if isa not in (-1, 0):
-        raise ValueError(f"lowbit quantize_per_token_int8: isa must be -1 (auto) or 0 (scalar), got {isa}")
+    if isa not in (-1, 0, 1):
+        raise ValueError(f"lowbit quantize_per_token_int8: isa must be -1 (auto), 0 (scalar) or 1 (avx2), got {isa}")
     if (
         not isinstance(x, torch.Tensor)
         or x.dim() != 2

@@ -232,10 +232,16 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, FP8: tl.constexpr, BLOCK_K: t
     # Same scale as the reference: amax / qmax, at least float32 eps (all-zero rows).
     scale = tl.maximum(tl.max(amax, axis=0) / qmax, 1.1920928955078125e-07)
     tl.store(s_ptr + row, scale)
+    # int8: x * (1 / scale) as the reference (lowbit/ops/reference.py); float8: x / scale.
+    inv = tl.math.div_rn(1.0, scale)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
         x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
-        v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
+        if FP8:
+            v = tl.math.div_rn(x, scale)
+        else:
+            v = x * inv
+        v = tl.minimum(tl.maximum(v, -qmax), qmax)
         if FP8:
             if EMULATE_E4M3:
                 v = _round_to_e4m3(v)

@@ -196,7 +196,7 @@ def test_compile_fullgraph_matches_eager(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("isa", [-1, 0], ids=["auto", "scalar"])
+@pytest.mark.parametrize("isa", [-1, 1, 0], ids=["auto", "avx2", "scalar"])
 @pytest.mark.parametrize("m,k", [(1, 1), (2, 15), (3, 17), (5, 64), (33, 130), (7, 4096)], ids=str)
 def test_quantize_per_token_is_bit_identical_to_the_reference(dtype, isa, m, k):
     from lowbit.ops.cpu_int8_vnni import quantize_per_token_int8

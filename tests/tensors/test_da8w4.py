@@ -181,7 +181,7 @@ def test_linear_op_matches_reference(m, n, k, gs, mapping, dtype):
         torch.testing.assert_close(y.float(), ref.float(), rtol=rtol, atol=tol + 1e-6)
 
 
-@pytest.mark.parametrize("isa", [ISA_SCALAR, ISA_AVX2], ids=["scalar", "avx2"])
+@pytest.mark.parametrize("isa", [ISA_SCALAR, ISA_AVX2, ISA_VNNI], ids=["scalar", "avx2", "avx512vnni"])
 @pytest.mark.parametrize("mapping", MAPPINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_activation_quantization_bit_exact(mapping, dtype, isa):
