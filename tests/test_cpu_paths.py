@@ -303,6 +303,7 @@ def test_da8w4_bf16_brgemm_nan_row_stays_nan():
 
 def test_every_default_table_names_known_paths_for_every_op():
     tables = {**cpu_paths.DEFAULT_TABLES, **{f"{c}/{v}": t for (c, v), t in cpu_paths.VENDOR_TABLES.items()},
+              **{f"{c}/{v}/{f}": t for (c, v, f), t in cpu_paths.FAMILY_TABLES.items()},
               **{f"{c}/few-threads": t for c, t in cpu_paths.FEW_THREAD_TABLES.items()}}
     for cls, table in tables.items():
         table = cpu_paths._generic_table() if table is None else table
@@ -321,6 +322,24 @@ def test_vendor_table_is_used_on_its_vendor_only(monkeypatch):
     assert table is fake and "testvendor" in where
     monkeypatch.setattr(cpu_paths, "cpu_vendor", lambda: "othervendor")
     assert cpu_paths.active_table()[0] is not fake
+
+
+def test_family_table_is_used_on_its_family_only(monkeypatch):
+    cls = cpu_paths.isa_class()
+    fake = {op: [(None, cpu_paths.PATHS[op][0])] for op in cpu_paths.OPS}
+    monkeypatch.setitem(cpu_paths.FAMILY_TABLES, (cls, "testvendor", 99), fake)
+    monkeypatch.setattr(cpu_paths, "load_tuned_table", lambda: None)
+    monkeypatch.setattr(cpu_paths, "cpu_vendor", lambda: "testvendor")
+    monkeypatch.setattr(cpu_paths, "cpu_family", lambda: 99)
+    table, where = cpu_paths.active_table()
+    assert table is fake and "family 99" in where
+    monkeypatch.setattr(cpu_paths, "cpu_family", lambda: 98)
+    assert cpu_paths.active_table()[0] is not fake
+
+
+def test_cpu_family_is_an_int_or_none():
+    f = cpu_paths.cpu_family()
+    assert f is None or (isinstance(f, int) and f >= 0)
 
 
 def test_few_thread_table_is_used_at_few_threads_only(monkeypatch):

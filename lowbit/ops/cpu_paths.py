@@ -5,8 +5,8 @@ bf16 GEMMs are emulated and lowbit's fp32 paths win; with AMX or AVX512-BF16 (Ze
 bf16 ``F.linear`` is a fast oneDNN GEMM and from mid M only kernels that multiply at the
 same rate (oneDNN's brgemm ukernel, fed with weights dequantized block by block:
 lowbit/csrc/wo_gemm_cpu.cpp) keep up with it; and one ISA class can still differ by
-vendor (VENDOR_TABLES). So the dispatch is
-a table of crossovers per *ISA class* (:func:`isa_class`), each measured on a machine of
+vendor (VENDOR_TABLES) and by one vendor's generation (FAMILY_TABLES: Zen4 runs 512-bit
+instructions as two halves, Zen5 at full width). So the dispatch is a table of crossovers per *ISA class* (:func:`isa_class`), each measured on a machine of
 that class (the table says where), and :func:`lowbit.tune` can replace it with crossovers
 measured on the user's own machine, cached per CPU model + torch version + ISA class.
 
@@ -36,6 +36,8 @@ __all__ = [
     "INT8_AMX_SMALL_LAYER",
     "OPS",
     "VENDOR_TABLES",
+    "FAMILY_TABLES",
+    "cpu_family",
     "PATHS",
     "active_table",
     "choose_path",
@@ -402,6 +404,25 @@ _ZEN_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "da8w4_linear": [(_INF, "vnni")],
 }
 
+# AVX512-BF16/VNNI without AMX on AMD Zen4 (family 25): 512-bit instructions run as two
+# 256-bit halves, so the multiply-bound paths give out at smaller M than on Zen5. Measured
+# with `lowbit tune --threads 2` on a 2-core Zen4 VM (family 25 model 17, torch 2.13,
+# 4096x4096, cold weights, noisy; benchmarks/results/amd-zen4-2c-tune-2t-2026-12-04.md),
+# us (x bf16):
+#   int4 M=32: GEMV 3,513 (1.22x), brgemm 3,637; M=64: GEMV 7,077 (0.95x), brgemm 6,110
+#        (1.10x); M=256: brgemm 21,678 (1.00x); the Zen5 table's GEMV to M=128 put
+#        4096x11008 M=64 at 0.91x in benchmarks/linear.py
+#   int8 weight-only M=1: lowbit GEMV 883 (2.73x), ATen's 988; M=4: 1,166 vs 1,285; M=8:
+#        brgemm 1,879 vs 1,916; M=256: brgemm 21,945 (0.99x)
+#   int8 dynamic M=1: torch._int_mm 635, VNNI 743; M=32: VNNI 2,241, brgemm 2,317; M=64:
+#        brgemm 3,802 (1.76x), VNNI 4,222
+_ZEN4_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
+    "int4_tinygemm_cpu_linear": [(32, "gemv"), (_INF, "brgemm")],
+    "int8_weight_only_linear": [(4, "cpp_gemv"), (_INF, "brgemm")],
+    "int8_dynamic_linear": [(1, "int_mm"), (32, "vnni"), (_INF, "brgemm")],
+    "da8w4_linear": [(_INF, "vnni")],
+}
+
 # ISA class -> table (None: the generic one, see _generic_table). AVX512 without bf16
 # uses the generic table: no machine of that class was available to measure on.
 DEFAULT_TABLES = {
@@ -420,6 +441,20 @@ FEW_THREAD_TABLES = {
 VENDOR_TABLES = {
     ("avx512_bf16", "amd"): _ZEN_AVX512_BF16_TABLE,
 }
+# (ISA class, CPU vendor, CPU family) -> table, where one vendor's generations of a class
+# differ; looked up before VENDOR_TABLES.
+FAMILY_TABLES = {
+    ("avx512_bf16", "amd", 25): _ZEN4_AVX512_BF16_TABLE,
+}
+
+
+@functools.cache
+def cpu_family() -> int | None:
+    """The CPU's family number (/proc/cpuinfo 'cpu family'; AMD Zen4 25, Zen5 26), or None."""
+    from ..device_caps import cpuinfo_field
+
+    value = cpuinfo_field("cpu family")
+    return int(value) if value and value.isdigit() else None
 
 
 @functools.cache
@@ -500,7 +535,10 @@ def active_table() -> tuple[dict[str, list[tuple[int | None, str]]], str]:
     tuned = load_tuned_table()
     if tuned is not None:
         return tuned, f"lowbit.tune() cache {tune_cache_path()}"
-    cls, vendor = isa_class(), cpu_vendor()
+    cls, vendor, family = isa_class(), cpu_vendor(), cpu_family()
+    table = FAMILY_TABLES.get((cls, vendor, family))
+    if table is not None:
+        return table, f"default table for class {cls} on {vendor} CPUs of family {family}"
     table = VENDOR_TABLES.get((cls, vendor))
     if table is not None:
         return table, f"default table for class {cls} on {vendor} CPUs"
