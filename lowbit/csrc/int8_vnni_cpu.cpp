@@ -332,20 +332,11 @@ static int64_t best_isa() { return lowbit_isa::best_vnni_isa(); }
 
 int64_t int8_vnni_best_isa() { return best_isa(); }
 
-at::Tensor int8_vnni_gemm(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
-  TORCH_CHECK(xq.scalar_type() == at::kChar && xq.dim() == 2 && xq.is_contiguous() && xq.size(0) >= 1,
-              "int8_vnni_gemm: xq must be contiguous int8 [M, K] with M >= 1");
-  TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous(),
-              "int8_vnni_gemm: q must be contiguous int8 [N, K]");
-  TORCH_CHECK(xq.size(1) == q.size(1), "int8_vnni_gemm: K mismatch");
-  if (isa == kAuto) isa = best_isa();
-  TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "int8_vnni_gemm: isa ", isa, " cannot run here (best ",
-              best_isa(), ")");
+// y = xq @ q^T (int32 [M, N], preallocated); after each task's rows of q, `epi(n0, n1)`
+// runs on the same thread while y[:, n0:n1] is still in cache (the fused linear's scales).
+template <typename Epilogue>
+static void gemm_into(const at::Tensor& xq, const at::Tensor& q, int64_t isa, at::Tensor& y, const Epilogue& epi) {
   const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
-  at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
-  if (N == 0) return y;
-  if (K == 0) return y.zero_();
-
   Args a{xq.data_ptr<int8_t>(), q.data_ptr<int8_t>(), nullptr, nullptr, y.data_ptr<int32_t>(), M, N, K, 0};
   // Per-call preparation of the small operand: the +128 correction of each activation row
   // (AVX512 path) or the activations widened to int16 (AVX2 path).
@@ -368,18 +359,40 @@ at::Tensor int8_vnni_gemm(const at::Tensor& xq, const at::Tensor& q, int64_t isa
   // block). Grain: at least ~64 KiB of weight per task, so small layers do not pay for a
   // thread wake-up per block.
   const int64_t nblocks = (N + kBlockN - 1) / kBlockN;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (kBlockN * K));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (kBlockN * std::max<int64_t>(K, 1)));
   at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
     const int64_t n0 = b0 * kBlockN, n1 = std::min(N, b1 * kBlockN);
 #if LOWBIT_X86
-    if (isa == kAvx512Vnni) return rows_vnni(a, n0, n1);
-    if (isa == kAvx2) return rows_avx2(a, n0, n1);
-#endif
+    if (isa == kAvx512Vnni) rows_vnni(a, n0, n1);
+    else if (isa == kAvx2) rows_avx2(a, n0, n1);
+    else rows_scalar(a, n0, n1);
+#else
     rows_scalar(a, n0, n1);
+#endif
+    epi(n0, n1);
   });
-  return y;
 }
 
+static int64_t resolve_gemm_isa(int64_t isa, const char* fn) {
+  if (isa == kAuto) isa = best_isa();
+  TORCH_CHECK(isa >= kScalar && isa <= best_isa(), fn, ": isa ", isa, " cannot run here (best ", best_isa(), ")");
+  return isa;
+}
+
+at::Tensor int8_vnni_gemm(const at::Tensor& xq, const at::Tensor& q, int64_t isa) {
+  TORCH_CHECK(xq.scalar_type() == at::kChar && xq.dim() == 2 && xq.is_contiguous() && xq.size(0) >= 1,
+              "int8_vnni_gemm: xq must be contiguous int8 [M, K] with M >= 1");
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous(),
+              "int8_vnni_gemm: q must be contiguous int8 [N, K]");
+  TORCH_CHECK(xq.size(1) == q.size(1), "int8_vnni_gemm: K mismatch");
+  isa = resolve_gemm_isa(isa, "int8_vnni_gemm");
+  const int64_t M = xq.size(0), K = xq.size(1), N = q.size(0);
+  at::Tensor y = at::empty({M, N}, xq.options().dtype(at::kInt));
+  if (N == 0) return y;
+  if (K == 0) return y.zero_();
+  gemm_into(xq, q, isa, y, [](int64_t, int64_t) {});
+  return y;
+}
 
 // ------------------------------------------------------------------ per-token quantization
 //
@@ -533,15 +546,72 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8(const at::Tensor& x, 
   return {q, sc};
 }
 
+// ------------------------------------------------------------------ fused int8-dynamic linear
+//
+// int8_vnni_linear(x float32 | bfloat16 | float16 [M, K], q int8 [N, K], ws float32 [N],
+// isa) -> x.dtype [M, N]: per-token quantization, the exact int32 GEMM and the scales in
+// one call, bit-identical to lowbit/ops/cpu.py's composition
+//     xq, xs = quantize_per_token_int8(x); acc = int8_vnni_gemm(xq, q)
+//     y = (acc.to(float32) * xs * ws[None, :]).to(x.dtype)
+// (two float32 multiplies in that order, then round-to-nearest-even). The composition is
+// five ATen calls after the GEMM, ~25-40 us at M = 1: more than the GEMM itself on small
+// layers (SmolLM2's 576x576 takes ~15 us).
+
+template <typename T>
+static void scale_out(const int32_t* acc, const float* xs, const float* ws, T* y, int64_t M, int64_t N, int64_t n0,
+                      int64_t n1) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float sx = xs[m];
+    const int32_t* am = acc + m * N;
+    T* ym = y + m * N;
+    for (int64_t n = n0; n < n1; ++n) ym[n] = static_cast<T>(static_cast<float>(am[n]) * sx * ws[n]);
+  }
+}
+
+at::Tensor int8_vnni_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& ws, int64_t isa) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(0) >= 1 &&
+                  (dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf),
+              "int8_vnni_linear: x must be contiguous float32/bfloat16/float16 [M, K] with M >= 1");
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous() && q.size(1) == x.size(1),
+              "int8_vnni_linear: q must be contiguous int8 [N, K]");
+  TORCH_CHECK(ws.scalar_type() == at::kFloat && ws.is_contiguous() && ws.numel() == q.size(0),
+              "int8_vnni_linear: ws must be contiguous float32 [N]");
+  isa = resolve_gemm_isa(isa, "int8_vnni_linear");
+  auto [xq, xs] = quantize_per_token_int8(x, isa == kScalar ? 0 : -1);
+  const int64_t M = x.size(0), N = q.size(0);
+  at::Tensor acc = at::empty({M, N}, x.options().dtype(at::kInt));
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (N == 0) return y;
+  if (x.size(1) == 0) acc.zero_();
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* xsp = xs.data_ptr<float>();
+  const float* wsp = ws.data_ptr<float>();
+  auto run = [&](auto* yp) {
+    auto epi = [&](int64_t n0, int64_t n1) { scale_out(ap, xsp, wsp, yp, M, N, n0, n1); };
+    if (x.size(1) == 0) {
+      epi(0, N);
+    } else {
+      gemm_into(xq, q, isa, acc, epi);
+    }
+  };
+  if (dt == at::kFloat) run(y.data_ptr<float>());
+  else if (dt == at::kBFloat16) run(y.data_ptr<c10::BFloat16>());
+  else run(y.data_ptr<c10::Half>());
+  return y;
+}
+
 }  // namespace lowbit_int8_vnni
 
 TORCH_LIBRARY_FRAGMENT(lowbit_ext, m) {
   m.def("int8_vnni_gemm(Tensor xq, Tensor q, int isa=-1) -> Tensor");
   m.def("int8_vnni_best_isa() -> int", &lowbit_int8_vnni::int8_vnni_best_isa);
   m.def("quantize_per_token_int8(Tensor x, int isa=-1) -> (Tensor, Tensor)");
+  m.def("int8_vnni_linear(Tensor x, Tensor q, Tensor ws, int isa=-1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lowbit_ext, CPU, m) {
   m.impl("int8_vnni_gemm", &lowbit_int8_vnni::int8_vnni_gemm);
   m.impl("quantize_per_token_int8", &lowbit_int8_vnni::quantize_per_token_int8);
+  m.impl("int8_vnni_linear", &lowbit_int8_vnni::int8_vnni_linear);
 }

@@ -12,7 +12,7 @@ from . import reference as _reference
 from ._ext import load_cpu_extension, warn_fallback_once
 from .alignment import aligned_rows, int8pack_mm_unsafe_reason
 from .cpu_int8_gemv import int8_gemv_serves
-from .cpu_int8_vnni import int8_vnni_gemm, quantize_per_token_int8
+from .cpu_int8_vnni import int8_vnni_gemm, int8_vnni_linear, quantize_per_token_int8
 from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from here)
     CPU_INT4_GEMV_MAX_M,
     CPU_INT4_TINYGEMM_MAX_M,
@@ -67,8 +67,13 @@ def int8_weight_only_linear(x, qdata, scale):
 
 @_register("int8_dynamic_linear")
 def int8_dynamic_linear(x, qdata, scale):
-    xq, xs = quantize_per_token_int8(x)
     path = choose_path("int8_dynamic_linear", x.shape[0])
+    if path == "vnni" and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.shape[0] > 0:
+        # lowbit/csrc/int8_vnni_cpu.cpp: quantization, exact int32 sums (the weight read once
+        # per call in its storage order; 4096x4096, 2-core Zen5: M=1..8 ~0.5 ms, M=16 0.60,
+        # M=64 1.7) and the scales in one call, bit-identical to the composition below.
+        return int8_vnni_linear(x, qdata, scale)
+    xq, xs = quantize_per_token_int8(x)
     if path == "brgemm" and qdata.numel() <= INT8_AMX_SMALL_LAYER and choose_path("int8_dynamic_linear", 64) == "amx":
         path = "amx"  # small layers stay on the AMX kernel past the table's M (cpu_paths.INT8_AMX_SMALL_LAYER)
     if path == "amx" and not int8_amx_serves(qdata):
@@ -78,9 +83,7 @@ def int8_dynamic_linear(x, qdata, scale):
     if path == "brgemm":
         return int8_dynamic_brgemm(x, xq, xs, qdata, scale)
     if path == "vnni":
-        # lowbit/csrc/int8_vnni_cpu.cpp: exact int32 sums, the weight read once per call in
-        # its storage order (4096x4096, 2-core Zen5: M=1..8 ~0.5 ms, M=16 0.60, M=64 1.7).
-        acc = int8_vnni_gemm(xq, qdata).to(torch.float32)
+        acc = int8_vnni_gemm(xq, qdata).to(torch.float32)  # other activation dtypes
     elif path == "int_mm":
         # oneDNN's s8 x s8 -> s32 GEMM on VNNI/AVX512 CPUs (exact). Measured on the 2-core
         # Emerald Rapids VM with AMX hidden (avx512_bf16 class), 4096x4096, cold, 2 threads:

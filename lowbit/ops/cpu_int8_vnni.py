@@ -22,7 +22,14 @@ import torch
 from ._ext import cpu_extension_status, load_cpu_extension
 from .reference import quantize_per_token_int8 as _reference_quantize
 
-__all__ = ["INT8_VNNI_ISAS", "int8_vnni_available", "int8_vnni_best_isa", "int8_vnni_gemm", "quantize_per_token_int8"]
+__all__ = [
+    "INT8_VNNI_ISAS",
+    "int8_vnni_available",
+    "int8_vnni_best_isa",
+    "int8_vnni_gemm",
+    "int8_vnni_linear",
+    "quantize_per_token_int8",
+]
 
 # Inner loops of the kernel (its ``isa`` argument); -1 picks the best this CPU runs.
 INT8_VNNI_ISAS: dict[str, int] = {"scalar": 0, "avx2": 1, "avx512_vnni": 2}
@@ -154,3 +161,50 @@ def _quant_traceable() -> bool:
 
 def _quant_fake(x, isa=-1):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+
+
+_LINEAR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def int8_vnni_linear(x: torch.Tensor, q: torch.Tensor, ws: torch.Tensor, isa: int = -1) -> torch.Tensor:
+    """The int8-dynamic linear in one C++ call: ``x`` [M, K] float32/bfloat16/float16, ``q``
+    int8 [N, K] weight codes, ``ws`` float32 [N] (or [N, 1]) per-channel scales -> x.dtype [M, N].
+
+    Bit-identical to quantize_per_token_int8 + int8_vnni_gemm + ``(acc.float() * xs *
+    ws).to(x.dtype)`` (tests/ops/test_int8_vnni_cpu.py), without the five ATen calls of that
+    epilogue (~25-40 us a call at M = 1, more than the GEMM of a 576x576 layer). M = 0 gives
+    an empty [0, N] result. Raises like :func:`int8_vnni_gemm`; ``x`` must be one of the three
+    float dtypes.
+    """
+    fn = "lowbit int8_vnni_linear"
+    if not int8_vnni_available() or not hasattr(torch.ops.lowbit_ext, "int8_vnni_linear"):
+        raise RuntimeError(
+            f"{fn}: lowbit's C++ CPU extension is not available ({cpu_extension_status().reason}); "
+            "check int8_vnni_available() first, or see lowbit.env_report()"
+        )
+    if not isinstance(x, torch.Tensor) or x.dtype not in _LINEAR_DTYPES or x.dim() != 2 or x.device.type != "cpu":
+        got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{fn}: x must be a 2-D float32/bfloat16/float16 CPU tensor [M, K], got {got}")
+    _check(x.new_empty(x.shape, dtype=torch.int8), q, isa)
+    if not isinstance(ws, torch.Tensor) or ws.numel() != q.shape[0] or ws.device.type != "cpu":
+        got = f"{tuple(ws.shape)} on {ws.device}" if isinstance(ws, torch.Tensor) else type(ws).__name__
+        raise ValueError(f"{fn}: ws must be the {q.shape[0]} per-channel scales of q (a CPU tensor), got {got}")
+    if x.shape[0] == 0:
+        return x.new_empty((0, q.shape[0]))
+    _linear_traceable()
+    return torch.ops.lowbit_ext.int8_vnni_linear(
+        x.contiguous(), q.contiguous(), ws.reshape(-1).to(torch.float32).contiguous(), isa
+    )
+
+
+@torch._dynamo.assume_constant_result
+def _linear_traceable() -> bool:
+    if "linear" not in _probed:
+        _probed["linear"] = int8_vnni_available() and hasattr(torch.ops.lowbit_ext, "int8_vnni_linear")
+        if _probed["linear"]:
+            torch.library.register_fake("lowbit_ext::int8_vnni_linear", _linear_fake)
+    return _probed["linear"]
+
+
+def _linear_fake(x, q, ws, isa=-1):
+    return x.new_empty((x.shape[0], q.shape[0]))

@@ -223,3 +223,41 @@ def test_quantize_per_token_falls_back_for_what_the_kernel_does_not_take():
     assert all(torch.equal(a, b) for a, b in zip(quantize_per_token_int8(x), reference(x)))
     with pytest.raises(ValueError, match="isa must be"):
         quantize_per_token_int8(torch.randn(2, 8), isa=3)
+
+
+# ------------------------------------------------------------------ fused linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("isa", [-1, 1, 0], ids=["auto", "avx2", "scalar"])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 576, 576), (3, 37, 130), (4, 20, 64), (7, 64, 4096), (17, 5, 33)],
+                         ids=str)
+def test_fused_linear_is_bit_identical_to_the_composition(dtype, isa, m, n, k):
+    from lowbit.ops.cpu_int8_vnni import int8_vnni_best_isa, int8_vnni_gemm, int8_vnni_linear, quantize_per_token_int8
+
+    if isa > int8_vnni_best_isa():
+        pytest.skip(f"isa {isa} cannot run on this CPU")
+    g = torch.Generator().manual_seed(m * 7919 + n * 31 + k)
+    x = (torch.randn(m, k, generator=g) * 3).to(dtype)
+    q = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    ws = torch.rand(n, 1, generator=g) * 1e-2
+    y = int8_vnni_linear(x, q, ws, isa)
+    xq, xs = quantize_per_token_int8(x)
+    ref = (int8_vnni_gemm(xq, q, isa).to(torch.float32) * xs * ws.reshape(1, -1)).to(dtype)
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert torch.equal(y, ref)
+
+
+def test_fused_linear_bad_input_and_empty_batch():
+    from lowbit.ops.cpu_int8_vnni import int8_vnni_linear
+
+    q = torch.zeros(8, 16, dtype=torch.int8)
+    assert int8_vnni_linear(torch.zeros(0, 16), q, torch.ones(8)).shape == (0, 8)
+    with pytest.raises(ValueError, match="x must be a 2-D float32/bfloat16/float16"):
+        int8_vnni_linear(torch.zeros(2, 16, dtype=torch.float64), q, torch.ones(8))
+    with pytest.raises(ValueError, match="K differs"):
+        int8_vnni_linear(torch.zeros(2, 15), q, torch.ones(8))
+    with pytest.raises(ValueError, match="per-channel scales"):
+        int8_vnni_linear(torch.zeros(2, 16), q, torch.ones(7))
+    with pytest.raises(TypeError, match="q must be int8"):
+        int8_vnni_linear(torch.zeros(2, 16), q.float(), torch.ones(8))
