@@ -415,11 +415,13 @@ _ZEN_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
 #   int8 weight-only M=1: lowbit GEMV 883 (2.73x), ATen's 988; M=4: 1,166 vs 1,285; M=8:
 #        brgemm 1,879 vs 1,916; M=256: brgemm 21,945 (0.99x)
 #   int8 dynamic M=1: torch._int_mm 635, VNNI 743; M=32: VNNI 2,241, brgemm 2,317; M=64:
-#        brgemm 3,802 (1.76x), VNNI 4,222
+#        brgemm 3,802 (1.76x), VNNI 4,222. After the VNNI GEMM's one-tile prefetch and the
+#        fused call (same VM, forced paths interleaved, median of 7): 4096x4096 M=1 VNNI 610,
+#        torch._int_mm 671; 11008x4096 M=1 1,665 vs 1,821
 _ZEN4_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": [(32, "gemv"), (_INF, "brgemm")],
     "int8_weight_only_linear": [(4, "cpp_gemv"), (_INF, "brgemm")],
-    "int8_dynamic_linear": [(1, "int_mm"), (32, "vnni"), (_INF, "brgemm")],
+    "int8_dynamic_linear": [(32, "vnni"), (_INF, "brgemm")],
     "da8w4_linear": [(_INF, "vnni")],
 }
 
