@@ -142,3 +142,68 @@ def test_two_models_of_one_class_in_one_process():
         static_compiled_decode(m, max_cache_len=48, backend="aot_eager")
     torch._dynamo.reset()
     assert [torch.equal(_generate(m, 5, 4), w) for m, w in zip((a, b), want)] == [True, True]
+
+
+# ---------------------------------------------------------------------- decode attention
+
+
+def _attention_inputs(q_len, dtype=torch.float32):
+    g = torch.Generator().manual_seed(q_len)
+    b, h, hk, kv, d = 2, 6, 2, 11, 16
+    query = torch.randn(b, h, q_len, d, generator=g).to(dtype)
+    key = torch.randn(b, hk, kv, d, generator=g).to(dtype)
+    value = torch.randn(b, hk, kv, d, generator=g).to(dtype)
+    mask = torch.ones(b, 1, q_len, kv, dtype=torch.bool)
+    mask[0, :, :, 7:] = False  # unfilled static-cache slots
+    mask[1, :, :, :2] = False  # left padding
+    module = torch.nn.Module()
+    module.num_key_value_groups = h // hk
+    module.is_causal = True
+    module.training = False
+    return module, query, key, value, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_math_decode_attention_matches_sdpa(dtype):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from lowbit.decode import _math_decode_attention
+
+    module, q, k, v, mask = _attention_inputs(1, dtype)
+    got, _ = _math_decode_attention(module, q, k, v, mask, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert got.shape == ref.shape == (2, 1, 6, 16)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+    # Several query tokens (prefill) run SDPA itself: the same bits.
+    module, q, k, v, mask = _attention_inputs(3, dtype)
+    got, _ = _math_decode_attention(module, q, k, v, mask, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert torch.equal(got, ref)
+
+
+def test_decode_attention_setting():
+    from lowbit.decode import DECODE_ATTENTION
+
+    with pytest.raises(ValueError, match="decode_attention must be"):
+        static_compiled_decode(tiny_llama(), 16, decode_attention="flash")
+    model = tiny_llama()
+    assert model.config._attn_implementation == "sdpa"
+    static_compiled_decode(model, 16, decode_attention="sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    static_compiled_decode(model, 16)  # auto: the math decode step on CPU
+    assert model.config._attn_implementation == DECODE_ATTENTION
+    assert all(m.config._attn_implementation == DECODE_ATTENTION for m in model.modules() if hasattr(m, "config"))
+    eager = tiny_llama()
+    eager.set_attn_implementation("eager")
+    with pytest.raises(ValueError, match="needs a model running transformers' SDPA"):
+        static_compiled_decode(eager, 16, decode_attention="math")
+    static_compiled_decode(eager, 16)  # auto leaves other implementations alone
+    assert eager.config._attn_implementation == "eager"
+
+
+def test_a_rejected_call_leaves_the_attention_alone():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="cpp_wrapper=True needs backend='inductor'"):
+        static_compiled_decode(model, 16, cpp_wrapper=True, backend="aot_eager")
+    assert model.config._attn_implementation == "sdpa"
