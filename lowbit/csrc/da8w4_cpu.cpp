@@ -291,38 +291,29 @@ static ActQ quantize_act(const at::Tensor& x, int64_t gs, bool symmetric, int64_
   const int64_t G = K / gs;
   // ~16 rows of 4096 per task keeps the fork cost below the work.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(K, 1));
-  at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
-    for (int64_t m = b; m < e; ++m) {
-      const bool f32 = x.scalar_type() == at::kFloat;
+  auto rows = [&](const auto* xp) {
+    at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; ++m) {
+        const auto* xr = xp + m * K;
+        uint8_t* qr = q + m * K;
+        int32_t* gr = gsum + m * G;
 #if LOWBIT_X86
-      // K is a multiple of the group size, itself a multiple of 16: whole 8-lane steps.
-      if (isa >= kAvx512Vnni) {
-        if (f32) {
-          quantize_row_avx512(x.data_ptr<float>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m, gsum + m * G);
-        } else {
-          quantize_row_avx512(x.data_ptr<c10::BFloat16>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m,
-                              gsum + m * G);
+        // K is a multiple of the group size, itself a multiple of 16: whole vector steps.
+        if (isa >= kAvx512Vnni) {
+          quantize_row_avx512(xr, K, gs, symmetric, qr, s + m, z + m, gr);
+          continue;
         }
-        continue;
-      }
-      if (isa >= kAvx2) {
-        if (f32) {
-          quantize_row_avx2(x.data_ptr<float>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m, gsum + m * G);
-        } else {
-          quantize_row_avx2(x.data_ptr<c10::BFloat16>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m,
-                            gsum + m * G);
+        if (isa >= kAvx2) {
+          quantize_row_avx2(xr, K, gs, symmetric, qr, s + m, z + m, gr);
+          continue;
         }
-        continue;
-      }
 #endif
-      if (f32) {
-        quantize_row(x.data_ptr<float>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m, gsum + m * G);
-      } else {
-        quantize_row(x.data_ptr<c10::BFloat16>() + m * K, K, gs, symmetric, q + m * K, s + m, z + m,
-                     gsum + m * G);
+        quantize_row(xr, K, gs, symmetric, qr, s + m, z + m, gr);
       }
-    }
-  });
+    });
+  };
+  if (x.scalar_type() == at::kFloat) rows(x.data_ptr<float>());
+  else rows(x.data_ptr<c10::BFloat16>());
   return r;
 }
 
