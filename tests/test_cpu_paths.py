@@ -133,6 +133,24 @@ def test_int4_brgemm_matches_reference(isa, m, n, k, group):
 
 
 @_needs_bf16_brgemm
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_int4_brgemm_any_thread_count_and_block_grouping(threads):
+    # 576 rows: 9 weight blocks of 64 (or 18 of 32). Without AMX blocks go in pairs unless
+    # pairs would load one thread more than single blocks (2 threads: singles), so both
+    # groupings and an odd last task run depending on the thread count.
+    t = Int4TinygemmCpuTensor.from_float(make_weight((576, 512), seed=5), group_size=64)
+    x = torch.randn(37, 512).to(torch.bfloat16)
+    ref = reference.int4_tinygemm_cpu_linear(x.float(), t.qdata, t.scale_and_zero, 64, 576, t.cpu_layout)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        y = cpu_ops.int4_tinygemm_brgemm(x, t.qdata, t.scale_and_zero, 64, t.cpu_layout)[:, :576]
+    finally:
+        torch.set_num_threads(old)
+    assert lowbit.sqnr(ref.float(), y.float()) > 45
+
+
+@_needs_bf16_brgemm
 def test_int4_brgemm_vector_and_scalar_dequantize_agree():
     t = Int4TinygemmCpuTensor.from_float(make_weight((128, 512), seed=1), group_size=128)
     x = torch.randn(9, 512).to(torch.bfloat16)

@@ -309,7 +309,17 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
   // k chunk, so the [64 tokens, k] tile is read from L3 once per two blocks (at K = 11008,
   // M = 256 the activations are 5.6 MiB, re-read for every block: 4096x11008 ran at 0.91x
   // bf16 on the 2-core Zen5 with one block per task). AMX keeps one (as measured there).
-  const int64_t G = cpublas::could_pack(at::kBFloat16) ? 1 : 2;
+  // But pairs must not unbalance the threads: at::parallel_for gives each thread a run of
+  // ceil(tasks / threads) tasks, so 9 blocks (N = 576) in pairs put 6 blocks on one of 2
+  // threads and 3 on the other (576x576 at M = 512 ran at 0.89x bf16 on a 2-core Zen4,
+  // 576x1536 at 0.80x); single blocks split 5 / 4. Pairs are kept where they load no thread
+  // more than single blocks would.
+  int64_t G = cpublas::could_pack(at::kBFloat16) ? 1 : 2;
+  if (G == 2) {
+    const int64_t T = std::max<int64_t>(1, at::get_num_threads());
+    auto most = [&](int64_t g) { return std::min(n_blocks, ((n_blocks + g - 1) / g + T - 1) / T * g); };
+    if (most(1) < most(2)) G = 1;
+  }
   const int64_t kchunk = kKChunkInt4 / G, slot = std::min(kchunk, K) * block_n;
   at::parallel_for(0, (n_blocks + G - 1) / G, 1, [&](int64_t g0, int64_t g1) {
     uint16_t* wbuf = scratch<uint16_t>(0, G * slot);
