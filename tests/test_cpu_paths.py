@@ -133,13 +133,16 @@ def test_int4_brgemm_matches_reference(isa, m, n, k, group):
 
 
 @_needs_bf16_brgemm
+@pytest.mark.parametrize("m", [37, 300])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_int4_brgemm_any_thread_count_and_block_grouping(threads):
+def test_int4_brgemm_any_thread_count_and_block_grouping(threads, m):
     # 576 rows: 9 weight blocks of 64 (or 18 of 32). Without AMX blocks go in pairs unless
     # pairs would load one thread more than single blocks (2 threads: singles), so both
-    # groupings and an odd last task run depending on the thread count.
+    # groupings and an odd last task run depending on the thread count; with M = 300 on 2
+    # threads the 9 blocks do not split evenly and the rows are split instead (150 each:
+    # two full token tiles and a short one).
     t = Int4TinygemmCpuTensor.from_float(make_weight((576, 512), seed=5), group_size=64)
-    x = torch.randn(37, 512).to(torch.bfloat16)
+    x = torch.randn(m, 512).to(torch.bfloat16)
     ref = reference.int4_tinygemm_cpu_linear(x.float(), t.qdata, t.scale_and_zero, 64, 576, t.cpu_layout)
     old = torch.get_num_threads()
     try:

@@ -321,12 +321,21 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
     if (most(1) < most(2)) G = 1;
   }
   const int64_t kchunk = kKChunkInt4 / G, slot = std::min(kchunk, K) * block_n;
-  at::parallel_for(0, (n_blocks + G - 1) / G, 1, [&](int64_t g0, int64_t g1) {
+  // Block groups that the threads cannot share evenly (more than 5% of the thread-slots idle:
+  // 576 rows = 9 blocks on 2 threads) and enough rows: every thread takes all groups for its
+  // own share of the rows instead (each converts the whole weight, small next to the GEMM
+  // at such M).
+  const int64_t ngroups = (n_blocks + G - 1) / G, T = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t idle = (ngroups + T - 1) / T * T - ngroups;  // thread-slots without a group
+  const int64_t msplit = (T > 1 && idle * 20 > ngroups && M >= 2 * T * tok_block()) ? T : 1;
+  const int64_t mstep = (M + msplit - 1) / msplit;
+  at::parallel_for(0, ngroups * msplit, 1, [&](int64_t t0, int64_t t1) {
     uint16_t* wbuf = scratch<uint16_t>(0, G * slot);
-    // The task's accumulators, [M][cols] (its blocks' columns are contiguous), written to y
+    // The task's accumulators, [rows][cols] (its blocks' columns are contiguous), written to y
     // once at the end.
-    float* cbuf = scratch<float>(1, M * G * block_n);
-    for (int64_t g = g0; g < g1; ++g) {
+    float* cbuf = scratch<float>(1, std::min(M, mstep) * G * block_n);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t % ngroups, ma = t / ngroups * mstep, mb = std::min(M, ma + mstep);
       const int64_t bf = g * G, bl = std::min(n_blocks, bf + G);
       const int64_t c0 = bf * block_n, cols = std::min(Np, bl * block_n) - c0;
       for (int64_t k0 = 0; k0 < K; k0 += kchunk) {
@@ -344,16 +353,16 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
 #endif
           dequant_int4_scalar(qb, szp, Np, gs, r0, nb, /*pairs=*/nb != block_n, block_n == 64, k0, kc, wb);
         }
-        for (int64_t m0 = 0; m0 < M; m0 += tok_block())
+        for (int64_t m0 = ma; m0 < mb; m0 += tok_block())
           for (int64_t b = bf; b < bl; ++b) {
             const int64_t r0 = b * block_n, nb = b < n_full ? block_n : tail;
-            cpublas::brgemm(std::min(tok_block(), M - m0), nb, kc, /*ld_a=*/K, /*ld_b=*/nb, /*ld_c=*/cols,
+            cpublas::brgemm(std::min(tok_block(), mb - m0), nb, kc, /*ld_a=*/K, /*ld_b=*/nb, /*ld_c=*/cols,
                             /*add_C=*/k0 > 0, xp + m0 * K + k0,
                             reinterpret_cast<const c10::BFloat16*>(wbuf + (b - bf) * slot),
-                            cbuf + m0 * cols + (r0 - c0), /*is_vnni=*/true);
+                            cbuf + (m0 - ma) * cols + (r0 - c0), /*is_vnni=*/true);
           }
       }
-      for (int64_t m = 0; m < M; ++m) write_scaled_row(out, m, c0, cbuf + m * cols, 1.f, nullptr, cols);
+      for (int64_t m = ma; m < mb; ++m) write_scaled_row(out, m, c0, cbuf + (m - ma) * cols, 1.f, nullptr, cols);
     }
     cpublas::brgemm_release(true);
   });
