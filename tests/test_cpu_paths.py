@@ -100,6 +100,33 @@ def test_int8_bf16_brgemm_any_k_any_n_any_alignment(isa, m, n, k, unaligned):
     assert torch.equal(torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, True, isa), (y * ws).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_int8_brgemms_split_rows_where_blocks_do_not_split_evenly(threads):
+    # 570 rows = 9 blocks of 64 (the last 58): on 2 threads at M = 300 the rows are split
+    # between the threads instead (row_split in wo_gemm_cpu.cpp); 1 and 3 threads do not.
+    caps = _caps()
+    if not caps & 3:
+        pytest.skip("no brgemm here (needs AMX or AVX512-BF16/VNNI, and the extension)")
+    x = torch.randn(300, 200).to(torch.bfloat16)
+    xq = torch.randint(-127, 128, (300, 200), dtype=torch.int8)
+    q = torch.randint(-127, 128, (570, 200), dtype=torch.int8)
+    ws, xs = torch.rand(570) + 0.5, torch.rand(300) + 0.5
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        if caps & 1:
+            y = torch.ops.lowbit_ext.int8_brgemm_bf16(x, q, ws, False, -1)
+            ref = (x.double() @ q.double().t() * ws.double()).float()
+            assert lowbit.sqnr(ref, y) > 100
+        if caps & 2:
+            y = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq, q, None, None, False, -1)
+            assert torch.equal(y, (xq.long() @ q.long().t()).to(torch.int32))
+            ys = torch.ops.lowbit_ext.int8_brgemm_u8s8(xq, q, xs, ws, False, -1)
+            assert torch.equal(ys, y.float() * xs[:, None] * ws)
+    finally:
+        torch.set_num_threads(old)
+
+
 @_needs_u8s8_brgemm
 @pytest.mark.parametrize("isa", [-1, 0], ids=["vector", "scalar"])
 @pytest.mark.parametrize("m,n,k", [(1, 64, 64), (17, 100, 130), (3, 33, 7), (40, 16, 2051)], ids=str)

@@ -81,6 +81,18 @@ static int64_t tok_block() {
 }
 constexpr int64_t kRowBlock = 64;  // weight rows per task (int8 kernels)
 
+// Row split of a block-parallel GEMM: where the `groups` weight-block tasks leave more than
+// 5% of the thread-slots idle (at::parallel_for gives each thread ceil(tasks / threads)
+// consecutive tasks: 9 blocks on 2 threads run 5 + 4) and M has at least two token tiles per
+// thread, every thread takes every group for its own share of the rows (T shares; each
+// converts the whole weight, small next to the GEMM at such M). 1 otherwise.
+static int64_t row_split(int64_t groups, int64_t M) {
+  const int64_t T = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t idle = (groups + T - 1) / T * T - groups;
+  return (T > 1 && idle * 20 > groups && M >= 2 * T * tok_block()) ? T : 1;
+}
+
+
 // 1: bf16 brgemm available, 2: u8s8 brgemm available (bit mask). ATen's brgemm runs
 // oneDNN's brgemm ukernel, which `could_pack` reports only for AMX; but the ukernel also
 // runs (with its own VNNI operand layouts, no packing) on AVX512-BF16 (bf16) and
@@ -321,13 +333,9 @@ at::Tensor int4_tinygemm_brgemm(const at::Tensor& x, const at::Tensor& qdata, co
     if (most(1) < most(2)) G = 1;
   }
   const int64_t kchunk = kKChunkInt4 / G, slot = std::min(kchunk, K) * block_n;
-  // Block groups that the threads cannot share evenly (more than 5% of the thread-slots idle:
-  // 576 rows = 9 blocks on 2 threads) and enough rows: every thread takes all groups for its
-  // own share of the rows instead (each converts the whole weight, small next to the GEMM
-  // at such M).
-  const int64_t ngroups = (n_blocks + G - 1) / G, T = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t idle = (ngroups + T - 1) / T * T - ngroups;  // thread-slots without a group
-  const int64_t msplit = (T > 1 && idle * 20 > ngroups && M >= 2 * T * tok_block()) ? T : 1;
+  // Groups the threads cannot share evenly (576 rows = 9 blocks on 2 threads) and enough
+  // rows: the rows are split instead (row_split).
+  const int64_t ngroups = (n_blocks + G - 1) / G, msplit = row_split(ngroups, M);
   const int64_t mstep = (M + msplit - 1) / msplit;
   at::parallel_for(0, ngroups * msplit, 1, [&](int64_t t0, int64_t t1) {
     uint16_t* wbuf = scratch<uint16_t>(0, G * slot);
@@ -492,25 +500,28 @@ static void check_int8(const at::Tensor& x, const at::Tensor& q, at::ScalarType 
 
 // Per 64-row block of q: for each k chunk, conv(n0, nb, k0, kcp, B) fills the VNNI-E B
 // operand, brgemm accumulates C[t0:t0+32, 0:nb] (+)= A[t0:t0+32, k0:k0+kcp] B into per-thread
-// scratch C [M][nb] (L2-resident at M <= 1024 and the 64-row blocks); epilogue(n0, nb, C)
-// writes the block's output columns. A is [M, Kp] (Kp: K rounded up to E).
+// scratch C [M][nb] (L2-resident at M <= 1024 and the 64-row blocks); epilogue(n0, nb, ma,
+// mb, C) writes the block's output columns of rows [ma, mb) (C's row 0 is row ma; see
+// row_split). A is [M, Kp] (Kp: K rounded up to E).
 template <typename TA, typename TB, typename TC, int E, typename Conv, typename Epi>
 static void int8_block_brgemm(const TA* ap, int64_t M, int64_t Kp, int64_t N, int64_t kchunk, const Conv& conv,
                               const Epi& epilogue) {
   const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+  const int64_t msplit = row_split(n_blocks, M), mstep = (M + msplit - 1) / msplit;
+  at::parallel_for(0, n_blocks * msplit, 1, [&](int64_t t0_, int64_t t1_) {
     TB* bbuf = scratch<TB>(0, kRowBlock * kchunk);
-    TC* cbuf = scratch<TC>(1, M * kRowBlock);
-    for (int64_t b = b0; b < b1; ++b) {
+    TC* cbuf = scratch<TC>(1, std::min(M, mstep) * kRowBlock);
+    for (int64_t t = t0_; t < t1_; ++t) {
+      const int64_t b = t % n_blocks, ma = t / n_blocks * mstep, mb = std::min(M, ma + mstep);
       const int64_t n0 = b * kRowBlock, nb = std::min(kRowBlock, N - n0);
       for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
         const int64_t kcp = std::min(kchunk, Kp - k0);
         conv(n0, nb, k0, kcp, bbuf);
-        for (int64_t t0 = 0; t0 < M; t0 += tok_block())
-          cpublas::brgemm(std::min(tok_block(), M - t0), nb, kcp, /*ld_a=*/Kp, /*ld_b=*/nb, /*ld_c=*/nb,
-                          /*add_C=*/k0 > 0, ap + t0 * Kp + k0, bbuf, cbuf + t0 * nb, true);
+        for (int64_t t0 = ma; t0 < mb; t0 += tok_block())
+          cpublas::brgemm(std::min(tok_block(), mb - t0), nb, kcp, /*ld_a=*/Kp, /*ld_b=*/nb, /*ld_c=*/nb,
+                          /*add_C=*/k0 > 0, ap + t0 * Kp + k0, bbuf, cbuf + (t0 - ma) * nb, true);
       }
-      epilogue(n0, nb, static_cast<const TC*>(cbuf));
+      epilogue(n0, nb, ma, mb, static_cast<const TC*>(cbuf));
     }
     cpublas::brgemm_release(true);
   });
@@ -552,8 +563,8 @@ at::Tensor int8_brgemm_bf16(const at::Tensor& x, const at::Tensor& q, const c10:
   };
   at::Tensor y = at::empty({M, N}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
   const ScaledOut out = scaled_out(y, vec);
-  auto epilogue = [&](int64_t n0, int64_t nb, const float* c) {
-    for (int64_t m = 0; m < M; ++m) write_scaled_row(out, m, n0, c + m * nb, 1.f, ws ? ws + n0 : nullptr, nb);
+  auto epilogue = [&](int64_t n0, int64_t nb, int64_t ma, int64_t mb, const float* c) {
+    for (int64_t m = ma; m < mb; ++m) write_scaled_row(out, m, n0, c + (m - ma) * nb, 1.f, ws ? ws + n0 : nullptr, nb);
   };
   int8_block_brgemm<c10::BFloat16, c10::BFloat16, float, 2>(a.data_ptr<c10::BFloat16>(), M, Kp, N, kKChunkInt8, conv,
                                                             epilogue);
@@ -603,7 +614,7 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, const c10
   at::Tensor y = at::empty({M, N}, xq.options().dtype(!ws ? at::kInt : out_bf16 ? at::kBFloat16 : at::kFloat));
   const ScaledOut out = ws ? scaled_out(y, vec && have_avx512bf16()) : ScaledOut{};
   int32_t* yi = ws ? nullptr : y.data_ptr<int32_t>();
-  auto epilogue = [&](int64_t n0, int64_t nb, const int32_t* c) {
+  auto epilogue = [&](int64_t n0, int64_t nb, int64_t ma, int64_t mb, const int32_t* c) {
     int32_t sums[kRowBlock];
 #if LOWBIT_X86
     if (vec) int8_row_sums_avx512(qp, K, n0, nb, sums);
@@ -611,8 +622,8 @@ at::Tensor int8_brgemm_u8s8(const at::Tensor& xq, const at::Tensor& q, const c10
 #endif
       int8_row_sums_scalar(qp, K, n0, nb, sums);
     float v[kRowBlock];
-    for (int64_t m = 0; m < M; ++m) {
-      const int32_t* cm = c + m * nb;
+    for (int64_t m = ma; m < mb; ++m) {
+      const int32_t* cm = c + (m - ma) * nb;
       if (!ws) {
         for (int64_t r = 0; r < nb; ++r) yi[m * N + n0 + r] = cm[r] - 128 * sums[r];
         continue;
