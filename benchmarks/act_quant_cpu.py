@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit_report, fmt_us, machine_description, md_table  # noqa: E402
+from common import emit_report, fmt_us, interleaved_times, machine_description, md_table  # noqa: E402
 
 import lowbit  # noqa: E402,F401
 from lowbit.ops import reference  # noqa: E402
@@ -68,13 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         reps = max(1, int(2e6 // (m * k)))  # ~2M elements per timed sample
         for fn in rows.values():
             fn()
-        samples: dict[str, list[float]] = {n: [] for n in rows}
-        for _ in range(rounds):
-            for name, fn in rows.items():
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    fn()
-                samples[name].append((time.perf_counter() - t0) / reps)
+        samples = interleaved_times(
+            {name: ((lambda fn=fn: [fn() for _ in range(reps)]), reps) for name, fn in rows.items()}, rounds)
         for name, s in samples.items():
             results.setdefault(name, {})[f"{m}x{k}"] = statistics.median(s)
     desc = machine_description(torch.device("cpu"))

@@ -167,6 +167,22 @@ def time_rotating(fn: Callable[[int], object], n_copies: int, device: torch.devi
     return Timing(statistics.median(times), len(times))
 
 
+def interleaved_times(rows: dict[str, tuple[Callable[[], object], int]], rounds: int) -> dict[str, list[float]]:
+    """Per-call seconds of each row in each of ``rounds`` rounds, the rows timed one after the
+    other inside a round, so load from other processes hits every row alike.
+
+    ``rows``: name -> (fn, calls): one ``fn()`` makes ``calls`` calls (e.g. one per rotated
+    weight copy). CPU timing (no device sync); warm the rows up first.
+    """
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, (fn, calls) in rows.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times
+
+
 def copies_for(bytes_per_copy: int, cold_bytes: int, max_copies: int = 64) -> int:
     """How many copies of a weight make ``cold_bytes`` of rotation (at least 2)."""
     return max(2, min(max_copies, -(-cold_bytes // max(bytes_per_copy, 1))))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -125,12 +124,11 @@ def run(n: int, k: int, ms: list[int], rounds: int, cold_bytes: int, weight_only
                 y = fn(x, c)
             if checked and not _matches(y, ref):
                 raise SystemExit(f"{name} differs from the reference at M={m}: not timing a wrong kernel")
-        for _ in range(rounds):
-            for name, (fn, copies, _) in rows.items():
-                t0 = time.perf_counter()
-                for c in copies:
-                    fn(x, c)
-                times[name][m].append((time.perf_counter() - t0) / len(copies))
+        timed = C.interleaved_times(
+            {name: ((lambda fn=fn, copies=copies: [fn(x, c) for c in copies]), len(copies))
+             for name, (fn, copies, _) in rows.items()}, rounds)
+        for name, t in timed.items():
+            times[name][m] = t
     header = ["kernel"] + [f"M={m}" for m in ms]
     body = []
     for name in rows:

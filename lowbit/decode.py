@@ -41,13 +41,16 @@ def _math_decode_attention(module, query, key, value, attention_mask, dropout=0.
 
     SmolLM2 int4, compiled decode on a 2-core Zen4: ATen's CPU flash-attention kernel took
     ~96 us per layer per token for one query against a ~100-slot cache (2.6 ms of a 12 ms
-    token); this form decodes 78-88 tokens/s instead of 69-75.
+    token); with this form the model alone decoded 87-94 tokens/s instead of 69-75.
+    Anything else (several query tokens, a float or per-head mask, dropout) goes to SDPA.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, q, d = query.shape
     hk = key.shape[1]
-    if (q != 1 or attention_mask is None or attention_mask.dtype != torch.bool or dropout != 0.0 or h % hk
+    mask = attention_mask
+    if (q != 1 or mask is None or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1
+            or mask.shape[2] != 1 or mask.shape[0] not in (1, b) or dropout != 0.0 or h % hk
             or key.shape[-1] != d or value.shape[1] != hk):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
@@ -56,7 +59,7 @@ def _math_decode_attention(module, query, key, value, attention_mask, dropout=0.
     # as transformers' repeat_kv lays them out), so no copy of the cache per head.
     qg = query.reshape(b, hk, h // hk, d)
     scores = torch.matmul(qg, key.transpose(-1, -2)).float() * scale          # [b, hk, g, kv]
-    scores = scores.masked_fill(~attention_mask.reshape(b, 1, 1, -1), float("-inf"))
+    scores = scores.masked_fill(~mask.reshape(mask.shape[0], 1, 1, mask.shape[-1]), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.matmul(probs, value)                                            # [b, hk, g, d]
     return out.reshape(b, 1, h, value.shape[-1]), None
@@ -120,7 +123,9 @@ def static_compiled_decode(
             matmul-softmax-matmul inside the compiled step instead of SDPA (prefill and every
             other call keep SDPA; see DECODE_ATTENTION); ``"sdpa"`` leaves the model's
             attention alone; ``"auto"`` (default): ``"math"`` on CPU for models running SDPA,
-            ``"sdpa"`` elsewhere. Measured on CPU only (SmolLM2, 2-core Zen4: 1.15x).
+            ``"sdpa"`` elsewhere. Measured on CPU only (SmolLM2 int4 alone in the process, 2-core
+            Zen4: 87-94 tokens/s instead of 69-75). The model keeps the setting afterwards: a
+            decode step run outside the compiled graph also takes it (slower there than SDPA).
 
     Prefill (the prompt) runs eagerly, as transformers does it: its length changes per call.
     """

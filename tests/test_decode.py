@@ -175,6 +175,15 @@ def test_math_decode_attention_matches_sdpa(dtype):
     assert got.shape == ref.shape == (2, 1, 6, 16)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+    # A mask shared by the batch (batch dim 1) broadcasts like SDPA's.
+    got, _ = _math_decode_attention(module, q, k, v, mask[:1], scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask[:1], scaling=0.3)
+    torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+    # A per-head mask, or a float one, is left to SDPA: the same bits.
+    per_head = mask.expand(2, 6, 1, 11).contiguous()
+    assert torch.equal(_math_decode_attention(module, q, k, v, per_head)[0], sdpa_attention_forward(module, q, k, v, per_head)[0])
+    additive = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+    assert torch.equal(_math_decode_attention(module, q, k, v, additive)[0], sdpa_attention_forward(module, q, k, v, additive)[0])
     # Several query tokens (prefill) run SDPA itself: the same bits.
     module, q, k, v, mask = _attention_inputs(3, dtype)
     got, _ = _math_decode_attention(module, q, k, v, mask, scaling=0.3)

@@ -93,7 +93,7 @@ constexpr int64_t kMaxMR = 4;
 // first tile: M = 8 0.61 -> 0.55 ms, M = 16 0.77 -> 0.65, M = 32 1.10 -> 0.98, M = 64
 // 1.73 -> 1.59 (medians of two runs each). With a single tile (M <= kMaxMR) that one
 // tile does both (kPfBoth): on a 2-core Zen4 VM, 4096x4096, M = 1 went 812 -> 486-709 us
-// (three noisy runs; fbgemm's int8 GEMM 466-690 in the same runs), M = 4 871 -> 619-661.
+// (three noisy runs; fbgemm's int8 GEMM 492-690 in the same runs), M = 4 871 -> 619-661.
 constexpr int64_t kPrefetchBytes = 1024;
 enum Prefetch : int { kPfNone = 0, kPfAhead = 1, kPfNextBlock = 2, kPfBoth = 3 };
 

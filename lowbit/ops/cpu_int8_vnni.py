@@ -75,9 +75,12 @@ def _fake(xq, q, isa=-1):
     return xq.new_empty((xq.shape[0], q.shape[0]), dtype=torch.int32)
 
 
-def _check(xq: torch.Tensor, q: torch.Tensor, isa: int) -> None:
-    fn = f"lowbit {_OP}"
+def _check(xq: torch.Tensor | None, q: torch.Tensor, isa: int, fn: str = f"lowbit {_OP}", k: int | None = None) -> None:
+    """Argument checks of int8_vnni_gemm (``xq``) and int8_vnni_linear (``xq=None``, ``k``:
+    the activations' K, whose own checks the caller made)."""
     for name, t, dims in (("xq", xq, "[M, K]"), ("q", q, "[N, K]")):
+        if t is None:
+            continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{fn}: {name} must be a torch.Tensor (int8 {dims}), got {type(t).__name__}")
         if t.dtype != torch.int8:
@@ -86,10 +89,11 @@ def _check(xq: torch.Tensor, q: torch.Tensor, isa: int) -> None:
             raise ValueError(f"{fn}: {name} must be 2-D {dims}, got shape {tuple(t.shape)}; reshape it")
         if t.device.type != "cpu":
             raise ValueError(f"{fn}: {name} must be on the CPU, got {t.device}; move it with .cpu()")
-    if xq.shape[1] != q.shape[1]:
+    kx, xname = (xq.shape[1], f"xq is [M, K] = {tuple(xq.shape)}") if xq is not None else (k, f"x has K = {k}")
+    if kx != q.shape[1]:
         raise ValueError(
-            f"{fn}: xq is [M, K] = {tuple(xq.shape)} and q is [N, K] = {tuple(q.shape)}: K differs "
-            f"({xq.shape[1]} vs {q.shape[1]}); pass the weight as stored ([out_features, in_features])"
+            f"{fn}: {xname} and q is [N, K] = {tuple(q.shape)}: K differs "
+            f"({kx} vs {q.shape[1]}); pass the weight as stored ([out_features, in_features])"
         )
     if isinstance(isa, bool) or not isinstance(isa, int):
         raise TypeError(f"{fn}: isa must be an int (-1 or one of {INT8_VNNI_ISAS}), got {isa!r}")
@@ -185,7 +189,7 @@ def int8_vnni_linear(x: torch.Tensor, q: torch.Tensor, ws: torch.Tensor, isa: in
     if not isinstance(x, torch.Tensor) or x.dtype not in _LINEAR_DTYPES or x.dim() != 2 or x.device.type != "cpu":
         got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{fn}: x must be a 2-D float32/bfloat16/float16 CPU tensor [M, K], got {got}")
-    _check(x.new_empty(x.shape, dtype=torch.int8), q, isa)
+    _check(None, q, isa, fn, k=x.shape[1])
     if not isinstance(ws, torch.Tensor) or ws.numel() != q.shape[0] or ws.device.type != "cpu":
         got = f"{tuple(ws.shape)} on {ws.device}" if isinstance(ws, torch.Tensor) else type(ws).__name__
         raise ValueError(f"{fn}: ws must be the {q.shape[0]} per-channel scales of q (a CPU tensor), got {got}")
