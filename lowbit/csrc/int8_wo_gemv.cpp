@@ -55,27 +55,47 @@ namespace lowbit_int8_wo_gemv {
 enum Isa : int64_t { kAuto = -1, kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 constexpr int64_t kBlockN = 4;  // weight rows per tile / per unit of work
-// Software prefetch into the weight stream, kPfBytes ahead of each row's loads: into L1 for
-// rows of at most kPfMaxK bytes, into L2 for longer ones. A block of short rows is one
-// contiguous run that the tile reads as 4 interleaved streams, and the hardware prefetchers
-// did not keep up with it; long rows are 4 separate streams they follow, where an L1
-// prefetch slowed the loop and an L2 one helped a little. Measured on the 2-core Sapphire
-// Rapids VM, AVX512 loop, 2 threads, weights rotated over 20 copies, us at M = 1:
+// Software prefetch into the weight stream. Rows of at most kPfMaxK bytes: into L1, kPfBytes
+// ahead of each row's loads (a block of short rows is one contiguous run that the tile reads
+// as 4 interleaved streams, and the hardware prefetchers did not keep up with it). Longer
+// rows: kPfNearBytes ahead in the same row into L1, and the same offset of the next block's
+// rows (R rows on) into L2. A row of K = 4096 bytes is one 4 KiB page, which the hardware
+// prefetchers do not cross, so each of the 4 streams restarted on every block; the earlier
+// form (L2 only, 4 KiB ahead) fetched mostly the next row of the same block, already being
+// read. Measured on the 2-core Sapphire Rapids VM, AVX512 loop, 2 threads, weights rotated
+// over 20 copies, us at M = 1 (the first forms):
 //   no prefetch / L1 4 KiB ahead: 49152x576 2,268 / 1,385 (M=4 2,672 / 1,481), 1536x576
 //   72 / 44, 2048x2048 309 / 256, 4096x4096 685-710 / 787-854 (L1, 1 KiB ahead);
 //   no prefetch / L2 4 KiB ahead: 4096x4096 700-728 / 703-717, 11008x4096 1,756-1,761 /
 //   1,569-1,673, 4096x11008 1,962-1,980 / 1,673-1,708.
+// L2 4 KiB ahead (before) / L1 1 KiB ahead + next block into L2 (now), M = 1, two alternating
+// rounds each (benchmarks/results/int8-gemv-prefetch-2026-12-04.md):
+//   2-core Zen4 VM, 2 threads: 4096x4096 724 (a second round disturbed) / 635-639, 11008x4096 1,947-1,974 /
+//   1,645-1,669; 16-core AMX Xeon host, 2 threads: 4096x4096 1,079-1,222 / 769-946,
+//   11008x4096 2,632-3,168 / 2,097-2,529 (16 threads: within the noise, 204-311 us alike).
 constexpr int64_t kPfBytes = 4096;
+constexpr int64_t kPfNearBytes = 1024;
 constexpr int64_t kPfMaxK = 2048;
 
 #if LOWBIT_X86
-template <int R>
+// kNextBlock: the long-row form above (the AVX512 loop); false keeps the earlier L2-only
+// form (the AVX2 loop: no AVX2-only machine was at hand to measure the new one on).
+template <int R, bool kNextBlock>
 static inline void prefetch_rows(const int8_t* q, int64_t K, int64_t k) {
-  const char* p = reinterpret_cast<const char*>(q + k + kPfBytes);
-  if (K <= kPfMaxK) {
+  if (!kNextBlock && K > kPfMaxK) {
+    const char* p = reinterpret_cast<const char*>(q + k + kPfBytes);
+    for (int r = 0; r < R; ++r) _mm_prefetch(p + r * K, _MM_HINT_T1);
+  } else if (K <= kPfMaxK) {
+    const char* p = reinterpret_cast<const char*>(q + k + kPfBytes);
     for (int r = 0; r < R; ++r) _mm_prefetch(p + r * K, _MM_HINT_T0);
   } else {
-    for (int r = 0; r < R; ++r) _mm_prefetch(p + r * K, _MM_HINT_T1);
+    // Past the last block these point beyond the weight: prefetches never fault.
+    const char* near = reinterpret_cast<const char*>(q + k + kPfNearBytes);
+    const char* next = reinterpret_cast<const char*>(q + R * K + k);
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(near + r * K, _MM_HINT_T0);
+      _mm_prefetch(next + r * K, _MM_HINT_T1);
+    }
   }
 }
 #endif
@@ -121,7 +141,7 @@ LOWBIT_W512 static void tile_avx512(const float* x, const int8_t* q, int64_t K, 
   for (; k + 16 <= K; k += 16) {
     __m512 xv[MR];
     LOWBIT_UNROLL for (int m = 0; m < MR; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k);
-    if ((k & 63) == 0) prefetch_rows<R>(q, K, k);
+    if ((k & 63) == 0) prefetch_rows<R, true>(q, K, k);
     LOWBIT_UNROLL for (int r = 0; r < R; ++r) {
       const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + r * K + k));
       const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
@@ -157,7 +177,7 @@ LOWBIT_W256 static void tile_avx2(const float* x, const int8_t* q, int64_t K, fl
   for (; k + 8 <= K; k += 8) {
     __m256 xv[MR];
     LOWBIT_UNROLL for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k);
-    if ((k & 63) == 0) prefetch_rows<R>(q, K, k);
+    if ((k & 63) == 0) prefetch_rows<R, false>(q, K, k);
     LOWBIT_UNROLL for (int r = 0; r < R; ++r) {
       const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + r * K + k));
       const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
