@@ -122,8 +122,9 @@ class LowbitTensor(torch.Tensor):
         fields = self._bind(args, kwargs)
         for name in self.data_fields + self.meta_fields:
             setattr(self, name, fields[name])
-        # Plain copies for hot paths (check_linear_input), see there.
+        # Plain copies for hot paths (check_linear_input, __tensor_flatten__), see there.
         self._lb_shape = tuple(fields["shape"])
+        self._lb_dtype = fields["dtype"]
         self._lb_device = next(fields[n] for n in self.data_fields if fields[n] is not None).device
 
     @classmethod
@@ -171,10 +172,15 @@ class LowbitTensor(torch.Tensor):
     # ------------------------------------------------------------------ torch.compile
 
     def __tensor_flatten__(self):
-        inner = [n for n in self.data_fields if getattr(self, n) is not None]
-        meta = {n: getattr(self, n) for n in self.meta_fields}
-        meta["shape"] = tuple(self.shape)
-        meta["dtype"] = self.dtype
+        # Dynamo's guards call this twice per packed weight before every call of a compiled
+        # graph (metadata and inner-tensor names; Python guards): plain attribute reads only.
+        # ``self.shape``/``self.dtype`` go through __torch_function__ where it is enabled
+        # (~1.7 us each); the copies stored at construction do not.
+        d = self.__dict__
+        inner = [n for n in self.data_fields if d[n] is not None]
+        meta = {n: d[n] for n in self.meta_fields}
+        meta["shape"] = d["_lb_shape"] if "_lb_shape" in d else tuple(self.shape)
+        meta["dtype"] = d["_lb_dtype"] if "_lb_dtype" in d else self.dtype
         return inner, meta
 
     @classmethod

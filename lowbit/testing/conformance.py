@@ -123,6 +123,25 @@ class FormatConformance(ContractMixin, BadInputMatrix):
         names, meta = t.__tensor_flatten__()
         t2 = type(t).__tensor_unflatten__({n: getattr(t, n) for n in names}, meta, t.shape, t.stride())
         assert_same_tensor(t, t2)
+        assert meta == {**{n: getattr(t, n) for n in t.meta_fields}, "shape": tuple(t.shape), "dtype": t.dtype}
+
+    def test_flatten_reads_plain_attributes(self, shape, device, monkeypatch):
+        # Dynamo's guards call __tensor_flatten__ before every compiled call: it must not
+        # go through __torch_function__ (``t.shape``/``t.dtype`` would).
+        _, t = self.build(shape, device)
+        want = t.__tensor_flatten__()
+        calls = []
+        base = type(t).__torch_function__.__func__
+
+        def counting(cls, func, types, args=(), kwargs=None):
+            calls.append(func)
+            return base(cls, func, types, args, kwargs)
+
+        monkeypatch.setattr(type(t), "__torch_function__", classmethod(counting))
+        assert t.__tensor_flatten__() == want and calls == []
+        # A tensor unpickled from before the plain copies existed still flattens right.
+        del t.__dict__["_lb_shape"], t.__dict__["_lb_dtype"]
+        assert t.__tensor_flatten__() == want
 
     def test_detach_clone_to_copy(self, shape, device):
         _, t = self.build(shape, device)
