@@ -55,47 +55,53 @@ namespace lowbit_int8_wo_gemv {
 enum Isa : int64_t { kAuto = -1, kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 constexpr int64_t kBlockN = 4;  // weight rows per tile / per unit of work
-// Software prefetch into the weight stream. Rows of at most kPfMaxK bytes: into L1, kPfBytes
-// ahead of each row's loads (a block of short rows is one contiguous run that the tile reads
-// as 4 interleaved streams, and the hardware prefetchers did not keep up with it). Longer
-// rows: kPfNearBytes ahead in the same row into L1, and the same offset of the next block's
-// rows (R rows on) into L2. A row of K = 4096 bytes is one 4 KiB page, which the hardware
+// Software prefetch into the weight stream. The AVX512 loop: every row gets one prefetch
+// near ahead into L1 and one far ahead into L2. Rows of at most kPfMaxK bytes (a block of
+// short rows is one contiguous run that the tile reads as 4 interleaved streams): 2 KiB and
+// 8 KiB ahead. Longer rows: 1 KiB ahead in the row, and the same offset of the next block's
+// rows (R rows on) for L2. A row of K = 4096 bytes is one 4 KiB page, which the hardware
 // prefetchers do not cross, so each of the 4 streams restarted on every block; the earlier
 // form (L2 only, 4 KiB ahead) fetched mostly the next row of the same block, already being
-// read. Measured on the 2-core Sapphire Rapids VM, AVX512 loop, 2 threads, weights rotated
-// over 20 copies, us at M = 1 (the first forms):
+// read. The AVX2 loop keeps the earlier forms: short rows 4 KiB ahead into L1, long rows 4 KiB
+// ahead into L2. Measured on the 2-core Sapphire Rapids VM, AVX512 loop, 2 threads, weights
+// rotated over 20 copies, us at M = 1 (the earlier forms):
 //   no prefetch / L1 4 KiB ahead: 49152x576 2,268 / 1,385 (M=4 2,672 / 1,481), 1536x576
 //   72 / 44, 2048x2048 309 / 256, 4096x4096 685-710 / 787-854 (L1, 1 KiB ahead);
 //   no prefetch / L2 4 KiB ahead: 4096x4096 700-728 / 703-717, 11008x4096 1,756-1,761 /
 //   1,569-1,673, 4096x11008 1,962-1,980 / 1,673-1,708.
-// L2 4 KiB ahead (before) / L1 1 KiB ahead + next block into L2 (now), M = 1, two alternating
-// rounds each (benchmarks/results/int8-gemv-prefetch-2026-12-04.md):
-//   2-core Zen4 VM, 2 threads: 4096x4096 724 (a second round disturbed) / 635-639, 11008x4096 1,947-1,974 /
-//   1,645-1,669; 16-core AMX Xeon host, 2 threads: 4096x4096 1,079-1,222 / 769-946,
-//   11008x4096 2,632-3,168 / 2,097-2,529 (16 threads: within the noise, 204-311 us alike).
+// Earlier forms / now, M = 1, alternating rounds (benchmarks/results/int8-gemv-prefetch-2026-12-04.md):
+//   2-core Zen4 VM, 2 threads: 49152x576 1,598-1,609 / 909-1,051, 1536x576 82.7 / 38-44,
+//   4096x4096 724 (a second round disturbed) / 635-639, 11008x4096 1,947-1,974 / 1,645-1,669;
+//   16-core AMX Xeon host, 2 threads (long rows only; the short-row form is not measured on
+//   Intel): 4096x4096 1,079-1,222 / 769-946, 11008x4096 2,632-3,168 / 2,097-2,529 (16
+//   threads: within the noise, 204-311 us alike).
 constexpr int64_t kPfBytes = 4096;
 constexpr int64_t kPfNearBytes = 1024;
+constexpr int64_t kPfShortNearBytes = 2048;
+constexpr int64_t kPfShortFarBytes = 8192;
 constexpr int64_t kPfMaxK = 2048;
 
 #if LOWBIT_X86
-// kNextBlock: the long-row form above (the AVX512 loop); false keeps the earlier L2-only
-// form (the AVX2 loop: no AVX2-only machine was at hand to measure the new one on).
-template <int R, bool kNextBlock>
+// kFar: the AVX512 loop's forms (above); false keeps the earlier ones (the AVX2 loop: no
+// AVX2-only machine was at hand to measure the new ones on).
+template <int R, bool kFar>
 static inline void prefetch_rows(const int8_t* q, int64_t K, int64_t k) {
-  if (!kNextBlock && K > kPfMaxK) {
+  // Past the last rows these point beyond the weight: prefetches never fault.
+  if (!kFar) {
     const char* p = reinterpret_cast<const char*>(q + k + kPfBytes);
-    for (int r = 0; r < R; ++r) _mm_prefetch(p + r * K, _MM_HINT_T1);
-  } else if (K <= kPfMaxK) {
-    const char* p = reinterpret_cast<const char*>(q + k + kPfBytes);
-    for (int r = 0; r < R; ++r) _mm_prefetch(p + r * K, _MM_HINT_T0);
-  } else {
-    // Past the last block these point beyond the weight: prefetches never fault.
-    const char* near = reinterpret_cast<const char*>(q + k + kPfNearBytes);
-    const char* next = reinterpret_cast<const char*>(q + R * K + k);
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(near + r * K, _MM_HINT_T0);
-      _mm_prefetch(next + r * K, _MM_HINT_T1);
+    if (K <= kPfMaxK) {
+      for (int r = 0; r < R; ++r) _mm_prefetch(p + r * K, _MM_HINT_T0);
+    } else {
+      for (int r = 0; r < R; ++r) _mm_prefetch(p + r * K, _MM_HINT_T1);
     }
+    return;
+  }
+  const bool short_rows = K <= kPfMaxK;
+  const char* near = reinterpret_cast<const char*>(q + k + (short_rows ? kPfShortNearBytes : kPfNearBytes));
+  const char* far = reinterpret_cast<const char*>(q + k + (short_rows ? kPfShortFarBytes : R * K));
+  for (int r = 0; r < R; ++r) {
+    _mm_prefetch(near + r * K, _MM_HINT_T0);
+    _mm_prefetch(far + r * K, _MM_HINT_T1);
   }
 }
 #endif
