@@ -32,13 +32,13 @@ is checked against float32 math on the same codes before it is timed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import triton
 import triton.language as tl
+
+from lowbit.tune_cuda import _graph_us
 
 CONVS = ("bf16", "i8-f32", "i8-bf16", "i8-magic", "i8-asm", "f8-f32", "f8-bf16", "f8-bits", "i4-magic", "i4-fact")
 _CODE = {name: i for i, name in enumerate(CONVS)}
@@ -198,34 +198,32 @@ def _configs(table, m):
     return next(v for top, v in sorted(table.items()) if m <= top)
 
 
-def _time_graph(fns, reps_budget_ms=40.0):
-    """Median per-call microseconds of a CUDA graph that calls every fn in ``fns`` once."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    g.replay()
-    torch.cuda.synchronize()
-    one = time.perf_counter() - t0
-    reps = int(max(5, min(50, reps_budget_ms / 1000.0 / max(one, 1e-6))))
-    times = []
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) * 1000.0 / len(fns))
-    return statistics.median(times)
+def _time_graph(fns):
+    """Median microseconds per call of a CUDA graph that calls every fn in ``fns`` once."""
+    return _graph_us(fns, reps=20)
+
+
+def _best(tag, label, configs, launch, weights, out, ref, log):
+    """Time ``launch(w, cfg)`` over ``weights`` for each config; the fastest as a table row.
+
+    Each config's output (``out`` after one call) is checked against ``ref`` first; a config
+    that fails to compile or launch is logged and skipped.
+    """
+    best = None
+    for cfg in configs:
+        name = f"{cfg[0]}x{cfg[1]}x{cfg[2]} w{cfg[3]} s{cfg[4]}" + (f" sk{cfg[5]}" if len(cfg) > 5 else "")
+        try:
+            launch(weights[0], cfg)
+            torch.cuda.synchronize()
+            err = ((out(cfg).float() - ref).abs().max() / ref.abs().max()).item()
+            t = _time_graph([lambda w=w, cfg=cfg: launch(w, cfg) for w in weights])
+        except Exception as e:  # noqa: BLE001
+            log(f"{tag} {label} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+            continue
+        log(f"{tag} {label} {name}: {t:.1f} us, rel err {err:.2e}")
+        if best is None or t < best[2]:
+            best = (label, name, t, err)
+    return best
 
 
 def _copies(nbytes):
@@ -268,24 +266,12 @@ def probe_8bit(n, k, m, log):
             wl, sc, ref = ws_8, s, ref8
         else:
             wl, sc, ref = ws_f, s8, reff8
-        best = None
-        for bm, bn, bk, nw, ns in _configs(CONFIGS_8, m):
-            grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
 
-            def call(w, bm=bm, bn=bn, bk=bk, nw=nw, ns=ns, grid=grid, sc=sc):
-                _mm8[grid](x, w, sc, y, m, n, k, CONV=code, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-                           num_warps=nw, num_stages=ns)
-            try:
-                call(wl[0])
-                torch.cuda.synchronize()
-                err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
-                t = _time_graph([lambda w=w: call(w) for w in wl])
-            except Exception as e:  # noqa: BLE001
-                log(f"{n}x{k} M={m} {conv} {bm}x{bn}x{bk} w{nw} s{ns}: FAILED {type(e).__name__}: {str(e)[:300]}")
-                continue
-            log(f"{n}x{k} M={m} {conv} {bm}x{bn}x{bk} w{nw} s{ns}: {t:.1f} us, rel err {err:.2e}")
-            if best is None or t < best[2]:
-                best = (conv, f"{bm}x{bn}x{bk} w{nw} s{ns}", t, err)
+        def launch(w, cfg, sc=sc, code=code):
+            bm, bn, bk, nw, ns = cfg
+            _mm8[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](x, w, sc, y, m, n, k, CONV=code, BLOCK_M=bm, BLOCK_N=bn,
+                                                            BLOCK_K=bk, GROUP_M=8, num_warps=nw, num_stages=ns)
+        best = _best(f"{n}x{k} M={m}", conv, _configs(CONFIGS_8, m), launch, wl, lambda cfg: y, ref, log)
         if best:
             rows.append(best)
     return t_bf16, rows
@@ -309,29 +295,18 @@ def probe_4bit(n, k, m, log):
     t_bf16 = _time_graph([lambda w=w: torch.nn.functional.linear(x, w) for w in wb])
     rows.append(("bf16 F.linear", "-", t_bf16, None))
     for conv, fact in (("i4-magic", False), ("i4-fact", True)):
-        best = None
-        for bm, bn, bk, nw, ns, sk in _configs(CONFIGS_4, m):
-            if bk != 128:  # the byte layout pairs k and k + 64 of each 128-k step
-                continue
-            y = torch.empty(m, n, device="cuda", dtype=torch.float32 if sk > 1 else torch.bfloat16)
-            grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn), sk)
+        configs = [c for c in _configs(CONFIGS_4, m) if c[2] == 128]  # the byte layout pairs k, k + 64 per 128
+        outs = {c: torch.empty(m, n, device="cuda", dtype=torch.float32 if c[5] > 1 else torch.bfloat16) for c in configs}
 
-            def call(q, bm=bm, bn=bn, bk=bk, nw=nw, ns=ns, sk=sk, grid=grid, y=y, fact=fact):
-                if sk > 1:
-                    y.zero_()
-                _mm4[grid](x, q, s, z, y, m, n, k, FACT=fact, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-                           SPLIT_K=sk, num_warps=nw, num_stages=ns)
-            try:
-                call(qs[0])
-                torch.cuda.synchronize()
-                err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
-                t = _time_graph([lambda q=q: call(q) for q in qs])
-            except Exception as e:  # noqa: BLE001
-                log(f"{n}x{k} M={m} {conv} {bm}x{bn}x{bk} w{nw} s{ns} sk{sk}: FAILED {type(e).__name__}: {str(e)[:300]}")
-                continue
-            log(f"{n}x{k} M={m} {conv} {bm}x{bn}x{bk} w{nw} s{ns} sk{sk}: {t:.1f} us, rel err {err:.2e}")
-            if best is None or t < best[2]:
-                best = (conv, f"{bm}x{bn}x{bk} w{nw} s{ns} sk{sk}", t, err)
+        def launch(q, cfg, fact=fact):
+            bm, bn, bk, nw, ns, sk = cfg
+            y = outs[cfg]
+            if sk > 1:
+                y.zero_()
+            _mm4[(triton.cdiv(m, bm) * triton.cdiv(n, bn), sk)](x, q, s, z, y, m, n, k, FACT=fact, BLOCK_M=bm,
+                                                               BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=sk,
+                                                               num_warps=nw, num_stages=ns)
+        best = _best(f"{n}x{k} M={m}", conv, configs, launch, qs, outs.__getitem__, ref, log)
         if best:
             rows.append(best)
     return t_bf16, rows
