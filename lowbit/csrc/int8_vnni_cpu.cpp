@@ -95,6 +95,14 @@ constexpr int64_t kMaxMR = 4;
 // tile does both (kPfBoth): on a 2-core Zen4 VM, 4096x4096, M = 1 went 812 -> 486-709 us
 // (three noisy runs; fbgemm's int8 GEMM 492-690 in the same runs), M = 4 871 -> 619-661.
 constexpr int64_t kPrefetchBytes = 1024;
+// Rows of at most kShortK bytes take their L2 prefetch kShortFarBytes ahead (as lowbit's int8
+// weight-only GEMV, lowbit/csrc/int8_wo_gemv.cpp), not at the next block, only NR * K bytes on.
+// 2-core Zen4 VM, 2 threads, us at M = 1 / 4 (fbgemm's int8 GEMM in the same process), before
+// -> after (two runs): 49152x576 1,242 / 1,447 (1,095 / 1,048) -> 1,078 / 1,130 (1,059 / 1,130)
+// and 1,234 / 1,262 (1,304 / 1,295); 1536x576 51.2 / 63.5 (55.3 / 60.3) -> 43.6 / 48.0
+// (60.8 / 79.1) and 39.8 / 43.7 (52.2 / 64.1) (benchmarks/results/int8-gemv-prefetch-2026-12-04.md).
+constexpr int64_t kShortK = 2048;
+constexpr int64_t kShortFarBytes = 8192;
 enum Prefetch : int { kPfNone = 0, kPfAhead = 1, kPfNextBlock = 2, kPfBoth = 3 };
 
 struct Args {
@@ -200,13 +208,16 @@ LOWBIT_VNNI_TARGET static void tile_vnni(const Args& a, int64_t n0, int64_t m0) 
   // (no fault at the end of a buffer) and give zeros there (u = 128 times x = 0). A
   // separate tail block after the loop made GCC spill the accumulators inside it.
   const __mmask64 tail = K % 64 ? (uint64_t{1} << (K % 64)) - 1 : ~uint64_t{0};
+  // The L2 prefetch: the next block's rows, or for short rows (the next block then starts
+  // only NR * K bytes on) kShortFarBytes ahead in the contiguous run of rows.
+  const int64_t far = K <= kShortK ? kShortFarBytes : NR * K;
   for (int64_t k = 0; k < K; k += 64) {
     const __mmask64 mask = k + 64 <= K ? ~uint64_t{0} : tail;
     __m512i u[NR];
     LOWBIT_UNROLL for (int i = 0; i < NR; ++i) {
       // (A prefetch past the end of q is harmless: prefetches never fault.)
       if (PREFETCH & kPfAhead) _mm_prefetch(reinterpret_cast<const char*>(qr[i] + k + kPrefetchBytes), _MM_HINT_T0);
-      if (PREFETCH & kPfNextBlock) _mm_prefetch(reinterpret_cast<const char*>(qr[i] + NR * K + k), _MM_HINT_T1);
+      if (PREFETCH & kPfNextBlock) _mm_prefetch(reinterpret_cast<const char*>(qr[i] + far + k), _MM_HINT_T1);
       u[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, qr[i] + k), flip);
     }
     LOWBIT_UNROLL for (int j = 0; j < MR; ++j) {
