@@ -47,10 +47,14 @@ def int8_weight_only_linear(x, qdata, scale):
     path = choose_path("int8_weight_only_linear", x.shape[0])
     if path == "brgemm":
         return int8_weight_only_brgemm(x, qdata, scale)
-    if path == "cpp_gemv" and int8_gemv_serves(x, qdata, scale):
-        # lowbit/csrc/int8_wo_gemv.cpp (fp32 sums, x kept in its dtype's precision). Called
-        # directly: the cheap checks above are the ones an Int8Tensor's linear can fail.
-        return torch.ops.lowbit_ext.int8_wo_gemv(x, qdata, scale, -1)
+    if path == "cpp_gemv":
+        # A strided x (a transposed view, say) is copied (a few KiB at these M), so it gets
+        # the same kernel and the same bits as a contiguous one, not the fallback below.
+        xc = x if x.is_contiguous() else x.contiguous()
+        if int8_gemv_serves(xc, qdata, scale):
+            # lowbit/csrc/int8_wo_gemv.cpp (fp32 sums, x kept in its dtype's precision). Called
+            # directly: the cheap checks above are the ones an Int8Tensor's linear can fail.
+            return torch.ops.lowbit_ext.int8_wo_gemv(xc, qdata, scale, -1)
     # The GEMV's layout needs (K % 16, aligned rows) are checked in ops/alignment.py; a
     # weight that misses them takes the GEMM below (same function, no ATen crash).
     if path == "gemv" and int8pack_mm_unsafe_reason(x, qdata) is None:
