@@ -39,7 +39,7 @@ from lowbit import demo  # noqa: E402
 from lowbit.decode import static_compiled_decode  # noqa: E402
 
 
-def build(new_tokens: int):
+def build(new_tokens: int, skip_module_guards: bool = False):
     """SmolLM2 as the demo's ``int4-g32-fused-head-compiled`` row: (model, chat prompt inputs)."""
     model, tokenizer = demo.load_model(torch.float32)
     model = model.to(torch.bfloat16)
@@ -47,7 +47,7 @@ def build(new_tokens: int):
     demo._untie_output_head(model)
     lowbit.quantize_(model, lowbit.Int4WeightOnlyConfig(group_size=32), filter_fn=demo._all_linears_filter(model))
     inputs = demo._prompt_ids(tokenizer, demo.PROMPT)
-    static_compiled_decode(model, inputs["input_ids"].shape[1] + new_tokens)
+    static_compiled_decode(model, inputs["input_ids"].shape[1] + new_tokens, skip_module_guards=skip_module_guards)
     return model, inputs
 
 
@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--label", default="", help="a name for this run in the table")
     p.add_argument("--recursive-dict-tags", action="store_true",
                    help="compile with torch._dynamo.config.use_recursive_dict_tags_for_guards (off by default in torch)")
+    p.add_argument("--skip-module-guards", action="store_true",
+                   help="static_compiled_decode(skip_module_guards=True): what the module guards cost end to end "
+                        "(unsafe with two models of one class; see its docstring)")
     p.add_argument("--out", default=None, help="also write the report to this file")
     args = p.parse_args(argv)
 
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
     dynamo_guards.guard_manager_testing_hook_fn = hook
     if args.recursive_dict_tags:
         torch._dynamo.config.use_recursive_dict_tags_for_guards = True
-    model, inputs = build(args.tokens)
+    model, inputs = build(args.tokens, args.skip_module_guards)
     t0 = time.perf_counter()
     demo._generate(model, inputs, args.tokens)  # compiles the decode step
     compile_s = time.perf_counter() - t0
