@@ -422,7 +422,7 @@ _ZEN_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
 #        --weight-only, 2 threads; benchmarks/results/int8-gemv-prefetch-2026-12-04.md),
 #        GEMV / brgemm / bf16 at M = 4, 8, 16: 4096x4096 903 / 1,319 / 2,010, 1,509 / 1,713 /
 #        2,283, 3,056 / 2,243 / 2,777; 11008x4096 2,509 / 3,695 / 5,091, 3,986 / 4,420 /
-#        5,887, 7,844 / 5,944 / 7,199: the GEMV to M=8 (M = 5..8 run two 4-row tiles, as M=8)
+#        5,887, 7,844 / 5,944 / 7,199: the GEMV to M=8 (M = 5..8: a 4-row tile plus one of 1-4 rows)
 _ZEN4_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
     "int4_tinygemm_cpu_linear": [(32, "gemv"), (_INF, "brgemm")],
     "int8_weight_only_linear": [(8, "cpp_gemv"), (_INF, "brgemm")],
