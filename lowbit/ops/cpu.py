@@ -12,7 +12,13 @@ from . import reference as _reference
 from ._ext import load_cpu_extension, warn_fallback_once
 from .alignment import aligned_rows, int8pack_mm_unsafe_reason
 from .cpu_int8_gemv import int8_gemv_serves
-from .cpu_int8_vnni import int8_vnni_gemm, int8_vnni_linear, quantize_per_token_int8
+from .cpu_int8_vnni import (
+    VNNI_LINEAR_DTYPES,
+    int8_vnni_gemm,
+    int8_vnni_linear,
+    int8_vnni_linear_serves,
+    quantize_per_token_int8,
+)
 from .cpu_paths import (  # noqa: F401  (the thresholds stay importable from here)
     CPU_INT4_GEMV_MAX_M,
     CPU_INT4_TINYGEMM_MAX_M,
@@ -72,10 +78,15 @@ def int8_weight_only_linear(x, qdata, scale):
 @_register("int8_dynamic_linear")
 def int8_dynamic_linear(x, qdata, scale):
     path = choose_path("int8_dynamic_linear", x.shape[0])
-    if path == "vnni" and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.shape[0] > 0:
+    if path == "vnni" and x.dtype in VNNI_LINEAR_DTYPES and x.shape[0] > 0:
         # lowbit/csrc/int8_vnni_cpu.cpp: quantization, exact int32 sums (the weight read once
         # per call in its storage order; 4096x4096, 2-core Zen5: M=1..8 ~0.5 ms, M=16 0.60,
         # M=64 1.7) and the scales in one call, bit-identical to the composition below.
+        # Called directly after the cheap checks (as the int8 GEMV above); anything they
+        # reject goes through the validating wrapper, which copies or raises.
+        xc = x if x.is_contiguous() else x.contiguous()
+        if int8_vnni_linear_serves(xc, qdata, scale):
+            return torch.ops.lowbit_ext.int8_vnni_linear(xc, qdata, scale, -1)
         return int8_vnni_linear(x, qdata, scale)
     xq, xs = quantize_per_token_int8(x)
     if path == "brgemm" and qdata.numel() <= INT8_AMX_SMALL_LAYER and choose_path("int8_dynamic_linear", 64) == "amx":

@@ -261,3 +261,37 @@ def test_fused_linear_bad_input_and_empty_batch():
         int8_vnni_linear(torch.zeros(2, 16), q, torch.ones(7))
     with pytest.raises(TypeError, match="q must be int8"):
         int8_vnni_linear(torch.zeros(2, 16), q.float(), torch.ones(8))
+
+
+def test_fused_linear_serves_only_what_the_kernel_takes():
+    # lowbit/ops/cpu.py calls the extension directly when this says yes: every case the C++
+    # TORCH_CHECKs would reject must say no (and then goes through the validating wrapper).
+    from lowbit.ops.cpu_int8_vnni import int8_vnni_linear_serves as serves
+
+    x, q, ws = torch.randn(3, 64, dtype=torch.bfloat16), torch.zeros(8, 64, dtype=torch.int8), torch.ones(8, 1)
+    assert serves(x, q, ws)
+    assert not serves(x[:0], q, ws)                                  # M = 0
+    assert not serves(x.double(), q, ws)                             # activation dtype
+    assert not serves(x.reshape(3, 8, 8), q, ws)                     # 3-D
+    assert not serves(torch.randn(64, 3, dtype=torch.bfloat16).t(), q, ws)  # strided
+    assert not serves(x[:, :63], q, ws)                              # K differs
+    assert not serves(x, q.float(), ws)                              # codes dtype
+    assert not serves(x, torch.zeros(16, 64, dtype=torch.int8)[::2], ws)  # strided codes
+    assert not serves(x, q, ws.double())                             # scale dtype
+    assert not serves(x, q, torch.ones(7))                           # one scale per row
+    assert not serves(x, q, torch.ones(16)[::2])                     # strided scales
+
+
+def test_int8_dynamic_linear_direct_call_matches_the_wrapper():
+    # The direct extension call of the int8-dynamic linear (strided activations copied first)
+    # gives the validating wrapper's bits.
+    import lowbit
+    from lowbit.ops.cpu import int8_dynamic_linear
+    from lowbit.ops.cpu_int8_vnni import int8_vnni_linear
+
+    w = torch.randn(40, 96)
+    t = lowbit.tensors.Int8DynActTensor.from_float(w.to(torch.bfloat16))
+    for x in (torch.randn(3, 96, dtype=torch.bfloat16), torch.randn(96, 3, dtype=torch.bfloat16).t()):
+        with lowbit.ops.cpu_paths.forced_path("int8_dynamic_linear", "vnni"):
+            y = int8_dynamic_linear(x, t.qdata, t.scale)
+        assert torch.equal(y, int8_vnni_linear(x, t.qdata, t.scale))
