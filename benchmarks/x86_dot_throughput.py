@@ -30,17 +30,23 @@ _SRC = r"""
 #define FZ(j) "vfmadd231ps %%zmm30, %%zmm31, %%zmm" #j "\n"
 #define FY(j) "vfmadd231ps %%ymm14, %%ymm15, %%ymm" #j "\n"
 #define TL(j) "vpternlogd $0xEA, %%zmm30, %%zmm31, %%zmm" #j "\n"
+#define VN(j) "vpdpbusd %%zmm30, %%zmm31, %%zmm" #j "\n"
+// vpdpbusd with its activation operand broadcast from memory ({1to16}), as lowbit's DA8W4
+// and int8 kernels issue it: 8 chains, each with its own 4 bytes.
+#define VB(j) "vpdpbusd " #j "*4(%0)%{1to16%}, %%zmm31, %%zmm" #j "\n"
 #define TIME(BODY, PER)                                                             \
   [&] {                                                                           \
     auto t0 = std::chrono::steady_clock::now();                                   \
-    for (int64_t i = 0; i < n; ++i) asm volatile(BODY ::: "memory");              \
+    for (int64_t i = 0; i < n; ++i) asm volatile(BODY ::"r"(buf) : "memory");     \
     auto t1 = std::chrono::steady_clock::now();                                   \
     return std::chrono::duration<double>(t1 - t0).count() / n / (PER) * 1e9;      \
   }()
 
-// ns per instruction: [dpbf16 x24, dpbf16 latency, fma zmm x8, fma zmm latency, fma ymm x8, ternlog zmm x8]
-std::vector<double> run(int64_t n, bool bf16) {
-  std::vector<double> r(6, -1.0);
+// ns per instruction: [dpbf16 x24, dpbf16 latency, fma zmm x8, fma zmm latency, fma ymm x8, ternlog zmm x8,
+//                      dpbusd x24, dpbusd latency, dpbusd with broadcast memory operand x8]
+std::vector<double> run(int64_t n, bool bf16, bool vnni) {
+  std::vector<double> r(9, -1.0);
+  alignas(64) static int32_t buf[16] = {};
   if (bf16) {
     r[0] = TIME(R24(DP), 24);
     r[1] = TIME(DP(0) DP(0) DP(0) DP(0), 4);
@@ -49,6 +55,11 @@ std::vector<double> run(int64_t n, bool bf16) {
   r[3] = TIME(FZ(0) FZ(0) FZ(0) FZ(0), 4);
   r[4] = TIME(R8(FY), 8);
   r[5] = TIME(R8(TL), 8);
+  if (vnni) {
+    r[6] = TIME(R24(VN), 24);
+    r[7] = TIME(VN(0) VN(0) VN(0) VN(0), 4);
+    r[8] = TIME(R8(VB), 8);
+  }
   return r;
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("run", &run); }
@@ -60,16 +71,19 @@ def main() -> int:
         print("this CPU has no AVX512: nothing to time", file=sys.stderr)
         return 1
     bf16 = torch.cpu._is_avx512_bf16_supported()
+    vnni = torch.cpu._is_vnni_supported()
     mod = cpp_extension.load_inline(
-        "lowbit_x86_dot_throughput", cpp_sources=_SRC, extra_cflags=["-O2", "-mavx512f", "-mavx512bf16"],
+        "lowbit_x86_dot_throughput", cpp_sources=_SRC, extra_cflags=["-O2", "-mavx512f", "-mavx512bf16", "-mavx512vnni"],
         verbose=False,
     )
-    runs = [mod.run(20_000_000, bf16) for _ in range(3)]
-    best = [min(r[i] for r in runs) for i in range(6)]  # fastest of 3: least disturbed by other work
+    runs = [mod.run(20_000_000, bf16, vnni) for _ in range(3)]
+    best = [min(r[i] for r in runs) for i in range(9)]  # fastest of 3: least disturbed by other work
     names = [
         ("vdpbf16ps zmm, 24 chains (issue rate)", 32), ("vdpbf16ps zmm, 1 chain (latency)", 32),
         ("vfmadd231ps zmm, 8 chains (issue rate)", 16), ("vfmadd231ps zmm, 1 chain (latency)", 16),
         ("vfmadd231ps ymm, 8 chains (issue rate)", 8), ("vpternlogd zmm, 8 chains (issue rate)", 0),
+        ("vpdpbusd zmm, 24 chains (issue rate)", 64), ("vpdpbusd zmm, 1 chain (latency)", 64),
+        ("vpdpbusd zmm, m32{1to16}, 8 chains (issue rate)", 64),
     ]
     rows = []
     for (name, macs), ns in zip(names, best):

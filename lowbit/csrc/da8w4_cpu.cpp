@@ -55,6 +55,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -69,7 +70,8 @@ namespace lowbit_da8w4 {
 constexpr int64_t kBlockN = 16;     // output columns per packed block
 constexpr int64_t kOctet = 8;       // k values per 64-byte row of a block
 constexpr int64_t kBlockBytes = 64; // bytes per (block, k-octet)
-constexpr int64_t kMaxMR = 4;       // activation rows per micro-kernel call
+constexpr int64_t kMaxMR = 4;       // activation rows per micro-kernel call (scalar, AVX2)
+constexpr int64_t kMaxMRVnni = 8;   // ... with AVX512-VNNI
 // Blocks of N one task of the large-M path walks for every row tile: 4 blocks x K x 8
 // bytes = 128 KiB at K = 4096, which stays in a Zen3 core's 512 KiB L2 while all row
 // tiles of the batch stream past it.
@@ -321,6 +323,7 @@ static ActQ quantize_act(const at::Tensor& x, int64_t gs, bool symmetric, int64_
 
 struct Args {
   const uint8_t* a;      // activation codes [M, K]
+  const uint8_t* as8;    // the same XOR 0x80 (signed a - 128), for the AVX512-VNNI kernel
   const int32_t* gsum;   // [M, G]
   const int32_t* azp;    // [M]
   const float* ascale;   // [M]
@@ -450,30 +453,51 @@ __attribute__((target("avx2,fma"))) static void ukernel_avx2(const Args& p, int6
 }
 
 // AVX512-VNNI: compiled everywhere, run only where the CPU reports avx512vnni.
-// UNTESTED in lowbit's CI (no AVX512 on the development machine).
+// MR rows x 16 columns. The operands are swapped against the formulation above: the weight
+// codes (0..15) are vpdpbusd's unsigned operand and the activations its signed one, as
+// s = a - 128 (p.as8: the codes XOR 0x80, made once per call by gemm()), because only the
+// signed operand can be broadcast from memory inside the instruction (`m32{1to16}`); a
+// separate vpbroadcastd per row and octet competes with vpdpbusd for the vector pipes and
+// held the kernel to ~55% of the multiplier's rate on Zen5. With dot(a, q) = dot(s, q) +
+// 128 sum_k q and sum_k q = Qc + gs z, the group's compensation becomes
+//     acc = dot(s, q) - z (A - 128 gs) - (za - 128) Qc     (same integers, exact).
+// vpdpbusd has a latency of ~8 issue slots (Zen5: 1.09 ns vs 0.136 ns between issues,
+// benchmarks/x86_dot_throughput.py), so up to 4 rows keep two chains per row (low nibbles,
+// k 0-3 of each octet, and high nibbles, k 4-7), summed at the group's end; the large-M
+// path runs MR = 8 tiles (8 chains; every unpacked weight vector feeds 8 rows).
+// The dot products are inline asm: GCC copies each intrinsic accumulator through a spare
+// register per instruction and does not fold the broadcast.
+__attribute__((target("avx512f,avx512vnni"), always_inline)) static inline void dpbusd_bcast(__m512i& acc,
+                                                                                         __m512i wq,
+                                                                                         const uint8_t* s4) {
+  asm("vpdpbusd %[s]%{1to16%}, %[w], %[acc]" : [acc] "+v"(acc) : [w] "v"(wq), [s] "m"(*reinterpret_cast<const int32_t*>(s4)));
+}
+
 template <int MR, bool HOOK>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void ukernel_vnni(const Args& p, int64_t m0,
                                                                                 int64_t nb) {
+  constexpr int NACC = MR <= 4 ? 2 : 1;
   const uint8_t* wb = p.w + nb * (p.K / kOctet) * kBlockBytes;
   const __m512i mask = _mm512_set1_epi8(0x0F);
-  const uint8_t* arow[MR];
+  const uint8_t* a0 = p.as8 + m0 * p.K;
+  const int64_t K = p.K;
+  const int32_t bias = 128 * static_cast<int32_t>(p.gs);
   __m512 facc[MR];
-  for (int m = 0; m < MR; ++m) {
-    arow[m] = p.a + (m0 + m) * p.K;
-    facc[m] = _mm512_setzero_ps();
-  }
+  for (int m = 0; m < MR; ++m) facc[m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < p.G; ++g) {
-    __m512i iacc[MR];
-    for (int m = 0; m < MR; ++m) iacc[m] = _mm512_setzero_si512();
-    for (int64_t k = g * p.gs; k < (g + 1) * p.gs; k += kOctet) {
-      _mm_prefetch(reinterpret_cast<const char*>(wb + (k / kOctet) * kBlockBytes + kPrefetchBytes), _MM_HINT_T0);
-      const __m512i w = _mm512_loadu_si512(wb + (k / kOctet) * kBlockBytes);
+    __m512i iacc[MR][NACC];
+    for (int m = 0; m < MR; ++m)
+      for (int j = 0; j < NACC; ++j) iacc[m][j] = _mm512_setzero_si512();
+    const uint8_t* wp = wb + g * (p.gs / kOctet) * kBlockBytes;
+    const uint8_t* ap = a0 + g * p.gs;
+    for (int64_t o = 0; o < p.gs / kOctet; ++o, wp += kBlockBytes, ap += kOctet) {
+      _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetchBytes), _MM_HINT_T0);
+      const __m512i w = _mm512_loadu_si512(wp);
       const __m512i lo = _mm512_and_si512(w, mask);                         // k 0-3 of 16 columns
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);  // k 4-7
       for (int m = 0; m < MR; ++m) {
-        // vpdpbusd adds 4 u8 x s8 products into int32 without intermediate saturation.
-        iacc[m] = _mm512_dpbusd_epi32(iacc[m], _mm512_set1_epi32(load4(arow[m] + k)), lo);
-        iacc[m] = _mm512_dpbusd_epi32(iacc[m], _mm512_set1_epi32(load4(arow[m] + k + 4)), hi);
+        dpbusd_bcast(iacc[m][0], lo, ap + m * K);
+        dpbusd_bcast(iacc[m][NACC - 1], hi, ap + m * K + 4);
       }
     }
     const int64_t off = (nb * p.G + g) * kBlockN;
@@ -481,10 +505,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void ukernel_vnni(
     const __m512i qv = _mm512_loadu_si512(p.wq + off);
     const __m512 sv = _mm512_loadu_ps(p.ws + off);
     for (int m = 0; m < MR; ++m) {
-      const __m512i A = _mm512_set1_epi32(p.gsum[(m0 + m) * p.G + g]);
-      const __m512i za = _mm512_set1_epi32(p.azp[m0 + m]);
+      const __m512i dot = NACC == 2 ? _mm512_add_epi32(iacc[m][0], iacc[m][NACC - 1]) : iacc[m][0];
+      const __m512i A = _mm512_set1_epi32(p.gsum[(m0 + m) * p.G + g] - bias);
+      const __m512i za = _mm512_set1_epi32(p.azp[m0 + m] - 128);
       const __m512i inner =
-          _mm512_sub_epi32(_mm512_sub_epi32(iacc[m], _mm512_mullo_epi32(zv, A)), _mm512_mullo_epi32(qv, za));
+          _mm512_sub_epi32(_mm512_sub_epi32(dot, _mm512_mullo_epi32(zv, A)), _mm512_mullo_epi32(qv, za));
       if (HOOK) {
         alignas(64) int32_t tmp[16];
         _mm512_store_si512(tmp, inner);
@@ -511,8 +536,22 @@ static void ukernel(int64_t isa, const Args& p, int64_t m0, int64_t nb) {
   ukernel_scalar<MR, HOOK>(p, m0, nb);
 }
 
+// Rows per micro-kernel call: 8 with AVX512-VNNI (32 zmm registers hold 8 accumulators
+// and 8 float sums), 4 otherwise (AVX2's 16 ymm registers).
+static int64_t max_mr(int64_t isa) { return isa == kAvx512Vnni ? kMaxMRVnni : kMaxMR; }
+
 template <bool HOOK>
 static void tile(int64_t isa, const Args& p, int64_t m0, int64_t rows, int64_t nb) {
+#if LOWBIT_X86
+  if (rows > kMaxMR) {  // only with AVX512-VNNI (max_mr)
+    switch (rows) {
+      case 5: return ukernel_vnni<5, HOOK>(p, m0, nb);
+      case 6: return ukernel_vnni<6, HOOK>(p, m0, nb);
+      case 7: return ukernel_vnni<7, HOOK>(p, m0, nb);
+      default: return ukernel_vnni<8, HOOK>(p, m0, nb);
+    }
+  }
+#endif
   switch (rows) {
     case 1: return ukernel<1, HOOK>(isa, p, m0, nb);
     case 2: return ukernel<2, HOOK>(isa, p, m0, nb);
@@ -522,9 +561,26 @@ static void tile(int64_t isa, const Args& p, int64_t m0, int64_t rows, int64_t n
 }
 
 template <bool HOOK>
-static void gemm(int64_t isa, const Args& p) {
+static void gemm(int64_t isa, const Args& args) {
+  Args p = args;
+  std::unique_ptr<uint64_t[]> as8;
+  if (isa == kAvx512Vnni) {  // the VNNI kernel's signed activations (ukernel_vnni); K % 16 == 0
+    const int64_t words = p.M * p.K / 8;
+    as8.reset(new uint64_t[words]);
+    uint64_t* dst = as8.get();
+    const uint8_t* src = p.a;
+    at::parallel_for(0, words, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        uint64_t v;
+        std::memcpy(&v, src + 8 * i, 8);
+        dst[i] = v ^ 0x8080808080808080ULL;
+      }
+    });
+    p.as8 = reinterpret_cast<const uint8_t*>(dst);
+  }
   const int64_t NB = p.N / kBlockN;
-  if (p.M <= kMaxMR) {
+  const int64_t mr = max_mr(isa);
+  if (p.M <= mr) {
     // Small M (decode): every packed weight byte is read once and applied to all rows;
     // threads split the N blocks, each streaming a contiguous slice of qdata.
     at::parallel_for(0, NB, 1, [&](int64_t b, int64_t e) {
@@ -533,13 +589,13 @@ static void gemm(int64_t isa, const Args& p) {
     return;
   }
   // Large M: a task owns kChunkBlocks blocks of N (kept in L2) and runs every row tile
-  // of kMaxMR rows over them; activations rows are reused across the chunk's blocks.
+  // of mr rows over them; activations rows are reused across the chunk's blocks.
   const int64_t chunks = (NB + kChunkBlocks - 1) / kChunkBlocks;
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t nb_end = std::min(NB, (ch + 1) * kChunkBlocks);
-      for (int64_t m0 = 0; m0 < p.M; m0 += kMaxMR) {
-        const int64_t rows = std::min(kMaxMR, p.M - m0);
+      for (int64_t m0 = 0; m0 < p.M; m0 += mr) {
+        const int64_t rows = std::min(mr, p.M - m0);
         for (int64_t nb = ch * kChunkBlocks; nb < nb_end; ++nb) tile<HOOK>(isa, p, m0, rows, nb);
       }
     }

@@ -396,10 +396,14 @@ _AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
 #        (bf16 10,769; interleaved A/B runs put it at 1.02x), GEMV 41,000
 #   int8 dynamic (lowbit's VNNI GEMM, int8_vnni_cpu.cpp): M=1 503, M=16 778, M=128 3,415 vs
 #        brgemm 3,827 and torch._int_mm 4,259; M=256: brgemm 7,030, VNNI 7,757
+# Re-measured 2026-12-07 (`lowbit tune --threads 2`, same VM class, family 26 model 2; benchmarks/
+# results/amd-zen5-2c-tune-2t-2026-12-07.md), 4096x4096 cold, us (x bf16):
+#   int8 weight-only, lowbit's GEMV (int8_wo_gemv.cpp) vs ATen's vs brgemm: M=1 513 (3.52x) vs
+#        918 vs 938; M=4 505 vs 1,066 vs 938; M=8 892 vs 1,635 vs 1,182; M=16 1,856 vs brgemm 1,544
+#   int4 M=64: GEMV 3,087, brgemm 3,234; M=128: GEMV 6,569, brgemm 5,806 (bf16 6,456)
 _ZEN_AVX512_BF16_TABLE: dict[str, list[tuple[int | None, str]]] = {
-    "int4_tinygemm_cpu_linear": [(128, "gemv"), (_INF, "brgemm")],
-    # ATen's GEMV: lowbit's (cpp_gemv, 2026-12-04) has not been timed on a Zen yet.
-    "int8_weight_only_linear": [(4, "gemv"), (_INF, "brgemm")],
+    "int4_tinygemm_cpu_linear": [(64, "gemv"), (_INF, "brgemm")],
+    "int8_weight_only_linear": [(8, "cpp_gemv"), (_INF, "brgemm")],
     "int8_dynamic_linear": [(128, "vnni"), (_INF, "brgemm")],
     "da8w4_linear": [(_INF, "vnni")],
 }

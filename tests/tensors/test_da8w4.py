@@ -119,7 +119,7 @@ def test_codes_match_primitives():
 
 # ---------------------------------------------------------------------- kernel vs reference
 
-_FUZZ_M = [0, 1, 2, 3, 4, 5, 8, 17, 64, 300]
+_FUZZ_M = [0, 1, 2, 3, 4, 5, 7, 8, 13, 17, 64, 300]
 _FUZZ_SHAPES = [(16, 64, 32), (48, 256, 64), (32, 512, 128), (64, 512, 256), (80, 768, 256)]
 
 
@@ -147,7 +147,7 @@ def test_group_accumulators_bit_exact(m, n, k, gs, mapping, isa):
 
 @pytest.mark.parametrize("isa", [ISA_AVX2, ISA_VNNI], ids=["avx2", "avx512vnni"])
 @pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("m", [1, 3, 4, 5, 33])
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 8, 13, 33])
 def test_simd_output_equals_scalar_bitwise(m, mapping, isa):
     # SIMD and scalar paths run the same float ops in the same order (one fma per group).
     _isa_or_skip(isa)
