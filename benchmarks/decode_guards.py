@@ -122,8 +122,9 @@ def main(argv=None) -> int:
     p.add_argument("--recursive-dict-tags", action="store_true",
                    help="compile with torch._dynamo.config.use_recursive_dict_tags_for_guards (off by default in torch)")
     p.add_argument("--skip-module-guards", action="store_true",
-                   help="static_compiled_decode(skip_module_guards=True): what the module guards cost end to end "
-                        "(unsafe with two models of one class; see its docstring)")
+                   help="static_compiled_decode(skip_module_guards=True), its default since 2026-12-07 (the "
+                        "model's own step, module guards skipped); without the flag the script passes False: "
+                        "transformers' compiled call with every guard")
     p.add_argument("--out", default=None, help="also write the report to this file")
     args = p.parse_args(argv)
 

@@ -18,7 +18,10 @@ with fake implementations, so they are captured inside that graph.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import types
+import weakref
 
 import torch
 from torch import nn
@@ -91,7 +94,7 @@ def static_compiled_decode(
     mode: str | None = None,
     backend: str = "inductor",
     fullgraph: bool = True,
-    skip_module_guards: bool = False,
+    skip_module_guards: bool = True,
     cpp_wrapper: bool = False,
     decode_attention: str = "auto",
 ) -> None:
@@ -107,13 +110,17 @@ def static_compiled_decode(
         fullgraph: compile the decode step as one graph (a graph break raises).
         skip_module_guards: drop dynamo's guards on the model's modules and parameters
             (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``), keeping those on the
-            step's inputs and the cache. Checking them took ~2-3 ms per decode step for
-            SmolLM2 with packed weights (121 quantized linears), 10-15% of a token. Only
-            for a process that compiles ONE model of its class: dynamo shares the compiled
-            step between instances of a class and, without these guards, cannot tell them
-            apart (a second model then fails with ``KeyError: 'weight'`` or runs the first
-            one's graph); a model changed after its first compiled call is not noticed
-            either (call ``torch._dynamo.reset()``). Off by default.
+            step's inputs and the cache (default on). Checking them took ~2-3 ms per decode
+            step for SmolLM2 with packed weights (121 quantized linears, ~3,500 of the 4,018
+            guards), 15-25% of a token: 2-core Zen5, the int4 model alone, 71.9 tokens/s with
+            them, 91.0 without (benchmarks/results/amd-zen5-2c-decode-guards-2026-12-07.md).
+            Made safe by giving each model its own compiled step (a function with its own
+            code object, so dynamo never shares it between instances of a class) and by
+            noticing what the skipped guards would have caught in practice: a parameter,
+            buffer or submodule of the model assigned (torch's global registration hooks)
+            and the model's ``training`` flag (a changed model compiles a new step). A change to other module attributes after
+            the first compiled call is not seen: call ``static_compiled_decode`` again.
+            ``False``: transformers' own compiled call, with every guard.
         cpp_wrapper: inductor's C++ wrapper for the compiled step (``backend="inductor"``
             only): the graph's kernels are called from C++ instead of generated Python.
             SmolLM2 int4 on a 2-core Sapphire Rapids VM (loaded): 65-88 tokens/s instead
@@ -181,10 +188,91 @@ def static_compiled_decode(
         raise ValueError("decode_attention='math' needs transformers' AttentionInterface (transformers >= 4.48)")
     gen.cache_implementation = "static"
     gen.compile_config = cc
+    _STEPS.pop(model, None)
+    if guard_filter is not None:
+        model.get_compiled_call = types.MethodType(_own_compiled_call, model)
+    elif "get_compiled_call" in vars(model):
+        del model.get_compiled_call  # back to transformers' own
     gen.max_cache_len = max_cache_len  # read by transformers >= 5 (ignored by older versions)
     # Older versions size the cache from the largest length seen so far; start there.
     model._previous_max_cache_length = max(max_cache_len, getattr(model, "_previous_max_cache_length", -1))
     log.info("lowbit: static cache of %d tokens, decode step compiled (%s, mode %s)", max_cache_len, backend, mode)
+
+
+class _Step:
+    """A model's compiled decode step with the module guards skipped (static_compiled_decode):
+    the CompileConfig it was made for, torch.compile's arguments, the compiled function and
+    the model's version (bumped when a parameter, buffer or submodule of it is assigned)."""
+
+    __slots__ = ("config", "kwargs", "fn", "version", "compiled_at", "training", "__weakref__")
+
+    def __init__(self, config):
+        self.config, self.kwargs, self.fn = config, config.to_dict(), None
+        self.version, self.compiled_at, self.training = 0, -1, None
+
+
+_STEPS: "weakref.WeakKeyDictionary[nn.Module, _Step]" = weakref.WeakKeyDictionary()
+# module -> the steps of the models it belongs to (filled when a step compiles).
+_OWNERS: "weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet]" = weakref.WeakKeyDictionary()
+_STEP_NUMBERS = itertools.count()
+_HOOKS: list = []
+
+
+def _assigned(module, name, value):
+    """torch's global registration hook: a parameter, buffer or submodule was assigned."""
+    if torch.compiler.is_compiling():  # inside a traced forward: part of its graph (and no
+        return None  # guards on _OWNERS, ~460 of them for SmolLM2)
+    for step in _OWNERS.get(module, ()):
+        step.version += 1
+    return None
+
+
+def _track(model: nn.Module, step: _Step) -> None:
+    """Bump step.version whenever a parameter, buffer or submodule of model is assigned:
+    what dynamo's skipped module guards would have caught in practice. torch's global
+    registration hooks cost one dict lookup per assignment anywhere; walking the model per
+    step instead (ids of its 272 tensors) took 1.2 ms for SmolLM2, a third of the guards."""
+    if not _HOOKS:
+        from torch.nn.modules import module as _m
+
+        _HOOKS.extend(
+            register(_assigned)
+            for register in (_m.register_module_parameter_registration_hook,
+                             _m.register_module_buffer_registration_hook,
+                             _m.register_module_module_registration_hook)
+        )
+    for mod in model.modules():
+        _OWNERS.setdefault(mod, weakref.WeakSet()).add(step)
+
+
+def _own_step(model: nn.Module):
+    """``model.__call__`` with a code object of its own: dynamo keeps compiled code per code
+    object, so this model's step is never shared with another one (transformers compiles
+    ``model.__call__``, whose code, nn.Module's, every module shares)."""
+    call = type(model).__call__
+    name = f"lowbit_decode_step_{next(_STEP_NUMBERS)}"
+    code = call.__code__.replace(co_name=name, co_qualname=name)
+    fn = types.FunctionType(code, call.__globals__, name, call.__defaults__, call.__closure__)
+    return types.MethodType(fn, model)
+
+
+def _own_compiled_call(model: nn.Module, compile_config=None):
+    """The model's ``get_compiled_call`` (transformers' generate asks it for the compiled
+    decode step) under ``static_compiled_decode(skip_module_guards=True)``."""
+    cc = compile_config if compile_config is not None else getattr(model.generation_config, "compile_config", None)
+    step = _STEPS.get(model)
+    if step is None or cc != step.config:  # generate passes a deep copy of the config
+        # A copy of the model (deepcopy rebinds this method to it) or another config.
+        if cc is None or "guard_filter_fn" not in (getattr(cc, "options", None) or {}):
+            return type(model).get_compiled_call(model, compile_config)  # transformers' own, every guard
+        step = _STEPS[model] = _Step(cc)
+    if step.fn is None or step.version != step.compiled_at or model.training != step.training:
+        if step.fn is not None:
+            log.info("lowbit: the model changed after its decode step was compiled; compiling a new one")
+        _track(model, step)
+        step.compiled_at, step.training = step.version, model.training
+        step.fn = torch.compile(_own_step(model), **step.kwargs)
+    return step.fn
 
 
 def count_compiles() -> int:

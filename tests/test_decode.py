@@ -77,17 +77,19 @@ def test_not_a_generative_model():
         static_compiled_decode(torch.nn.Linear(2, 2), 16)
 
 
-def test_module_guards_are_kept_by_default_and_skipped_on_request():
+def test_module_guards_are_skipped_by_default_and_kept_on_request():
     model = tiny_llama()
+    skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
     static_compiled_decode(model, max_cache_len=32)
     cc = model.generation_config.compile_config
-    assert cc.mode == "default" and not cc.options
-    static_compiled_decode(model, max_cache_len=32, skip_module_guards=True)
+    if skip is not None:
+        assert cc.mode is None and cc.options["guard_filter_fn"] is skip
+        assert "get_compiled_call" in vars(model)  # the model's own step (lowbit.decode._own_compiled_call)
+    static_compiled_decode(model, max_cache_len=32, skip_module_guards=False)
     cc = model.generation_config.compile_config
-    if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
-        assert cc.mode is None and cc.options["guard_filter_fn"] is torch.compiler.skip_guard_on_all_nn_modules_unsafe
+    assert cc.mode == "default" and not cc.options and "get_compiled_call" not in vars(model)
     with pytest.raises(ValueError, match="skip_module_guards=False"):
-        static_compiled_decode(model, max_cache_len=32, mode="max-autotune", skip_module_guards=True)
+        static_compiled_decode(model, max_cache_len=32, mode="max-autotune")
     static_compiled_decode(model, max_cache_len=32, cpp_wrapper=True)
     assert model.generation_config.compile_config.options["cpp_wrapper"] is True
     with pytest.raises(ValueError, match="cpp_wrapper=True needs backend='inductor'"):
@@ -131,17 +133,47 @@ def test_compiled_graph_calls_the_int4_cpu_kernel_directly(m):
         assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), lin(x))
 
 
-def test_two_models_of_one_class_in_one_process():
-    # The default keeps dynamo's module guards: a float and a fused int8 Llama (same class)
-    # each get their own compiled step and their own eager answer. (With
-    # skip_module_guards=True the second one failed with KeyError: 'weight'.)
+@pytest.mark.parametrize("skip", [True, False], ids=["module-guards-skipped", "all-guards"])
+def test_two_models_of_one_class_in_one_process(skip):
+    # A float and a fused int8 Llama (same class) each get their own compiled step and their
+    # own eager answer, with the module guards (dynamo tells them apart) and without them
+    # (each model has a step of its own; sharing transformers' compiled call without the
+    # guards failed with KeyError: 'weight').
     a, b = tiny_llama(torch.float32), tiny_llama(torch.float32)
     lowbit.quantize_(b, lowbit.Int8WeightOnlyConfig(), fuse_projections=True)
     want = [_generate(copy.deepcopy(m), 5, 4) for m in (a, b)]
     for m in (a, b):
-        static_compiled_decode(m, max_cache_len=48, backend="aot_eager")
+        static_compiled_decode(m, max_cache_len=48, backend="aot_eager", skip_module_guards=skip)
     torch._dynamo.reset()
     assert [torch.equal(_generate(m, 5, 4), w) for m, w in zip((a, b), want)] == [True, True]
+    c = copy.deepcopy(a)  # a copy runs its own step too
+    with torch.no_grad():
+        c.lm_head.weight.mul_(-1)
+    assert not torch.equal(_generate(c, 5, 4), want[0]) and torch.equal(_generate(a, 5, 4), want[0])
+
+
+@pytest.mark.parametrize("change", ["replace-parameter", "quantize-a-layer"])
+def test_a_model_changed_after_compiling_gets_a_new_step(change):
+    # What the skipped module guards would have caught: a parameter replaced, a layer
+    # quantized (its weight becomes a packed tensor: another graph), train/eval.
+    model = tiny_llama(torch.float32)
+    static_compiled_decode(model, max_cache_len=48, backend="aot_eager")
+    torch._dynamo.reset()
+    first = _generate(model, 5, 4)
+    if change == "replace-parameter":
+        other = tiny_llama(torch.float32)
+        torch.nn.init.normal_(other.lm_head.weight, std=0.5)
+        model.lm_head.weight = torch.nn.Parameter(other.lm_head.weight.detach().clone())
+    else:
+        lowbit.quantize_(model.model.layers[0].mlp, lowbit.Int4WeightOnlyConfig(group_size=32))
+    want = _generate(copy.deepcopy(model), 5, 4)  # (the copy compiles a step of its own)
+    before = count_compiles()
+    got = _generate(model, 5, 4)
+    assert count_compiles() - before == 1 and torch.equal(got, want)
+    if change == "replace-parameter":
+        assert not torch.equal(got, first)
+    model.train()
+    assert torch.equal(_generate(model, 5, 4), want) and count_compiles() - before == 2
 
 
 # ---------------------------------------------------------------------- decode attention
