@@ -211,9 +211,9 @@ class _Step:
         self.version, self.compiled_at, self.training = 0, -1, None
 
 
-_STEPS: "weakref.WeakKeyDictionary[nn.Module, _Step]" = weakref.WeakKeyDictionary()
+_STEPS: weakref.WeakKeyDictionary[nn.Module, _Step] = weakref.WeakKeyDictionary()
 # module -> the steps of the models it belongs to (filled when a step compiles).
-_OWNERS: "weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet]" = weakref.WeakKeyDictionary()
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet] = weakref.WeakKeyDictionary()
 _STEP_NUMBERS = itertools.count()
 _HOOKS: list = []
 
