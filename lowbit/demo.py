@@ -143,8 +143,13 @@ class AutoquantDemo:
 
     candidates: str = "all"
     min_sqnr: float = 30.0
-    decode_steps: int = 8  # single-token calls: decode dominates generation, weight it so
-    prefill_tokens: int = 64
+    # Single-token calls: decode dominates the demo's generation (a ~30-token chat prompt, then
+    # 64 steps), so weight it so. 15 steps + the prefill = the 16 calls autoquant's end-to-end
+    # check replays (_VALIDATE_CALLS); with 8 steps and a 64-token prefill the check picked
+    # "int8_dynamic + plan" on Zen5 (fastest on those calls) where int8 weight-only decoded
+    # 26% faster (35.5 vs 44.8 tokens/s, benchmarks/results/demo_amd-zen5-2t.md).
+    decode_steps: int = 15
+    prefill_tokens: int = 32
 
     def short_name(self) -> str:
         return f"autoquant(candidates={self.candidates!r}, min_sqnr={self.min_sqnr})"
