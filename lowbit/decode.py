@@ -251,7 +251,8 @@ def _own_step(model: nn.Module):
     ``model.__call__``, whose code, nn.Module's, every module shares)."""
     call = type(model).__call__
     name = f"lowbit_decode_step_{next(_STEP_NUMBERS)}"
-    code = call.__code__.replace(co_name=name, co_qualname=name)
+    names = {"co_name": name, **({"co_qualname": name} if hasattr(call.__code__, "co_qualname") else {})}  # 3.11+
+    code = call.__code__.replace(**names)
     fn = types.FunctionType(code, call.__globals__, name, call.__defaults__, call.__closure__)
     return types.MethodType(fn, model)
 
