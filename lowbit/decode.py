@@ -190,7 +190,7 @@ def static_compiled_decode(
     gen.compile_config = cc
     _STEPS.pop(model, None)
     if guard_filter is not None:
-        model.get_compiled_call = types.MethodType(_own_compiled_call, model)
+        model.get_compiled_call = _OwnCompiledCall(model)
     elif "get_compiled_call" in vars(model):
         del model.get_compiled_call  # back to transformers' own
     gen.max_cache_len = max_cache_len  # read by transformers >= 5 (ignored by older versions)
@@ -257,13 +257,28 @@ def _own_step(model: nn.Module):
     return types.MethodType(fn, model)
 
 
+class _OwnCompiledCall:
+    """``model.get_compiled_call`` under ``static_compiled_decode(skip_module_guards=True)``:
+    a callable that pickles and deep-copies as "this for the new model" (a bound method of
+    a module function unpickled as ``getattr(model, name)`` and failed after ``torch.save``)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, compile_config=None):
+        return _own_compiled_call(self.model, compile_config)
+
+    def __reduce__(self):
+        return type(self), (self.model,)
+
+
 def _own_compiled_call(model: nn.Module, compile_config=None):
     """The model's ``get_compiled_call`` (transformers' generate asks it for the compiled
     decode step) under ``static_compiled_decode(skip_module_guards=True)``."""
     cc = compile_config if compile_config is not None else getattr(model.generation_config, "compile_config", None)
     step = _STEPS.get(model)
     if step is None or cc != step.config:  # generate passes a deep copy of the config
-        # A copy of the model (deepcopy rebinds this method to it) or another config.
+        # A copy of the model (deepcopy and pickle rebind _OwnCompiledCall to it) or another config.
         if cc is None or "guard_filter_fn" not in (getattr(cc, "options", None) or {}):
             return type(model).get_compiled_call(model, compile_config)  # transformers' own, every guard
         step = _STEPS[model] = _Step(cc)

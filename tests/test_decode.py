@@ -152,6 +152,22 @@ def test_two_models_of_one_class_in_one_process(skip):
     assert not torch.equal(_generate(c, 5, 4), want[0]) and torch.equal(_generate(a, 5, 4), want[0])
 
 
+def test_a_compiled_decode_model_survives_torch_save_and_load():
+    # The model's get_compiled_call (lowbit.decode._OwnCompiledCall) pickles as "the same for
+    # the loaded model"; as a bound method it failed at load (no attribute '_own_compiled_call').
+    import io
+
+    model = tiny_llama(torch.float32)
+    static_compiled_decode(model, max_cache_len=48, backend="aot_eager")
+    want = _generate(model, 5, 4)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert vars(loaded)["get_compiled_call"].model is loaded
+    assert torch.equal(_generate(loaded, 5, 4), want)
+
+
 @pytest.mark.parametrize("change", ["replace-parameter", "quantize-a-layer"])
 def test_a_model_changed_after_compiling_gets_a_new_step(change):
     # What the skipped module guards would have caught: a parameter replaced, a layer

@@ -55,7 +55,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -323,7 +322,7 @@ static ActQ quantize_act(const at::Tensor& x, int64_t gs, bool symmetric, int64_
 
 struct Args {
   const uint8_t* a;      // activation codes [M, K]
-  const uint8_t* as8;    // the same XOR 0x80 (signed a - 128), for the AVX512-VNNI kernel
+  const uint8_t* as8;    // AVX512-VNNI only: the codes XOR 0x80 (signed a - 128); a is null then
   const int32_t* gsum;   // [M, G]
   const int32_t* azp;    // [M]
   const float* ascale;   // [M]
@@ -455,7 +454,7 @@ __attribute__((target("avx2,fma"))) static void ukernel_avx2(const Args& p, int6
 // AVX512-VNNI: compiled everywhere, run only where the CPU reports avx512vnni.
 // MR rows x 16 columns. The operands are swapped against the formulation above: the weight
 // codes (0..15) are vpdpbusd's unsigned operand and the activations its signed one, as
-// s = a - 128 (p.as8: the codes XOR 0x80, made once per call by gemm()), because only the
+// s = a - 128 (p.as8: the call's own codes XORed with 0x80 in place by run_gemm), because only the
 // signed operand can be broadcast from memory inside the instruction (`m32{1to16}`); a
 // separate vpbroadcastd per row and octet competes with vpdpbusd for the vector pipes and
 // held the kernel to ~55% of the multiplier's rate on Zen5. With dot(a, q) = dot(s, q) +
@@ -561,23 +560,7 @@ static void tile(int64_t isa, const Args& p, int64_t m0, int64_t rows, int64_t n
 }
 
 template <bool HOOK>
-static void gemm(int64_t isa, const Args& args) {
-  Args p = args;
-  std::unique_ptr<uint64_t[]> as8;
-  if (isa == kAvx512Vnni) {  // the VNNI kernel's signed activations (ukernel_vnni); K % 16 == 0
-    const int64_t words = p.M * p.K / 8;
-    as8.reset(new uint64_t[words]);
-    uint64_t* dst = as8.get();
-    const uint8_t* src = p.a;
-    at::parallel_for(0, words, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        uint64_t v;
-        std::memcpy(&v, src + 8 * i, 8);
-        dst[i] = v ^ 0x8080808080808080ULL;
-      }
-    });
-    p.as8 = reinterpret_cast<const uint8_t*>(dst);
-  }
+static void gemm(int64_t isa, const Args& p) {
   const int64_t NB = p.N / kBlockN;
   const int64_t mr = max_mr(isa);
   if (p.M <= mr) {
@@ -659,6 +642,21 @@ static void run_gemm(const at::Tensor& x, const at::Tensor& qdata, const at::Ten
   if (M == 0) return;
   const ActQ aq = quantize_act(x, group_size, symmetric, isa);
   Args p = make_args(aq, qdata, scale, zero_point, qsum, M, K, group_size);
+  if (isa == kAvx512Vnni) {
+    // The VNNI kernel's signed activations (ukernel_vnni), made in place: the codes are this
+    // call's own. K % 16 == 0 (check_inputs), so the rows are whole 8-byte words.
+    uint8_t* codes = aq.codes.data_ptr<uint8_t>();
+    at::parallel_for(0, M * K / 8, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        uint64_t v;
+        std::memcpy(&v, codes + 8 * i, 8);
+        v ^= 0x8080808080808080ULL;
+        std::memcpy(codes + 8 * i, &v, 8);
+      }
+    });
+    p.as8 = codes;
+    p.a = nullptr;
+  }
   if constexpr (HOOK) {
     p.acc_out = out.data_ptr<int32_t>();
   } else {
